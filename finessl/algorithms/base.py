@@ -1,0 +1,57 @@
+"""What every semi-supervised algorithm is: a small class with a train step and state."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+ALGORITHMS: dict[str, type["Algorithm"]] = {}
+
+
+def register(name: str):
+    """Class decorator: make an algorithm buildable as ``algorithm <name>``."""
+    def wrap(cls):
+        ALGORITHMS[name] = cls
+        cls.name = name
+        return cls
+    return wrap
+
+
+class Algorithm:
+    """Base class. Subclasses implement :meth:`train_step`.
+
+    ``train_step(batch)`` gets one labeled + unlabeled batch (a dict: ``x``, ``y``,
+    ``u_w``, ``u_s1``, ``u_s2``, ``u_idx``, ``u_true``) already on the device and
+    returns ``(loss, logs)``; ``logs`` holds floats or 0-dim tensors named as in
+    tensorboard. Counters and EMAs live in tensors saved by :meth:`state_dict`, so
+    resuming is exact.
+    """
+
+    name = "base"
+
+    def __init__(self, cfg, model: nn.Module, num_classes: int, num_unlabeled: int,
+                 device: torch.device):
+        self.cfg = cfg
+        self.model = model
+        self.num_classes = num_classes
+        self.num_unlabeled = num_unlabeled
+        self.device = device
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Reset per-epoch state."""
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    def pseudo_label_memory(self) -> torch.Tensor | None:
+        """Current pseudo-label per unlabeled image (-1 = none), for diagnostics."""
+        return None
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` saved."""
+
+
+def build_algorithm(cfg, model, num_classes, num_unlabeled, device) -> Algorithm:
+    return ALGORITHMS[cfg.algorithm](cfg, model, num_classes, num_unlabeled, device)

@@ -1,0 +1,261 @@
+"""The one yacs defaults tree: every key FineSSL reads, with its meaning.
+
+Key names are the authors' (Gank0078/FineSSL ``utils/config.py``), so a YAML written
+for the released code loads unchanged. Defaults are the released settings of
+METHOD.md §3-4 (the YAMLs under ``configs/peft/``), not the authors' code defaults.
+
+Loading goes through :func:`load_config`, which turns every mistake a user can make
+(unknown key, wrong type, bad value) into a :class:`~finessl.errors.UserError`.
+"""
+from __future__ import annotations
+
+import ast
+import difflib
+import logging
+import os
+
+import yaml
+from yacs.config import CfgNode as CN
+
+from finessl.errors import UserError
+
+log = logging.getLogger(__name__)
+
+_C = CN()
+
+# ---- data ---------------------------------------------------------------------------
+_C.DATA = CN()
+_C.DATA.NAME = "CIFAR100"  # dataset: CIFAR10, CIFAR100 or FOOD101
+_C.DATA.DATAPATH = "datasets/cifar-100"  # folder holding the dataset files (see datasets/README.md)
+_C.DATA.DOWNLOAD = True  # fetch the dataset when missing (only where a network exists)
+_C.DATA.NUMBER_CLASSES = -1  # number of classes; -1 takes it from the dataset
+_C.DATA.NUM_L = 4  # labeled images per class (the largest class when IMB_L > 1)
+_C.DATA.NUM_U = 500  # extra unlabeled images per class (the largest class when IMB_U > 1)
+_C.DATA.IMB_L = 1.0  # imbalance ratio of the labeled set (1 = balanced)
+_C.DATA.IMB_U = 1.0  # imbalance ratio of the unlabeled set (1 = balanced)
+_C.DATA.MU_U = 1  # unlabeled batch = MU_U * BATCH_SIZE
+_C.DATA.BATCH_SIZE = 32  # labeled images per step
+_C.num_workers = 8  # dataloader worker processes
+
+# ---- model --------------------------------------------------------------------------
+_C.backbone = "ViT-B/16"  # open_clip model name; the authors' 'ViT-B/16' spelling is accepted
+_C.pretrained = "openai"  # open_clip pretrained tag, a local weights file, or 'none' (random init)
+_C.cache_dir = ""  # where open_clip / Hugging Face cache weights ('' = their default)
+_C.prec = "fp16"  # fp16 (half-precision backbone), amp (autocast + grad scaler) or fp32
+_C.vpt_deep = False  # VPT-deep: new prompt tokens before every transformer block
+_C.vpt_shallow = False  # VPT-shallow: prompt tokens before the first block only
+_C.vpt_len = 50  # prompt tokens per block
+_C.rand_init = True  # heads start random (True) or from CLIP text embeddings (False)
+_C.template = "a photo of a {}."  # text prompt for the text-initialised heads
+
+# ---- FineSSL (METHOD.md §3) ---------------------------------------------------------
+_C.algorithm = "finessl"  # semi-supervised algorithm
+_C.th = 0.7  # confidence threshold zeta for pseudo-labels and the learning pace
+_C.th_min = 0.0  # aux-confidence floor below which an unlabeled sample gets weight 0
+_C.alpha = 8.0  # scale of the balanced margins
+_C.bms_form = "released"  # margin m(k): 'released' (1-b)/(1+b)*spread or 'paper' (1-b)*spread
+_C.w_con = 3.0  # weight gamma of the unlabeled loss L_u
+_C.smoothing = 0.5  # label smoothing lambda of the aux head's unlabeled targets
+
+# ---- optimisation (METHOD.md §4) ----------------------------------------------------
+_C.num_epochs = 30  # epochs; the cosine schedule steps once per epoch
+_C.total_steps = 500  # optimizer steps per epoch
+_C.lr = 0.03  # SGD learning rate
+_C.momentum = 0.9  # SGD momentum
+_C.weight_decay = 5e-4  # SGD weight decay
+_C.seed = None  # random seed; None draws one and records it in the run's config.yaml
+
+# ---- run ----------------------------------------------------------------------------
+_C.output_dir = None  # run folder; None = out/<DATA.NAME>/N<NUM_L>/seed<seed>
+_C.resume = None  # run folder to continue from its last checkpoint
+_C.checkpoint_freq = 0  # also keep a checkpoint every K epochs (0 = only the last)
+_C.print_freq = 10  # write a progress line to log.txt every K steps
+_C.eval_only = False  # evaluate the checkpoint in model_dir and exit
+_C.model_dir = None  # run folder evaluated by eval_only
+_C.gpu = None  # CUDA device index; None = cuda:0 when CUDA exists, else CPU
+_C.deterministic = False  # torch deterministic algorithms (slower on CUDA)
+
+# Keys of the authors' code that do nothing here: accepted, reported in one warning.
+INERT_KEYS = (
+    "dataset", "root", "resolution", "stride", "batch_size", "tau", "downsampling",
+    "n_max", "test_ensemble", "vpt_last", "lam_tokens", "ln_opt", "scalar_learnable",
+    "ffn_opt", "adapter_scalar", "block_num", "patch_size", "mode", "rand_init1",
+    "load_epoch", "DATA.NUM_WORKERS", "DATA.LABEL_RATIO", "DATA.out_ulab",
+)
+# Switches of the authors' code for methods this version does not implement: fine
+# while off, an error when switched on (silently training something else would lie).
+UNAVAILABLE_SWITCHES = (
+    "finetune", "bias_tuning", "bn_tuning", "adaptformer", "adapter", "lora", "ssf",
+    "zero_shot",
+)
+# Their companion size keys: accepted, no effect while the switch is off.
+_COMPANION_KEYS = ("ffn_num", "adapter_dim", "lora_dim", "partial")
+
+# Types accepted for keys whose default is None.
+_NONE_TYPES = {
+    "seed": (int,), "output_dir": (str,), "resume": (str,), "model_dir": (str,),
+    "gpu": (int,),
+}
+_CHOICES = {
+    "prec": ("fp16", "fp32", "amp"),
+    "algorithm": ("finessl",),
+    "bms_form": ("released", "paper"),
+}
+
+# The backbone names of OpenAI's CLIP release, mapped to open_clip's spelling.
+BACKBONE_ALIASES = {"ViT-B/16": "ViT-B-16", "ViT-B/32": "ViT-B-32", "ViT-L/14": "ViT-L-14",
+                    "ViT-L/14@336px": "ViT-L-14-336"}
+
+
+def get_cfg_defaults() -> CN:
+    """A fresh copy of the defaults tree."""
+    return _C.clone()
+
+
+def _flatten(d: dict, prefix: str = "") -> list[tuple[str, object]]:
+    out = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.extend(_flatten(v, key + "."))
+        else:
+            out.append((key, v))
+    return out
+
+
+def _all_keys(node: CN, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in node.items():
+        keys.extend(_all_keys(v, f"{prefix}{k}.") if isinstance(v, CN) else [f"{prefix}{k}"])
+    return keys
+
+
+def _parse_cli_value(text: str):
+    """``True`` -> bool, ``0.5`` -> float, ``out/x`` -> str (yacs' literal_eval rule)."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _coerce(key: str, default, value, source: str):
+    if isinstance(value, str) and not isinstance(default, str):
+        value = _parse_cli_value(value)  # YAML reads 5e-4 as a string; yacs evaluates it
+    if key in _NONE_TYPES:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, _NONE_TYPES[key]):
+            if str in _NONE_TYPES[key]:
+                return str(value)
+            raise UserError(f"{key}: expected {_NONE_TYPES[key][0].__name__} or null, "
+                            f"got {value!r} ({source})")
+        return value
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(default, str):
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise UserError(f"{key}: expected {type(default).__name__}, got {value!r} ({source})")
+
+
+def _set(cfg: CN, key: str, value) -> None:
+    *parents, leaf = key.split(".")
+    node = cfg
+    for p in parents:
+        node = node[p]
+    node[leaf] = value
+
+
+def _get(cfg: CN, key: str):
+    node = cfg
+    for p in key.split("."):
+        node = node[p]
+    return node
+
+
+def _merge(cfg: CN, pairs: list[tuple[str, object]], source: str, seen_inert: list[str]) -> None:
+    known = _all_keys(cfg)
+    passive = set(INERT_KEYS) | set(_COMPANION_KEYS)
+    for key, value in pairs:
+        if key in passive:
+            if key in INERT_KEYS and key not in seen_inert:
+                seen_inert.append(key)
+            continue
+        if key in UNAVAILABLE_SWITCHES:
+            if value not in (False, None, "False", 0):
+                raise UserError(f"{key}: this fine-tuning method is not implemented in this "
+                                f"version; use vpt_deep or vpt_shallow ({source})")
+            continue
+        if key not in known:
+            close = difflib.get_close_matches(key, known + list(passive), n=1, cutoff=0.5)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise UserError(f"unknown config key '{key}' ({source}){hint}")
+        value = _coerce(key, _get(cfg, key), value, source)
+        if key in _CHOICES and value not in _CHOICES[key]:
+            raise UserError(f"{key}: {value!r} is not one of {', '.join(_CHOICES[key])} ({source})")
+        _set(cfg, key, value)
+
+
+def _validate(cfg: CN) -> None:
+    positive = ("DATA.NUM_L", "DATA.BATCH_SIZE", "DATA.MU_U", "num_epochs", "total_steps",
+                "vpt_len")
+    for key in positive:
+        if _get(cfg, key) <= 0:
+            raise UserError(f"{key}: must be positive, got {_get(cfg, key)}")
+    for key in ("DATA.NUM_U", "num_workers", "checkpoint_freq", "lr", "weight_decay"):
+        if _get(cfg, key) < 0:
+            raise UserError(f"{key}: must be >= 0, got {_get(cfg, key)}")
+    for key in ("DATA.IMB_L", "DATA.IMB_U"):
+        if _get(cfg, key) < 1.0:
+            raise UserError(f"{key}: imbalance ratio must be >= 1, got {_get(cfg, key)}")
+    for key in ("th", "th_min"):
+        if not 0.0 <= _get(cfg, key) <= 1.0:
+            raise UserError(f"{key}: a confidence threshold must lie in [0, 1], got {_get(cfg, key)}")
+    if not 0.0 <= cfg.smoothing < 1.0:
+        raise UserError(f"smoothing: must lie in [0, 1), got {cfg.smoothing}")
+    if cfg.vpt_deep and cfg.vpt_shallow:
+        raise UserError("vpt_deep and vpt_shallow are both True: choose one")
+    if cfg.eval_only and not cfg.model_dir:
+        raise UserError("eval_only True needs model_dir DIR (a run folder with a checkpoint)")
+    if "{}" not in cfg.template:
+        raise UserError(f"template: needs a '{{}}' for the class name, got {cfg.template!r}")
+
+
+def load_config(cfg_file: str | None = None, opts: list[str] | None = None) -> CN:
+    """Defaults <- YAML file <- ``KEY VALUE`` pairs, validated and frozen.
+
+    Raises :class:`UserError` naming the offending key, file or value.
+    """
+    cfg = get_cfg_defaults()
+    seen_inert: list[str] = []
+    if cfg_file:
+        if not os.path.isfile(cfg_file):
+            raise UserError(f"config file not found: {cfg_file}")
+        try:
+            with open(cfg_file) as f:
+                data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"{cfg_file}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise UserError(f"{cfg_file}: expected a mapping of config keys at the top level")
+        _merge(cfg, _flatten(data), cfg_file, seen_inert)
+    opts = list(opts or [])
+    if len(opts) % 2:
+        raise UserError(f"command-line overrides come in KEY VALUE pairs; '{opts[-1]}' has no value")
+    pairs = [(opts[i], _parse_cli_value(opts[i + 1])) for i in range(0, len(opts), 2)]
+    _merge(cfg, pairs, "command line", seen_inert)
+    _validate(cfg)
+    if seen_inert:
+        log.warning("config keys with no effect in FineSSL, accepted for compatibility: %s",
+                    ", ".join(seen_inert))
+    cfg.freeze()
+    return cfg

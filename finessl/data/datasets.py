@@ -1,0 +1,261 @@
+"""The raw datasets of the FineSSL paper: CIFAR-10, CIFAR-100 and Food-101.
+
+CIFAR is read from its python-pickle files directly rather than through
+``torchvision.datasets.CIFAR10``: torchvision checks every file's md5, which rejects
+the small generated datasets the tests use. Food-101 is read from torchvision's
+on-disk layout and its images are opened lazily. Nothing here augments or
+normalises: a :class:`RawDataset` hands out RGB PIL images and integer labels.
+
+Class names are returned human-readable (``aquarium_fish`` -> ``aquarium fish``)
+because they become CLIP text prompts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from finessl.errors import UserError
+
+log = logging.getLogger(__name__)
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class ArrayImages:
+    """Images held in memory as one uint8 NHWC array (CIFAR: 150 MB at most)."""
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, i: int) -> Image.Image:
+        return Image.fromarray(self.array[i])
+
+
+class FileImages:
+    """Images opened from disk on demand (Food-101: 5 GB does not fit in memory)."""
+
+    def __init__(self, paths: Sequence[str]):
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> Image.Image:
+        with Image.open(self.paths[i]) as img:
+            return img.convert("RGB")
+
+
+@dataclass
+class RawDataset:
+    """Train and test images with labels, class names and normalisation statistics."""
+
+    name: str
+    train_targets: list[int]
+    test_targets: list[int]
+    classnames: list[str]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    train_images: ArrayImages | FileImages
+    test_images: ArrayImages | FileImages
+
+    def train_image(self, i: int) -> Image.Image:
+        return self.train_images[i]
+
+    def test_image(self, i: int) -> Image.Image:
+        return self.test_images[i]
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train_targets)
+
+    @property
+    def num_test(self) -> int:
+        return len(self.test_targets)
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where a dataset lives on disk and where it comes from."""
+
+    title: str
+    folder: str  # the folder the archive extracts to, inside DATA.DATAPATH
+    files: tuple[str, ...]  # required files, relative to ``folder``
+    url: str
+    md5: str
+
+
+_SOURCES = {
+    "CIFAR10": _Source(
+        "CIFAR-10",
+        "cifar-10-batches-py",
+        tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta"),
+        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        "c58f30108f718f92721af3b95e74349a",
+    ),
+    "CIFAR100": _Source(
+        "CIFAR-100",
+        "cifar-100-python",
+        ("train", "test", "meta"),
+        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        "eb9058c3a382ffc7106e4002c42a8d85",
+    ),
+    "FOOD101": _Source(
+        "Food-101",
+        "food-101",
+        ("meta/train.json", "meta/test.json", "meta/classes.txt"),
+        "http://data.vision.ee.ethz.ch/cvl/food-101.tar.gz",
+        "85eeb15f3717b99a5da872d97d918f87",
+    ),
+}
+
+
+def _canonical_name(name: str) -> str:
+    key = name.upper().replace("-", "").replace("_", "")
+    if key not in _SOURCES:
+        raise UserError(
+            f"DATA.NAME {name!r} is not a known dataset; use one of {', '.join(_SOURCES)}"
+        )
+    return key
+
+
+def _missing(source: _Source, root: str) -> list[str]:
+    return [f for f in source.files if not os.path.isfile(os.path.join(root, source.folder, f))]
+
+
+def _download(source: _Source, root: str) -> str:
+    """Fetch and extract the official archive; return '' or why it failed."""
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    log.info("downloading %s from %s into %s", source.title, source.url, root)
+    try:
+        download_and_extract_archive(source.url, download_root=root, md5=source.md5)
+    except Exception as exc:  # no network, bad archive: both end as one UserError
+        return " ".join(f"{type(exc).__name__}: {exc}".split())
+    return ""
+
+
+def _ensure_present(source: _Source, root: str, download: bool) -> None:
+    """Raise a one-line UserError saying what is missing, where it goes, and its URL."""
+    missing = _missing(source, root)
+    if not missing:
+        return
+    failure = ""
+    if download:
+        failure = _download(source, root)
+        missing = _missing(source, root)
+        if not missing:
+            return
+    folder = os.path.join(root, source.folder)
+    hint = "; download failed (" + failure + ")" if failure else ""
+    raise UserError(
+        f"{source.title} not found: expected {folder}/{{{','.join(missing)}}}{hint}; "
+        f"download {source.url} and extract it into {root} "
+        f"(or set DATA.DATAPATH, or DATA.DOWNLOAD True)"
+    )
+
+
+def _unpickle(path: str) -> dict:
+    """Load one CIFAR pickle with string keys, whether written by Python 2 or 3."""
+    with open(path, "rb") as f:
+        record = pickle.load(f, encoding="latin1")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in record.items()}
+
+
+def _names(raw_names: Sequence[str | bytes]) -> list[str]:
+    names = [n.decode() if isinstance(n, bytes) else n for n in raw_names]
+    return [n.replace("_", " ") for n in names]
+
+
+def _cifar_images(data: np.ndarray) -> ArrayImages:
+    """CIFAR rows are 3072 bytes in CHW order; keep them as contiguous NHWC."""
+    array = np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return ArrayImages(np.ascontiguousarray(array))
+
+
+def _load_cifar(key: str, root: str) -> RawDataset:
+    folder = os.path.join(root, _SOURCES[key].folder)
+    if key == "CIFAR10":
+        batches = [_unpickle(os.path.join(folder, f"data_batch_{i}")) for i in range(1, 6)]
+        test = _unpickle(os.path.join(folder, "test_batch"))
+        train_data = np.concatenate([b["data"] for b in batches])
+        train_targets = [int(t) for b in batches for t in b["labels"]]
+        test_targets = [int(t) for t in test["labels"]]
+        names = _unpickle(os.path.join(folder, "batches.meta"))["label_names"]
+        mean, std = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
+    else:
+        train = _unpickle(os.path.join(folder, "train"))
+        test = _unpickle(os.path.join(folder, "test"))
+        train_data = train["data"]
+        train_targets = [int(t) for t in train["fine_labels"]]
+        test_targets = [int(t) for t in test["fine_labels"]]
+        names = _unpickle(os.path.join(folder, "meta"))["fine_label_names"]
+        mean, std = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
+    return RawDataset(
+        name=_SOURCES[key].title,
+        train_targets=train_targets,
+        test_targets=test_targets,
+        classnames=_names(names),
+        mean=mean,
+        std=std,
+        train_images=_cifar_images(train_data),
+        test_images=_cifar_images(test["data"]),
+    )
+
+
+def _load_food101(root: str) -> RawDataset:
+    """Labels follow classes.txt; images follow the order of {train,test}.json."""
+    folder = os.path.join(root, _SOURCES["FOOD101"].folder)
+    with open(os.path.join(folder, "meta", "classes.txt")) as f:
+        classes = [line.strip() for line in f if line.strip()]
+    class_index = {c: i for i, c in enumerate(classes)}
+
+    def split(name: str) -> tuple[list[str], list[int]]:
+        with open(os.path.join(folder, "meta", f"{name}.json")) as f:
+            metadata = json.load(f)
+        paths, targets = [], []
+        for cls, rel_paths in metadata.items():
+            paths += [os.path.join(folder, "images", *f"{p}.jpg".split("/")) for p in rel_paths]
+            targets += [class_index[cls]] * len(rel_paths)
+        return paths, targets
+
+    train_paths, train_targets = split("train")
+    test_paths, test_targets = split("test")
+    return RawDataset(
+        name="Food-101",
+        train_targets=train_targets,
+        test_targets=test_targets,
+        classnames=_names(classes),
+        mean=CLIP_MEAN,
+        std=CLIP_STD,
+        train_images=FileImages(train_paths),
+        test_images=FileImages(test_paths),
+    )
+
+
+def load_dataset(name: str, root: str, download: bool) -> RawDataset:
+    """Load ``name`` (CIFAR10, CIFAR100 or FOOD101, any case or dash) from ``root``.
+
+    ``root`` is DATA.DATAPATH: the folder that holds ``cifar-10-batches-py``,
+    ``cifar-100-python`` or ``food-101``.
+    """
+    key = _canonical_name(name)
+    root = os.path.abspath(os.path.expanduser(root))
+    _ensure_present(_SOURCES[key], root, download)
+    raw = _load_food101(root) if key == "FOOD101" else _load_cifar(key, root)
+    log.info(
+        "%s: %d train / %d test images, %d classes, from %s",
+        raw.name, raw.num_train, raw.num_test, len(raw.classnames), root,
+    )
+    return raw

@@ -1,0 +1,213 @@
+"""Datasets and DataLoaders for semi-supervised training and evaluation.
+
+Reproducibility is decided in the main process: :class:`EpochSampler` draws, from a
+generator seeded by (seed, epoch, stream), both the order of the samples and one
+augmentation seed per sample. Workers only apply pure functions of (image, seed)
+(see ``transforms``), so a batch is the same whatever ``num_workers`` is, and an
+epoch can be replayed exactly after a resume by calling ``set_epoch`` again.
+
+Training is counted in steps, not passes over the data (FixMatch and FineSSL train
+for a fixed number of iterations per epoch), so each sampler yields exactly
+``steps_per_epoch`` batches, cycling through fresh permutations of its set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from finessl.data.datasets import RawDataset, load_dataset
+from finessl.data.splits import make_split, save_split, split_hash
+from finessl.data.transforms import ViewMaker
+from finessl.errors import UserError
+
+log = logging.getLogger(__name__)
+
+_MAX_SEED = 2**63 - 1
+
+
+def _stream_seed(seed: int, epoch: int, stream: int) -> int:
+    """A 63-bit generator seed that differs for every (seed, epoch, stream)."""
+    digest = hashlib.sha256(f"{seed}/{epoch}/{stream}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & _MAX_SEED
+
+
+class EpochSampler(Sampler):
+    """Yields ``num_samples`` pairs ``(index, aug_seed)`` per epoch.
+
+    Indices are concatenated random permutations of ``range(n)``; ``stream`` keeps
+    the labeled (0) and unlabeled (1) samplers independent under one run seed.
+    """
+
+    def __init__(self, n: int, num_samples: int, seed: int, stream: int):
+        if n <= 0:
+            raise ValueError("EpochSampler needs a non-empty dataset")
+        self.n = n
+        self.num_samples = num_samples
+        self.seed = seed
+        self.stream = stream
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        generator = torch.Generator()
+        generator.manual_seed(_stream_seed(self.seed, self.epoch, self.stream))
+        rounds = -(-self.num_samples // self.n)
+        order = torch.cat([torch.randperm(self.n, generator=generator) for _ in range(rounds)])
+        aug_seeds = torch.randint(
+            0, _MAX_SEED, (self.num_samples,), generator=generator, dtype=torch.int64
+        )
+        return iter(zip(order[: self.num_samples].tolist(), aug_seeds.tolist()))
+
+
+class LabeledDataset(Dataset):
+    """``(position, aug_seed)`` -> (weak view, label)."""
+
+    def __init__(self, raw: RawDataset, indices: Sequence[int], views: ViewMaker):
+        self.raw, self.indices, self.views = raw, list(indices), views
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        position, aug_seed = item
+        index = self.indices[position]
+        view = self.views.labeled(self.raw.train_image(index), random.Random(aug_seed))
+        return view, self.raw.train_targets[index]
+
+
+class UnlabeledDataset(Dataset):
+    """``(position, aug_seed)`` -> (weak, strong1, strong2, position, true label).
+
+    The position lets algorithms keep per-sample state (e.g. pseudo-label history);
+    the true label is only for diagnostics such as pseudo-label accuracy.
+    """
+
+    def __init__(self, raw: RawDataset, indices: Sequence[int], views: ViewMaker):
+        self.raw, self.indices, self.views = raw, list(indices), views
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item: tuple[int, int]):
+        position, aug_seed = item
+        index = self.indices[position]
+        weak_view, strong1, strong2 = self.views.unlabeled(
+            self.raw.train_image(index), random.Random(aug_seed)
+        )
+        return weak_view, strong1, strong2, position, self.raw.train_targets[index]
+
+
+class TestDataset(Dataset):
+    """Plain index -> (test view, label)."""
+
+    __test__ = False  # not a pytest class despite its name
+
+    def __init__(self, raw: RawDataset, views: ViewMaker):
+        self.raw, self.views = raw, views
+
+    def __len__(self) -> int:
+        return self.raw.num_test
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.views.test(self.raw.test_image(i)), self.raw.test_targets[i]
+
+
+@dataclass
+class DataBundle:
+    """Everything the trainer needs to know about the data of one run."""
+
+    labeled: LabeledDataset
+    unlabeled: UnlabeledDataset
+    test: TestDataset
+    classnames: list[str]
+    num_classes: int
+    split_hash: str
+    labeled_idx: list[int]
+    unlabeled_idx: list[int]
+    unlabeled_targets: torch.Tensor  # true labels of the unlabeled set, for diagnostics
+
+
+def build_data(cfg, crop: int, output_dir: str | None) -> DataBundle:
+    """Load DATA.NAME, split it by DATA.NUM_L/NUM_U/IMB_L/IMB_U, save split.json."""
+    data = cfg.DATA
+    raw = load_dataset(data.NAME, data.DATAPATH, data.DOWNLOAD)
+    num_classes = len(raw.classnames)
+    if data.NUMBER_CLASSES > 0 and data.NUMBER_CLASSES != num_classes:
+        raise UserError(
+            f"DATA.NUMBER_CLASSES is {data.NUMBER_CLASSES} but {raw.name} has "
+            f"{num_classes} classes; set DATA.NUMBER_CLASSES to {num_classes} (or -1)"
+        )
+    labeled_idx, unlabeled_idx = make_split(
+        raw.train_targets, num_classes, data.NUM_L, data.NUM_U, data.IMB_L, data.IMB_U
+    )
+    if output_dir is not None:
+        meta = {"dataset": raw.name, "NUM_L": data.NUM_L, "NUM_U": data.NUM_U,
+                "IMB_L": data.IMB_L, "IMB_U": data.IMB_U}
+        digest = save_split(os.path.join(output_dir, "split.json"), labeled_idx,
+                            unlabeled_idx, meta, raw.train_targets, num_classes)
+    else:
+        digest = split_hash(labeled_idx, unlabeled_idx)
+    log.info("split %s: %d labeled, %d unlabeled images", digest[:12],
+             len(labeled_idx), len(unlabeled_idx))
+    views = ViewMaker(crop, raw.mean, raw.std)
+    return DataBundle(
+        labeled=LabeledDataset(raw, labeled_idx, views),
+        unlabeled=UnlabeledDataset(raw, unlabeled_idx, views),
+        test=TestDataset(raw, views),
+        classnames=raw.classnames,
+        num_classes=num_classes,
+        split_hash=digest,
+        labeled_idx=labeled_idx,
+        unlabeled_idx=unlabeled_idx,
+        unlabeled_targets=torch.tensor([raw.train_targets[i] for i in unlabeled_idx]),
+    )
+
+
+def build_train_loaders(
+    bundle: DataBundle,
+    batch_size: int,
+    mu: int,
+    steps_per_epoch: int,
+    num_workers: int,
+    seed: int,
+    pin_memory: bool,
+) -> tuple[DataLoader, DataLoader]:
+    """Labeled loader (``batch_size``) and unlabeled loader (``mu * batch_size``).
+
+    Both yield exactly ``steps_per_epoch`` batches; call :func:`set_epoch` on them
+    before each epoch.
+    """
+    loaders = []
+    for stream, (dataset, size) in enumerate(
+        [(bundle.labeled, batch_size), (bundle.unlabeled, mu * batch_size)]
+    ):
+        sampler = EpochSampler(len(dataset), steps_per_epoch * size, seed, stream)
+        loaders.append(DataLoader(
+            dataset, batch_size=size, sampler=sampler, num_workers=num_workers,
+            pin_memory=pin_memory, drop_last=True, persistent_workers=num_workers > 0,
+        ))
+    return loaders[0], loaders[1]
+
+
+def set_epoch(loaders: Sequence[DataLoader], epoch: int) -> None:
+    """Point every loader's EpochSampler at ``epoch`` (order and augmentations)."""
+    for loader in loaders:
+        loader.sampler.set_epoch(epoch)
+
+
+def build_test_loader(bundle: DataBundle, batch_size: int, num_workers: int) -> DataLoader:
+    return DataLoader(bundle.test, batch_size=batch_size, shuffle=False,
+                      num_workers=num_workers)

@@ -1,0 +1,121 @@
+"""Labeled / unlabeled splits of a training set, balanced or long-tailed.
+
+FineSSL (Gan & Wei, ICML 2024) evaluates on balanced splits (N labeled images per
+class) and on long-tailed ones where class ``k`` keeps ``n_max * mu**k`` images with
+``mu = (1/imb)**(1/(C-1))``, the exponential profile of DARP/ABC/ACR. The split is a
+pure function of the dataset order and the config, so it needs no seed; its sha256
+is stored with every run so two runs can be checked to have trained on the same data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+
+from finessl.errors import UserError
+
+
+def class_counts(n_max: int, num_classes: int, imb_ratio: float) -> list[int]:
+    """Images per class, from ``n_max`` for class 0 down to ``n_max / imb_ratio``.
+
+    The last class is set to ``int(n_max / imb_ratio)`` exactly rather than through
+    ``mu**(C-1)``, so floating point error cannot cost it one image.
+    """
+    if num_classes == 1:
+        return [n_max]
+    mu = (1.0 / imb_ratio) ** (1.0 / (num_classes - 1))
+    counts = [int(n_max * mu**i) for i in range(num_classes - 1)]
+    return counts + [int(n_max / imb_ratio)]
+
+
+def make_split(
+    targets: Sequence[int],
+    num_classes: int,
+    num_l: int,
+    num_u: int,
+    imb_l: float,
+    imb_u: float,
+) -> tuple[list[int], list[int]]:
+    """Pick labeled and unlabeled training indices, class by class, in dataset order.
+
+    Class ``k`` gives its first ``l_k`` images to the labeled set and its first
+    ``l_k + u_k`` to the unlabeled set: as in FixMatch and FineSSL, the labeled
+    images are also used without their labels. A class with fewer than
+    ``l_k + u_k`` images gives all it has (CIFAR-100 N4 asks for 4 + 500 of 500,
+    as the released configs do); too few for the labeled set is an error.
+    """
+    per_class: list[list[int]] = [[] for _ in range(num_classes)]
+    for index, label in enumerate(targets):
+        per_class[label].append(index)
+    labeled_counts = class_counts(num_l, num_classes, imb_l)
+    unlabeled_counts = class_counts(num_u, num_classes, imb_u)
+    labeled: list[int] = []
+    unlabeled: list[int] = []
+    for k, (l_k, u_k) in enumerate(zip(labeled_counts, unlabeled_counts)):
+        have = len(per_class[k])
+        if have < l_k:
+            raise UserError(
+                f"class {k} has {have} training images but DATA.NUM_L asks for {l_k} "
+                f"labeled ones; lower DATA.NUM_L"
+            )
+        labeled += per_class[k][:l_k]
+        unlabeled += per_class[k][: l_k + u_k]
+    return labeled, unlabeled
+
+
+def split_hash(labeled_idx: Sequence[int], unlabeled_idx: Sequence[int]) -> str:
+    """sha256 of the canonical JSON of both index lists (the split's identity)."""
+    canonical = json.dumps(
+        {"labeled": list(labeled_idx), "unlabeled": list(unlabeled_idx)},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def save_split(
+    path: str,
+    labeled_idx: Sequence[int],
+    unlabeled_idx: Sequence[int],
+    meta: dict,
+    targets: Sequence[int],
+    num_classes: int,
+) -> str:
+    """Write the split as JSON atomically and return its sha256.
+
+    The file is written to a temporary name in the same folder, fsynced and then
+    renamed over ``path``, so a crash never leaves a half-written split behind.
+    ``targets`` and ``num_classes`` only serve the per-class counts kept for reading.
+    """
+    digest = split_hash(labeled_idx, unlabeled_idx)
+    labeled_per_class = [0] * num_classes
+    unlabeled_per_class = [0] * num_classes
+    for i in labeled_idx:
+        labeled_per_class[targets[i]] += 1
+    for i in unlabeled_idx:
+        unlabeled_per_class[targets[i]] += 1
+    record = {
+        "labeled": list(labeled_idx),
+        "unlabeled": list(unlabeled_idx),
+        "labeled_per_class": labeled_per_class,
+        "unlabeled_per_class": unlabeled_per_class,
+        "meta": meta,
+        "sha256": digest,
+    }
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=".split-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+        raise
+    return digest

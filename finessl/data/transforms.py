@@ -1,0 +1,190 @@
+"""Weak and strong views, each a pure function of (image, seed).
+
+Every random choice draws from an explicit ``random.Random`` that the loader seeds
+per sample (see ``loaders.EpochSampler``), never from the global ``random``,
+``numpy`` or ``torch`` generators. The view of a sample therefore does not depend on
+the number of workers or on which worker built it, and a resumed run sees exactly
+the same images as an uninterrupted one.
+
+The strong view is FixMatch's RandAugmentMC (Sohn et al. 2020; kekmodel's
+FixMatch-pytorch, which FineSSL uses): two ops drawn with replacement from the pool
+below, each with magnitude ``v = rng.randrange(1, 10)`` (1..9 out of 10, as
+``np.random.randint(1, 10)`` there) and applied with probability 0.5, then Cutout.
+
+=============  ==========================================  =====================
+op             parameter                                   range over v = 1..9
+=============  ==========================================  =====================
+AutoContrast   --                                          --
+Brightness     enhance factor 0.05 + 0.9 v/10              0.14 .. 0.86
+Color          enhance factor 0.05 + 0.9 v/10              0.14 .. 0.86
+Contrast       enhance factor 0.05 + 0.9 v/10              0.14 .. 0.86
+Equalize       --                                          --
+Identity       --                                          --
+Posterize      bits 4 + int(4 v/10)                        4 .. 7
+Rotate         degrees int(30 v/10), random sign           +-3 .. +-27
+Sharpness      enhance factor 0.05 + 0.9 v/10              0.14 .. 0.86
+ShearX/ShearY  shear 0.3 v/10, random sign                 +-0.03 .. +-0.27
+Solarize       threshold 256 - int(256 v/10)               231 .. 26
+TranslateX/Y   shift 0.3 v/10 of width/height, rand. sign  +-3% .. +-27%
+Cutout         grey (127) square, side uniform(0, 0.5)     0 .. 50% of the side
+=============  ==========================================  =====================
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageEnhance, ImageOps
+
+_BILINEAR = Image.Resampling.BILINEAR
+_AFFINE = Image.Transform.AFFINE
+
+
+def _enhance_factor(v: int) -> float:
+    return 0.05 + 0.9 * v / 10
+
+
+def _signed(value: float, rng: random.Random) -> float:
+    return -value if rng.random() < 0.5 else value
+
+
+def _affine(img: Image.Image, coeffs: tuple[float, ...]) -> Image.Image:
+    return img.transform(img.size, _AFFINE, coeffs)
+
+
+def _shear_x(img, v, rng):
+    return _affine(img, (1, _signed(0.3 * v / 10, rng), 0, 0, 1, 0))
+
+
+def _shear_y(img, v, rng):
+    return _affine(img, (1, 0, 0, _signed(0.3 * v / 10, rng), 1, 0))
+
+
+def _translate_x(img, v, rng):
+    return _affine(img, (1, 0, int(_signed(0.3 * v / 10, rng) * img.size[0]), 0, 1, 0))
+
+
+def _translate_y(img, v, rng):
+    return _affine(img, (1, 0, 0, 0, 1, int(_signed(0.3 * v / 10, rng) * img.size[1])))
+
+
+Op = Callable[[Image.Image, int, random.Random], Image.Image]
+
+RANDAUGMENT_POOL: tuple[tuple[str, Op], ...] = (
+    ("AutoContrast", lambda img, v, rng: ImageOps.autocontrast(img)),
+    ("Brightness", lambda img, v, rng: ImageEnhance.Brightness(img).enhance(_enhance_factor(v))),
+    ("Color", lambda img, v, rng: ImageEnhance.Color(img).enhance(_enhance_factor(v))),
+    ("Contrast", lambda img, v, rng: ImageEnhance.Contrast(img).enhance(_enhance_factor(v))),
+    ("Equalize", lambda img, v, rng: ImageOps.equalize(img)),
+    ("Identity", lambda img, v, rng: img),
+    ("Posterize", lambda img, v, rng: ImageOps.posterize(img, 4 + int(4 * v / 10))),
+    ("Rotate", lambda img, v, rng: img.rotate(_signed(int(30 * v / 10), rng))),
+    ("Sharpness", lambda img, v, rng: ImageEnhance.Sharpness(img).enhance(_enhance_factor(v))),
+    ("ShearX", _shear_x),
+    ("ShearY", _shear_y),
+    ("Solarize", lambda img, v, rng: ImageOps.solarize(img, 256 - int(256 * v / 10))),
+    ("TranslateX", _translate_x),
+    ("TranslateY", _translate_y),
+)
+
+
+def cutout(img: Image.Image, rng: random.Random) -> Image.Image:
+    """Paint a grey square of side uniform(0, 0.5) x image side at a random centre."""
+    w, h = img.size
+    side = rng.uniform(0, 0.5) * min(w, h)
+    cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+    x0, y0 = int(max(0, cx - side / 2)), int(max(0, cy - side / 2))
+    x1, y1 = int(min(w, x0 + side)), int(min(h, y0 + side))
+    img = img.copy()
+    ImageDraw.Draw(img).rectangle((x0, y0, x1, y1), fill=(127, 127, 127))
+    return img
+
+
+def rand_augment(img: Image.Image, rng: random.Random, num_ops: int = 2) -> Image.Image:
+    """FixMatch RandAugmentMC: ``num_ops`` ops with replacement, each with p=0.5."""
+    for _, op in rng.choices(RANDAUGMENT_POOL, k=num_ops):
+        v = rng.randrange(1, 10)
+        if rng.random() < 0.5:
+            img = op(img, v, rng)
+    return img
+
+
+def weak(img: Image.Image, rng: random.Random, crop: int) -> Image.Image:
+    """Resize (shorter side crop*256/224), reflect-pad 12.5%, random crop, flip."""
+    img = _resize_shorter(img, round(crop * 256 / 224))
+    pad = int(crop * 0.125)
+    array = np.pad(np.asarray(img), ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    top = rng.randint(0, array.shape[0] - crop)
+    left = rng.randint(0, array.shape[1] - crop)
+    img = Image.fromarray(np.ascontiguousarray(array[top : top + crop, left : left + crop]))
+    if rng.random() < 0.5:
+        img = ImageOps.mirror(img)
+    return img
+
+
+def strong(img: Image.Image, rng: random.Random, crop: int) -> Image.Image:
+    """Weak view, then RandAugmentMC, then Cutout (FixMatch's strong augmentation)."""
+    return cutout(rand_augment(weak(img, rng, crop), rng), rng)
+
+
+def _resize_shorter(img: Image.Image, size: int) -> Image.Image:
+    w, h = img.size
+    if w <= h:
+        new = (size, max(1, round(h * size / w)))
+    else:
+        new = (max(1, round(w * size / h)), size)
+    return img.resize(new, _BILINEAR)
+
+
+def to_tensor_normalized(
+    img: Image.Image, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """uint8 HWC image -> float CHW tensor, (x/255 - mean) / std per channel."""
+    x = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).float().div_(255)
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    return (x - mean_t) / std_t
+
+
+def test_transform(
+    img: Image.Image, crop: int, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """Evaluation view: resize to crop x crop and normalise, nothing random."""
+    return to_tensor_normalized(img.resize((crop, crop), _BILINEAR), mean, std)
+
+
+test_transform.__test__ = False  # its name starts with "test": keep pytest from collecting it
+
+
+class ViewMaker:
+    """The tensors each kind of sample feeds to the model.
+
+    A labeled image gets one weak view; an unlabeled image gets a weak view (for the
+    pseudo-label) and two independent strong views drawn one after the other from
+    the same ``rng``.
+    """
+
+    def __init__(self, crop: int, mean: Sequence[float], std: Sequence[float]):
+        self.crop = crop
+        self.mean = tuple(mean)
+        self.std = tuple(std)
+
+    def _tensor(self, img: Image.Image) -> torch.Tensor:
+        return to_tensor_normalized(img, self.mean, self.std)
+
+    def labeled(self, img: Image.Image, rng: random.Random) -> torch.Tensor:
+        return self._tensor(weak(img, rng, self.crop))
+
+    def unlabeled(
+        self, img: Image.Image, rng: random.Random
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        weak_view = self._tensor(weak(img, rng, self.crop))
+        strong1 = self._tensor(strong(img, rng, self.crop))
+        strong2 = self._tensor(strong(img, rng, self.crop))
+        return weak_view, strong1, strong2
+
+    def test(self, img: Image.Image) -> torch.Tensor:
+        return test_transform(img, self.crop, self.mean, self.std)

@@ -1,0 +1,44 @@
+"""Train or evaluate from a loaded config: what ``main.py`` calls."""
+from __future__ import annotations
+
+import logging
+
+from finessl.engine.setup import draw_seed, prepare_run_dir, save_run_config
+from finessl.logs import setup_logging
+from finessl.engine.trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg) -> dict:
+    """Fresh run or ``resume``; logs and returns best / last test top-1."""
+    seed = draw_seed(cfg)
+    run_dir = prepare_run_dir(cfg, seed)
+    setup_logging(run_dir)
+    if cfg.resume:
+        trainer = Trainer(cfg, run_dir, seed, write_split=False)
+        trainer.load(run_dir)
+        if trainer.seed != seed:
+            trainer = Trainer(cfg, run_dir, trainer.seed, write_split=False)
+            trainer.load(run_dir)
+    else:
+        save_run_config(cfg, seed, run_dir)
+        log.info("run folder %s (seed %d)", run_dir, seed)
+        trainer = Trainer(cfg, run_dir, seed)
+    result = trainer.fit()
+    if result:
+        log.info("best top-1 %.2f%% (epoch %d), last top-1 %.2f%% (epoch %d)",
+                 100 * result["best_top1"], result["best_epoch"], 100 * result["last_top1"],
+                 result["last_epoch"])
+    return result
+
+
+def evaluate(cfg) -> dict:
+    """``eval_only True model_dir DIR``: test top-1 of a saved run."""
+    setup_logging()
+    trainer = Trainer(cfg, None, draw_seed(cfg), write_split=False)
+    trainer.load(cfg.model_dir, full=False)
+    result = trainer.evaluate()
+    log.info("test top-1 %.2f%%  ECE %.4f  (%s)", 100 * result["top1"], result["ece"],
+             cfg.model_dir)
+    return result

@@ -1,0 +1,89 @@
+"""Everything decided before the first step: device, precision, seed, run folder, logs."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+
+import torch
+
+from finessl.engine.checkpoint import LAST, atomic_write_text
+from finessl.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def select_device(cfg) -> torch.device:
+    """``gpu`` None: cuda:0 if CUDA exists, else CPU; ``gpu K``: cuda:K or an error."""
+    if cfg.gpu is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        raise UserError(f"gpu {cfg.gpu}: CUDA is not available on this machine; "
+                        f"drop 'gpu' to run on the CPU")
+    if cfg.gpu >= torch.cuda.device_count():
+        raise UserError(f"gpu {cfg.gpu}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return torch.device("cuda", cfg.gpu)
+
+
+class Precision:
+    """How the step runs: ``fp16`` casts the frozen backbone to half (the authors'
+    setting), ``amp`` autocasts (fp16 + grad scaler, or bf16), ``fp32`` does neither.
+    Without CUDA both half modes fall back to fp32 with a warning."""
+
+    def __init__(self, prec: str, device: torch.device):
+        if prec != "fp32" and device.type != "cuda":
+            log.warning("prec %s needs CUDA; running in fp32 on %s", prec, device.type)
+            prec = "fp32"
+        self.mode = prec
+        self.device = device
+        self.half_backbone = prec == "fp16"
+        self.amp_dtype = None
+        if prec == "amp":
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+
+def draw_seed(cfg) -> int:
+    return cfg.seed if cfg.seed is not None else secrets.randbelow(2**31)
+
+
+def prepare_run_dir(cfg, seed: int) -> str:
+    """The run folder: ``resume`` > ``output_dir`` > out/<dataset>/N<NUM_L>/seed<seed>.
+
+    A fresh run never writes into a folder that already holds a checkpoint: that
+    would overwrite somebody's results.
+    """
+    if cfg.resume:
+        run_dir = cfg.resume
+        if not os.path.isfile(os.path.join(run_dir, LAST)):
+            raise UserError(f"resume: no {LAST} in {run_dir}")
+        return run_dir
+    run_dir = cfg.output_dir or os.path.join("out", cfg.DATA.NAME, f"N{cfg.DATA.NUM_L}",
+                                             f"seed{seed}")
+    if os.path.isfile(os.path.join(run_dir, LAST)):
+        raise UserError(f"output_dir {run_dir} already holds a run ({LAST}): pass "
+                        f"'resume {run_dir}' to continue it, or choose another output_dir")
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        probe = os.path.join(run_dir, ".write-test")
+        with open(probe, "w"):
+            pass
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"output_dir {run_dir} is not writable ({e.strerror})") from None
+    return run_dir
+
+
+def save_run_config(cfg, seed: int, run_dir: str) -> None:
+    """The merged config, with the seed actually used, as ``config.yaml``."""
+    resolved = cfg.clone()
+    resolved.defrost()
+    resolved.seed = seed
+    resolved.output_dir = run_dir
+    atomic_write_text(resolved.dump(), os.path.join(run_dir, "config.yaml"))

@@ -1,0 +1,210 @@
+"""The training loop: epochs of ``total_steps`` steps, evaluation after each epoch,
+tensorboard + text logs, atomic checkpoints and exact resume."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from finessl.algorithms import build_algorithm
+from finessl.data import build_data, build_test_loader, build_train_loaders
+from finessl.engine.checkpoint import LAST, atomic_save, rng_state, seed_everything, set_rng_state
+from finessl.engine.setup import Precision, select_device
+from finessl.errors import UserError
+from finessl.metrics import distribution_entropy, expected_calibration_error, top1
+from finessl.models import build_model
+from finessl.models.backbone import resolve_model_name
+
+log = logging.getLogger(__name__)
+
+
+def image_size(cfg) -> int:
+    """Input side of the backbone; the views are cropped to it."""
+    model_cfg = open_clip.get_model_config(resolve_model_name(cfg.backbone))
+    size = model_cfg["vision_cfg"]["image_size"]
+    return size if isinstance(size, int) else size[0]
+
+
+class Trainer:
+    """Builds data, model, algorithm and optimiser from ``cfg`` and runs them."""
+
+    def __init__(self, cfg, run_dir: str | None, seed: int, write_split: bool = True):
+        self.cfg, self.run_dir, self.seed = cfg, run_dir, seed
+        self.device = select_device(cfg)
+        self.precision = Precision(cfg.prec, self.device)
+        seed_everything(seed)
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self.data = build_data(cfg, image_size(cfg), run_dir if write_split else None)
+        self.model = build_model(cfg, self.data.classnames, self.device,
+                                 self.precision.half_backbone)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optim = torch.optim.SGD(self.params, lr=cfg.lr, momentum=cfg.momentum,
+                                     weight_decay=cfg.weight_decay)
+        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.optim, float(cfg.num_epochs))
+        self.algorithm = build_algorithm(cfg, self.model, self.data.num_classes,
+                                         len(self.data.unlabeled), self.device)
+        self.start_epoch, self.global_step = 0, 0
+        self.history: list[dict] = []
+        self._test_loader = None
+        self._log_parameter_counts()
+
+    def _log_parameter_counts(self) -> None:
+        total = sum(p.numel() for p in self.model.parameters())
+        trainable = sum(p.numel() for p in self.params)
+        heads = sum(p.numel() for m in (self.model.head, self.model.aux_head)
+                    for p in m.parameters())
+        log.info("parameters: total %d, trainable %d, trainable without heads %d",
+                 total, trainable, trainable - heads)
+
+    # ---- checkpoints -------------------------------------------------------------
+    def save(self, epoch: int) -> None:
+        state = {
+            "epoch": epoch, "global_step": self.global_step, "seed": self.seed,
+            "model": self.model.trainable_state_dict(), "optimizer": self.optim.state_dict(),
+            "scheduler": self.sched.state_dict(), "algorithm": self.algorithm.state_dict(),
+            "scaler": self.precision.scaler.state_dict() if self.precision.scaler else None,
+            "rng": rng_state(), "history": self.history, "config": self.cfg.dump(),
+        }
+        atomic_save(state, os.path.join(self.run_dir, LAST))
+        freq = self.cfg.checkpoint_freq
+        if freq > 0 and epoch % freq == 0:
+            atomic_save(state, os.path.join(self.run_dir, f"checkpoint_epoch{epoch}.pt"))
+
+    def load(self, run_dir: str, full: bool = True) -> None:
+        path = os.path.join(run_dir, LAST)
+        if not os.path.isfile(path):
+            raise UserError(f"no checkpoint {path}")
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=False)
+            self.model.load_trainable_state_dict(state["model"])
+        except (KeyError, RuntimeError, EOFError) as e:
+            raise UserError(f"{path} does not fit this config ({str(e)[:160]}); "
+                            f"use the config the run was trained with") from None
+        if not full:
+            return
+        self.optim.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.algorithm.load_state_dict(state["algorithm"])
+        if self.precision.scaler is not None and state["scaler"] is not None:
+            self.precision.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.start_epoch, self.global_step = state["epoch"], state["global_step"]
+        self.history = state["history"]
+        log.info("resumed from %s at epoch %d", path, self.start_epoch)
+
+    # ---- training ----------------------------------------------------------------
+    def fit(self) -> dict:
+        cfg = self.cfg
+        loaders = build_train_loaders(self.data, cfg.DATA.BATCH_SIZE, cfg.DATA.MU_U,
+                                      cfg.total_steps, cfg.num_workers, self.seed,
+                                      self.device.type == "cuda")
+        writer = SummaryWriter(os.path.join(self.run_dir, "tensorboard"),
+                               purge_step=self.global_step)
+        try:
+            for epoch in range(self.start_epoch, cfg.num_epochs):
+                self.train_epoch(epoch, loaders, writer)
+                self.sched.step()
+                result = self.evaluate()
+                self.record_epoch(epoch, result, writer)
+                self.save(epoch + 1)
+        finally:
+            writer.close()
+        return self.summary()
+
+    def train_epoch(self, epoch: int, loaders, writer: SummaryWriter) -> None:
+        cfg, model = self.cfg, self.model
+        model.train()
+        self.algorithm.on_epoch_start(epoch)
+        for loader in loaders:
+            loader.sampler.set_epoch(epoch)
+        window: dict[str, torch.Tensor] = {}
+        bar = tqdm(zip(*loaders), total=cfg.total_steps, dynamic_ncols=True,
+                   desc=f"epoch {epoch + 1}/{cfg.num_epochs}", leave=False)
+        for step, ((x, y), (u_w, u_s1, u_s2, u_idx, u_true)) in enumerate(bar):
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in dict(
+                x=x, y=y, u_w=u_w, u_s1=u_s1, u_s2=u_s2, u_idx=u_idx, u_true=u_true).items()}
+            with self.precision.autocast():
+                loss, logs = self.algorithm.train_step(batch)
+            self.optim.zero_grad(set_to_none=True)
+            scaler = self.precision.scaler
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(self.optim)
+                scaler.update()
+            else:
+                loss.backward()
+                self.optim.step()
+            self.global_step += 1
+            for k, v in logs.items():
+                window[k] = window.get(k, 0.0) + torch.as_tensor(v, dtype=torch.float32).detach()
+            if (step + 1) % cfg.print_freq == 0 or step + 1 == cfg.total_steps:
+                means = {k: float(v) / ((step % cfg.print_freq) + 1) for k, v in window.items()}
+                window.clear()
+                self._log_window(epoch, step, means, writer, bar)
+
+    def _log_window(self, epoch, step, means, writer, bar) -> None:
+        if not torch.isfinite(torch.tensor(means["loss/total"])):
+            raise RuntimeError(f"loss is {means['loss/total']} at epoch {epoch + 1} step "
+                               f"{step + 1}; lower lr or use prec fp32")
+        lr = self.optim.param_groups[0]["lr"]
+        for k, v in means.items():
+            writer.add_scalar(f"train/{k}", v, self.global_step)
+        writer.add_scalar("train/lr", lr, self.global_step)
+        bar.set_postfix(loss=f"{means['loss/total']:.4f}",
+                        mask=f"{means.get('pseudo/mask_rate', 0):.2f}", lr=f"{lr:.2e}")
+        log.debug("epoch %d step %d/%d loss %.4f lr %.3e", epoch + 1, step + 1,
+                  self.cfg.total_steps, means["loss/total"], lr)
+
+    def record_epoch(self, epoch: int, result: dict, writer: SummaryWriter) -> None:
+        memory = self.algorithm.pseudo_label_memory()
+        if memory is not None:
+            chosen = memory[memory >= 0]
+            counts = torch.bincount(chosen, minlength=self.data.num_classes).cpu()
+            result["pseudo_entropy"] = distribution_entropy(counts)
+            truth = self.data.unlabeled_targets.to(memory.device)
+            result["pseudo_acc"] = top1(chosen, truth[memory >= 0]) if chosen.numel() else 0.0
+            result["pseudo_rate"] = chosen.numel() / max(memory.numel(), 1)
+            if chosen.numel():
+                writer.add_histogram("pseudo/class", chosen.cpu(), epoch + 1,
+                                     bins=min(self.data.num_classes, 64))
+        for k, v in result.items():
+            writer.add_scalar(f"epoch/{k}", v, epoch + 1)
+        result["epoch"] = epoch + 1
+        self.history.append(result)
+        best = max(self.history, key=lambda r: r["top1"])
+        log.info("epoch %d/%d  test top-1 %.2f%%  (best %.2f%% at epoch %d)  ECE %.4f  "
+                 "pseudo-label acc %.2f%% on %.1f%% of unlabeled", epoch + 1,
+                 self.cfg.num_epochs, 100 * result["top1"], 100 * best["top1"], best["epoch"],
+                 result["ece"], 100 * result.get("pseudo_acc", 0), 100 * result.get("pseudo_rate", 0))
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Top-1 and ECE of the main head on the full test set."""
+        self.model.eval()
+        if self._test_loader is None:
+            self._test_loader = build_test_loader(self.data, max(100, self.cfg.DATA.BATCH_SIZE),
+                                                  self.cfg.num_workers)
+        confs, preds, targets = [], [], []
+        for images, labels in self._test_loader:
+            with self.precision.autocast():
+                logits, _ = self.model(images.to(self.device, non_blocking=True))
+            conf, pred = F.softmax(logits.float(), dim=-1).max(dim=-1)
+            confs.append(conf.cpu()), preds.append(pred.cpu()), targets.append(labels)
+        conf, pred, target = torch.cat(confs), torch.cat(preds), torch.cat(targets)
+        self.model.train()
+        return {"top1": top1(pred, target),
+                "ece": expected_calibration_error(conf, pred == target)}
+
+    def summary(self) -> dict:
+        if not self.history:
+            return {}
+        best = max(self.history, key=lambda r: r["top1"])
+        return {"best_top1": best["top1"], "best_epoch": best["epoch"],
+                "last_top1": self.history[-1]["top1"], "last_epoch": self.history[-1]["epoch"]}

@@ -1,0 +1,142 @@
+"""The frozen CLIP image tower and the one forward pass every PEFT method plugs into.
+
+We keep open_clip's modules (and so its weights and key names) but run the block
+loop ourselves: attention goes through ``F.scaled_dot_product_attention`` (fused
+flash / memory-efficient kernels on CUDA), and a hook point before each block lets
+prompt-style PEFT modules (VPT, METHOD.md §1) edit the token sequence.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import open_clip
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from finessl.config import BACKBONE_ALIASES
+from finessl.errors import UserError
+
+log = logging.getLogger(__name__)
+
+_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+def resolve_model_name(backbone: str) -> str:
+    """The open_clip name for ``backbone``.
+
+    Accepts the authors' spelling (``ViT-B/16``), any open_clip model name, or the
+    path of an open_clip model-config JSON (registered on the fly, so custom
+    architectures are data, not code).
+    """
+    if backbone.endswith(".json"):
+        if not os.path.isfile(backbone):
+            raise UserError(f"backbone: model config file not found: {backbone}")
+        open_clip.add_model_config(backbone)
+        return os.path.splitext(os.path.basename(backbone))[0]
+    name = BACKBONE_ALIASES.get(backbone, backbone)
+    if name not in open_clip.list_models():
+        import difflib
+        close = difflib.get_close_matches(name, open_clip.list_models(), n=3)
+        hint = f" (close: {', '.join(close)})" if close else ""
+        raise UserError(f"backbone: unknown open_clip model '{backbone}'{hint}")
+    return name
+
+
+def _pretrained_source(name: str, pretrained: str) -> str | None:
+    if pretrained.lower() in ("", "none"):
+        return None
+    looks_like_file = pretrained.endswith(_WEIGHT_SUFFIXES) or os.sep in pretrained
+    if looks_like_file:
+        if not os.path.isfile(pretrained):
+            raise UserError(f"pretrained: weights file not found: {pretrained}")
+        return pretrained
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if pretrained not in tags:
+        raise UserError(f"pretrained: '{pretrained}' is not an open_clip tag for {name} "
+                        f"(tags: {', '.join(tags) or 'none'}); or give a local weights file")
+    return pretrained
+
+
+def load_clip(backbone: str, pretrained: str, cache_dir: str = "") -> nn.Module:
+    """Build the open_clip CLIP model with its weights, failing in one clear line.
+
+    Weights come from an open_clip tag (Hugging Face cache; ``HF_HUB_OFFLINE=1``
+    uses a warm cache without network), a local checkpoint file, or nowhere
+    (``pretrained none``: random init, for tests and benchmarks).
+    """
+    name = resolve_model_name(backbone)
+    source = _pretrained_source(name, pretrained)
+    try:
+        model = open_clip.create_model(name, pretrained=source, cache_dir=cache_dir or None)
+    except UserError:
+        raise
+    except Exception as e:  # network, cache miss, corrupt file: all user-fixable
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if source is not None and not os.path.isfile(source):
+            raise UserError(
+                f"CLIP weights {name}/{source} are not available ({first[:160]}): run once with "
+                f"internet to fill the Hugging Face cache, or set HF_HUB_OFFLINE=1 with a warm "
+                f"cache, or pass 'pretrained /path/to/weights.pt'") from None
+        raise UserError(f"pretrained: cannot load {source or name} ({first[:200]})") from None
+    return model
+
+
+def attention(attn: nn.MultiheadAttention, x: torch.Tensor) -> torch.Tensor:
+    """Multi-head self-attention with nn.MultiheadAttention's weights, through SDPA."""
+    b, n, d = x.shape
+    heads = attn.num_heads
+    qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)
+    q, k, v = qkv.view(b, n, 3, heads, d // heads).permute(2, 0, 3, 1, 4).unbind(0)
+    out = F.scaled_dot_product_attention(q, k, v)
+    return attn.out_proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+def block_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """open_clip's ResidualAttentionBlock, pre-norm, with SDPA attention."""
+    x = x + block.ls_1(attention(block.attn, block.ln_1(x)))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+class PeftModule(nn.Module):
+    """Base of a PEFT module: override the hook points it needs.
+
+    ``before_block(i, x, n_keep)`` sees the token sequence (B, L, width) entering
+    block ``i``; the first ``n_keep`` tokens are the class and patch tokens.
+    """
+
+    def before_block(self, i: int, x: torch.Tensor, n_keep: int) -> torch.Tensor:
+        return x
+
+
+class ViTBackbone(nn.Module):
+    """Frozen CLIP ViT image tower returning the pre-projection CLS feature.
+
+    Feature = ``ln_post`` of the class token after the last block, *before* the
+    visual projection (METHOD.md §1): a ``width``-dim vector.
+    """
+
+    def __init__(self, visual: nn.Module, peft: list[PeftModule] | None = None):
+        super().__init__()
+        if not hasattr(visual, "transformer") or getattr(visual, "attn_pool", None) is not None \
+                or getattr(visual, "pool_type", "tok") != "tok":
+            raise UserError("backbone: only CLIP ViT image towers with class-token pooling "
+                            "are supported")
+        self.visual = visual
+        self.visual.requires_grad_(False)
+        self.peft = nn.ModuleList(peft or [])
+        self.width = visual.transformer.width
+        self.num_blocks = len(visual.transformer.resblocks)
+        self.patch_size = tuple(visual.conv1.kernel_size)
+        self.image_size = tuple(visual.image_size)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        visual = self.visual
+        x = visual._embeds(images.to(visual.conv1.weight.dtype))
+        n_keep = x.shape[1]
+        for i, block in enumerate(visual.transformer.resblocks):
+            for module in self.peft:
+                x = module.before_block(i, x, n_keep)
+            x = block_forward(block, x)
+        return visual.ln_post(x[:, 0]).float()

@@ -1,0 +1,41 @@
+"""Cosine classifier heads: the main head f and the auxiliary head f_aux (METHOD.md §1)."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class CosineHead(nn.Module):
+    """``logits = s * normalize(x) @ normalize(W).T`` with a learnable scale s.
+
+    W starts uniform in [-1, 1] with unit rows (the released ``rand_init``), or from
+    ``weight`` (text init). s starts at 1/0.07, CLIP's temperature.
+    """
+
+    def __init__(self, width: int, num_classes: int, weight: torch.Tensor | None = None,
+                 scale: float = 1 / 0.07):
+        super().__init__()
+        if weight is None:
+            weight = torch.empty(num_classes, width).uniform_(-1.0, 1.0)
+        self.weight = nn.Parameter(F.normalize(weight.float(), dim=-1).clone())
+        self.logit_scale = nn.Parameter(torch.tensor(float(scale)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logit_scale * F.normalize(x, dim=-1) @ F.normalize(self.weight, dim=-1).t()
+
+
+@torch.no_grad()
+def text_init_weight(clip_model: nn.Module, tokenizer, classnames: list[str],
+                     template: str) -> torch.Tensor:
+    """The paper's semantic init: W = T @ P.T (Table 10, FFT-dagger).
+
+    T: L2-normalised CLIP text embeddings of ``template.format(name)``; P: the visual
+    projection (width x embed_dim), so W's rows live in the pre-projection space the
+    heads see.
+    """
+    prompts = [template.format(c.replace("_", " ")) for c in classnames]
+    device = next(clip_model.parameters()).device
+    text = clip_model.encode_text(tokenizer(prompts).to(device)).float()
+    text = F.normalize(text, dim=-1)
+    return text @ clip_model.visual.proj.float().t()
