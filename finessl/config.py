@@ -191,7 +191,11 @@ def _merge(cfg: CN, pairs: list[tuple[str, object]], source: str, seen_inert: li
                 seen_inert.append(key)
             continue
         if key in UNAVAILABLE_SWITCHES:
-            if value not in (False, None, "False", 0):
+            if isinstance(value, str):
+                value = _parse_cli_value(value)
+            if not isinstance(value, bool):
+                raise UserError(f"{key}: expected bool, got {value!r} ({source})")
+            if value:
                 raise UserError(f"{key}: this fine-tuning method is not implemented in this "
                                 f"version; use vpt_deep or vpt_shallow ({source})")
             continue

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 
 from finessl.errors import UserError
+from finessl.io import atomic_write_text
 
 
 def class_counts(n_max: int, num_classes: int, imb_ratio: float) -> list[int]:
@@ -86,8 +85,7 @@ def save_split(
 ) -> str:
     """Write the split as JSON atomically and return its sha256.
 
-    The file is written to a temporary name in the same folder, fsynced and then
-    renamed over ``path``, so a crash never leaves a half-written split behind.
+    Written atomically, so a crash never leaves a half-written split behind.
     ``targets`` and ``num_classes`` only serve the per-class counts kept for reading.
     """
     digest = split_hash(labeled_idx, unlabeled_idx)
@@ -105,17 +103,5 @@ def save_split(
         "meta": meta,
         "sha256": digest,
     }
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=".split-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
+    atomic_write_text(json.dumps(record), path)
     return digest

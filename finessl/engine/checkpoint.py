@@ -1,45 +1,31 @@
-"""Checkpoints that are never half-written, and the RNG states that make resume exact."""
+"""Checkpoint helpers: the run's seed and the RNG states that make resume exact."""
 from __future__ import annotations
 
 import os
 import random
-import tempfile
 
 import numpy as np
 import torch
 
+from finessl.errors import UserError
+
 LAST = "checkpoint_last.pt"
 
 
-def atomic_save(obj, path: str) -> None:
-    """``torch.save`` to a temp file in the same folder, fsync, then rename.
+def saved_seed(run_dir: str) -> int:
+    """The seed a saved run was trained with.
 
-    A crash (or SIGKILL) at any moment leaves either the old file or the new one,
-    never a truncated file.
+    Resume and evaluation rebuild the model under it, so anything drawn from it at
+    build time (a randomly initialised backbone with ``pretrained none``) is the
+    same as in training.
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    path = os.path.join(run_dir, LAST)
+    if not os.path.isfile(path):
+        raise UserError(f"no checkpoint {path}")
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(text: str, path: str) -> None:
-    """Write a text file by temp file + rename (same guarantee as :func:`atomic_save`)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+        return int(torch.load(path, map_location="cpu", weights_only=False)["seed"])
+    except Exception as e:  # truncated or foreign file
+        raise UserError(f"{path} is not a FineSSL checkpoint ({type(e).__name__})") from None
 
 
 def rng_state() -> dict:

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import logging
 
-from finessl.engine.setup import draw_seed, prepare_run_dir, save_run_config
+from finessl.engine.checkpoint import saved_seed
+from finessl.engine.setup import draw_seed, prepare_run_dir, save_run_config, select_device
 from finessl.logs import setup_logging
 from finessl.engine.trainer import Trainer
 
@@ -12,15 +13,13 @@ log = logging.getLogger(__name__)
 
 def train(cfg) -> dict:
     """Fresh run or ``resume``; logs and returns best / last test top-1."""
+    select_device(cfg)  # a missing GPU fails before anything is written
     seed = draw_seed(cfg)
     run_dir = prepare_run_dir(cfg, seed)
     setup_logging(run_dir)
     if cfg.resume:
-        trainer = Trainer(cfg, run_dir, seed, write_split=False)
+        trainer = Trainer(cfg, run_dir, saved_seed(run_dir), write_split=False)
         trainer.load(run_dir)
-        if trainer.seed != seed:
-            trainer = Trainer(cfg, run_dir, trainer.seed, write_split=False)
-            trainer.load(run_dir)
     else:
         save_run_config(cfg, seed, run_dir)
         log.info("run folder %s (seed %d)", run_dir, seed)
@@ -36,7 +35,7 @@ def train(cfg) -> dict:
 def evaluate(cfg) -> dict:
     """``eval_only True model_dir DIR``: test top-1 of a saved run."""
     setup_logging()
-    trainer = Trainer(cfg, None, draw_seed(cfg), write_split=False)
+    trainer = Trainer(cfg, None, saved_seed(cfg.model_dir), write_split=False)
     trainer.load(cfg.model_dir, full=False)
     result = trainer.evaluate()
     log.info("test top-1 %.2f%%  ECE %.4f  (%s)", 100 * result["top1"], result["ece"],

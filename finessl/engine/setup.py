@@ -8,7 +8,8 @@ import secrets
 
 import torch
 
-from finessl.engine.checkpoint import LAST, atomic_write_text
+from finessl.engine.checkpoint import LAST
+from finessl.io import atomic_write_text
 from finessl.errors import UserError
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 
 import open_clip
 import torch
@@ -14,7 +13,8 @@ from tqdm import tqdm
 
 from finessl.algorithms import build_algorithm
 from finessl.data import build_data, build_test_loader, build_train_loaders
-from finessl.engine.checkpoint import LAST, atomic_save, rng_state, seed_everything, set_rng_state
+from finessl.engine.checkpoint import LAST, rng_state, seed_everything, set_rng_state
+from finessl.io import atomic_save
 from finessl.engine.setup import Precision, select_device
 from finessl.errors import UserError
 from finessl.metrics import distribution_entropy, expected_calibration_error, top1

@@ -64,7 +64,9 @@ def build_model(cfg, classnames: list[str], device: torch.device, half: bool) ->
     if half:
         backbone.visual.half()
     head = CosineHead(width, len(classnames), weight)
-    aux_head = CosineHead(width, len(classnames), head.weight.detach())
+    aux_head = CosineHead(width, len(classnames))
+    with torch.no_grad():
+        aux_head.weight.copy_(head.weight)  # f_aux starts as a copy of f (METHOD.md §1)
     model = FineSSLModel(backbone, head, aux_head).to(device)
     del clip_model
     return model

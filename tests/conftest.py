@@ -1,0 +1,43 @@
+"""Shared fixtures: a tiny CLIP ViT registered with open_clip and a small dataset in
+CIFAR-10's real on-disk format, so every test runs the real loaders on CPU."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fakedata import write_fake_cifar
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_VIT = os.path.join(REPO, "tests", "assets", "ViT-Tiny-8.json")
+
+
+@pytest.fixture(scope="session")
+def cifar_root(tmp_path_factory) -> str:
+    """Fake CIFAR-10: 40 train and 20 test images per class, learnable patterns."""
+    root = str(tmp_path_factory.mktemp("cifar10"))
+    return write_fake_cifar(root, "cifar10", train_per_class=40, test_per_class=20, seed=0)
+
+
+def tiny_args(cifar_root: str, out: str, **overrides) -> list[str]:
+    """KEY VALUE pairs for a fast run of the tiny ViT on the fake CIFAR-10."""
+    opts = {
+        "DATA.NAME": "CIFAR10", "DATA.DATAPATH": cifar_root, "DATA.DOWNLOAD": "False",
+        "DATA.NUM_L": "4", "DATA.NUM_U": "36", "DATA.BATCH_SIZE": "8",
+        "backbone": TINY_VIT, "pretrained": "none", "prec": "fp32",
+        "vpt_deep": "True", "vpt_len": "4", "num_epochs": "3", "total_steps": "20",
+        "num_workers": "0", "seed": "1", "output_dir": out,
+    }
+    opts.update({k: str(v) for k, v in overrides.items()})
+    return [x for kv in opts.items() for x in kv]
+
+
+def run_main(args: list[str], env: dict | None = None, timeout: float = 300):
+    """``python main.py ARGS`` in a subprocess: (returncode, stdout, stderr)."""
+    full_env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", **(env or {}))
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "main.py"), *args],
+                          capture_output=True, text=True, env=full_env, timeout=timeout,
+                          cwd=REPO)
+    return proc.returncode, proc.stdout, proc.stderr

@@ -1,0 +1,341 @@
+"""The yacs defaults tree and :func:`load_config`: released configs load unchanged,
+defaults are the released values, and every user mistake is one ``UserError``."""
+from __future__ import annotations
+
+import glob
+import io
+import logging
+import os
+import re
+import tokenize
+
+import pytest
+import yaml
+
+from conftest import REPO
+from finessl.config import (INERT_KEYS, UNAVAILABLE_SWITCHES, _COMPANION_KEYS,
+                            get_cfg_defaults, load_config)
+from finessl.errors import UserError
+
+# The authors' released YAML (Gank0078/FineSSL), verbatim.
+AUTHORS_YAML = """\
+dataset: "CIFAR100"
+root: "./datasets/cifar-100"
+backbone: "ViT-B/16"
+resolution: 32
+stride: 16
+output_dir: "out/cifar-100/N4"
+resume: null
+checkpoint_freq: 0
+print_freq: 10
+seed: null
+deterministic: False
+gpu: null
+num_workers: 8
+prec: "fp16"
+num_epochs: 30
+lr: 0.03
+weight_decay: 5e-4
+momentum: 0.9
+DATA:
+  NAME: "CIFAR100"
+  DATAPATH: "../datasets/cifar-100"
+  NUMBER_CLASSES: 100
+  NUM_L: 4
+  NUM_U: 500
+  IMB_L: 1.0
+  IMB_U: 1.0
+  MU_U: 1
+  BATCH_SIZE: 32
+finetune: False
+bias_tuning: False
+vpt_shallow: False
+vpt_deep: False
+vpt_last: False
+lam_tokens: 1.0
+vpt_len: 50
+adapter: False
+adapter_dim: 8
+lora: False
+lora_dim: 16
+ssf: False
+th: 0.7
+mode: 0
+alpha: 8.0
+w_con: 3.0
+smoothing: 0.5
+"""
+
+PEFT_CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "peft", "*.yaml")))
+
+
+def _get(cfg, key):
+    for part in key.split("."):
+        cfg = cfg[part]
+    return cfg
+
+
+def _flatten(d, prefix=""):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _flatten(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def _leaf_keys(node, prefix=""):
+    for k, v in node.items():
+        if hasattr(v, "items"):
+            yield from _leaf_keys(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}"
+
+
+def _write(tmp_path, text, name="cfg.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+# ---- the authors' YAML ------------------------------------------------------------------
+def test_authors_yaml_loads_unchanged(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    path = _write(tmp_path, AUTHORS_YAML)
+    cfg = load_config(path, ["vpt_deep", "True"])
+
+    assert cfg.vpt_deep is True
+    assert cfg.vpt_shallow is False
+    assert isinstance(cfg.weight_decay, float) and cfg.weight_decay == 0.0005
+    assert cfg.DATA.NUM_L == 4
+    assert cfg.w_con == 3.0
+    assert cfg.backbone == "ViT-B/16"
+    assert cfg.DATA.DATAPATH == "../datasets/cifar-100"
+    assert cfg.output_dir == "out/cifar-100/N4"
+    assert cfg.seed is None and cfg.gpu is None and cfg.resume is None
+    # Every key this version implements carries the YAML's value.
+    passive = set(INERT_KEYS) | set(_COMPANION_KEYS) | set(UNAVAILABLE_SWITCHES)
+    for key, value in _flatten(yaml.safe_load(AUTHORS_YAML)):
+        if key in passive or key == "vpt_deep":
+            continue
+        expected = float(value) if key == "weight_decay" else value
+        assert _get(cfg, key) == expected, key
+
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    listed = warnings[0].getMessage().split(": ", 1)[1].split(", ")
+    assert sorted(listed) == sorted(
+        ["dataset", "root", "resolution", "stride", "vpt_last", "lam_tokens", "mode"])
+
+
+def test_no_warning_without_inert_keys(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    load_config(PEFT_CONFIGS[0], ["vpt_deep", "True"])
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+# ---- shipped configs ----------------------------------------------------------------------
+# name -> (DATA.NAME, NUMBER_CLASSES, NUM_U, BATCH_SIZE, w_con): METHOD.md §2 and §4.
+RELEASED = {
+    "cifar10_N1": ("CIFAR10", 10, 5000, 8, 1.0),
+    "cifar10_N2": ("CIFAR10", 10, 5000, 16, 3.0),
+    "cifar10_N4": ("CIFAR10", 10, 5000, 32, 3.0),
+    "cifar100_N4": ("CIFAR100", 100, 500, 32, 3.0),
+    "cifar100_N25": ("CIFAR100", 100, 500, 32, 3.0),
+    "cifar100_N100": ("CIFAR100", 100, 500, 32, 3.0),
+    "food101_N2": ("FOOD101", 101, 400, 32, 3.0),
+    "food101_N4": ("FOOD101", 101, 400, 32, 3.0),
+    "food101_N10": ("FOOD101", 101, 400, 32, 3.0),
+}
+
+
+def test_every_released_setting_has_a_config():
+    names = {os.path.splitext(os.path.basename(p))[0] for p in PEFT_CONFIGS}
+    assert names == set(RELEASED)
+
+
+@pytest.mark.parametrize("path", PEFT_CONFIGS, ids=lambda p: os.path.basename(p))
+def test_shipped_config_has_released_hyperparameters(path):
+    name = os.path.splitext(os.path.basename(path))[0]
+    cfg = load_config(path, ["vpt_deep", "True"])
+    data_name, n_classes, num_u, batch, w_con = RELEASED[name]
+    assert cfg.DATA.NAME == data_name
+    assert cfg.DATA.NUMBER_CLASSES == n_classes
+    assert cfg.DATA.NUM_L == int(re.search(r"_N(\d+)$", name).group(1))
+    assert cfg.DATA.NUM_U == num_u
+    assert cfg.DATA.BATCH_SIZE == batch
+    assert cfg.w_con == w_con
+    assert cfg.DATA.MU_U == 1
+    assert cfg.DATA.IMB_L == 1.0 and cfg.DATA.IMB_U == 1.0
+    assert cfg.lr == 0.03 and cfg.momentum == 0.9 and cfg.weight_decay == 5e-4
+    assert cfg.num_epochs == 30 and cfg.total_steps == 500
+    assert cfg.th == 0.7 and cfg.th_min == 0.0
+    assert cfg.alpha == 8.0 and cfg.smoothing == 0.5
+    assert cfg.vpt_len == 50
+    assert cfg.prec == "fp16"
+    assert cfg.vpt_deep is True
+
+
+# ---- defaults ---------------------------------------------------------------------------
+def test_defaults_are_the_released_values():
+    cfg = get_cfg_defaults()
+    assert cfg.th == 0.7
+    assert cfg.alpha == 8.0
+    assert cfg.w_con == 3.0
+    assert cfg.smoothing == 0.5
+    assert cfg.lr == 0.03
+    assert cfg.momentum == 0.9
+    assert cfg.weight_decay == 5e-4
+    assert cfg.num_epochs == 30
+    assert cfg.total_steps == 500
+    assert cfg.vpt_len == 50
+    assert cfg.bms_form == "released"
+    assert cfg.th_min == 0.0
+    assert cfg.DATA.BATCH_SIZE == 32 and cfg.DATA.MU_U == 1
+
+
+def test_defaults_are_a_fresh_copy():
+    a = get_cfg_defaults()
+    a.lr = 1.0
+    a.DATA.NUM_L = 99
+    b = get_cfg_defaults()
+    assert b.lr == 0.03 and b.DATA.NUM_L == 4
+
+
+def test_no_file_no_overrides_gives_defaults():
+    cfg = load_config()
+    assert cfg.dump() == get_cfg_defaults().dump()
+
+
+def test_every_default_key_has_a_one_line_comment():
+    path = os.path.join(REPO, "finessl", "config.py")
+    with open(path) as f:
+        source = f.read()
+    comments = {tok.start[0] for tok in tokenize.generate_tokens(io.StringIO(source).readline)
+                if tok.type == tokenize.COMMENT}
+    assigned = {}
+    for lineno, line in enumerate(source.splitlines(), 1):
+        m = re.match(r"_C\.([\w.]+)\s*=\s*(.*)$", line)
+        if m and not m.group(2).startswith("CN()"):
+            assigned[m.group(1)] = lineno
+    assert set(assigned) == set(_leaf_keys(get_cfg_defaults()))
+    uncommented = [k for k, lineno in assigned.items() if lineno not in comments]
+    assert uncommented == []
+
+
+# ---- user mistakes ------------------------------------------------------------------------
+def _error(cfg_file=None, opts=None) -> str:
+    with pytest.raises(UserError) as exc:
+        load_config(cfg_file, opts)
+    return str(exc.value)
+
+
+def test_unknown_key_suggests_the_close_one():
+    msg = _error(opts=["vpt_dep", "True"])
+    assert "vpt_dep" in msg and "did you mean 'vpt_deep'" in msg
+
+
+def test_unknown_nested_key_suggests_the_close_one():
+    msg = _error(opts=["DATA.NUM_LL", "4"])
+    assert "DATA.NUM_LL" in msg and "did you mean 'DATA.NUM_L'" in msg
+
+
+def test_unknown_key_in_yaml_names_the_file(tmp_path):
+    path = _write(tmp_path, "vpt_dep: True\n")
+    msg = _error(path)
+    assert "vpt_dep" in msg and path in msg
+
+
+@pytest.mark.parametrize("key,value", [("lr", "abc"), ("DATA.NUM_L", "2.5"),
+                                       ("vpt_deep", "3"), ("seed", "abc"), ("gpu", "True")])
+def test_wrong_type_names_the_key(key, value):
+    msg = _error(opts=[key, value])
+    assert msg.startswith(f"{key}:")
+    assert value in msg
+
+
+def test_bad_choice_lists_the_choices():
+    msg = _error(opts=["prec", "fp8"])
+    assert "prec" in msg and "fp8" in msg
+    for choice in ("fp16", "fp32", "amp"):
+        assert choice in msg
+
+
+def test_odd_number_of_overrides():
+    msg = _error(opts=["vpt_deep", "True", "lr"])
+    assert "KEY VALUE" in msg and "'lr'" in msg
+
+
+def test_missing_file_is_named(tmp_path):
+    path = str(tmp_path / "nope.yaml")
+    assert path in _error(path)
+
+
+def test_invalid_yaml_is_named(tmp_path):
+    path = _write(tmp_path, "lr: [0.1, 0.2\nth: 0.5\n")
+    msg = _error(path)
+    assert path in msg and "YAML" in msg
+
+
+def test_non_mapping_yaml_is_named(tmp_path):
+    path = _write(tmp_path, "- lr\n- th\n")
+    msg = _error(path)
+    assert path in msg and "mapping" in msg
+
+
+def test_empty_yaml_gives_defaults(tmp_path):
+    cfg = load_config(_write(tmp_path, ""))
+    assert cfg.dump() == get_cfg_defaults().dump()
+
+
+@pytest.mark.parametrize("opts,key", [
+    (["th", "1.5"], "th"),
+    (["th_min", "-0.1"], "th_min"),
+    (["DATA.IMB_L", "0.5"], "DATA.IMB_L"),
+    (["DATA.NUM_L", "0"], "DATA.NUM_L"),
+    (["lr", "-0.1"], "lr"),
+    (["smoothing", "1.0"], "smoothing"),
+    (["vpt_deep", "True", "vpt_shallow", "True"], "vpt_shallow"),
+    (["eval_only", "True"], "model_dir"),
+    (["template", "a photo"], "template"),
+])
+def test_invalid_values_name_the_key(opts, key):
+    assert key in _error(opts=opts)
+
+
+def test_boundary_values_are_valid():
+    cfg = load_config(None, ["th", "1.0", "th_min", "0.0", "DATA.IMB_L", "1", "smoothing", "0",
+                             "eval_only", "True", "model_dir", "out/x"])
+    assert cfg.th == 1.0 and cfg.DATA.IMB_L == 1.0 and cfg.smoothing == 0.0
+    assert cfg.model_dir == "out/x"
+
+
+def test_unimplemented_method_switched_on_is_an_error():
+    msg = _error(opts=["lora", "True"])
+    assert "lora" in msg and "not implemented" in msg
+
+
+def test_unimplemented_method_switched_off_is_accepted():
+    cfg = load_config(None, ["lora", "False", "lora_dim", "16"])
+    assert "lora" not in cfg and "lora_dim" not in cfg
+
+
+def test_int_accepted_where_float_expected():
+    cfg = load_config(None, ["lr", "1", "th", "1"])
+    assert isinstance(cfg.lr, float) and cfg.lr == 1.0
+    assert isinstance(cfg.th, float) and cfg.th == 1.0
+
+
+def test_overrides_beat_the_file(tmp_path):
+    path = _write(tmp_path, "lr: 0.1\nDATA:\n  NUM_L: 8\n")
+    cfg = load_config(path, ["lr", "0.2"])
+    assert cfg.lr == 0.2 and cfg.DATA.NUM_L == 8
+
+
+def test_returned_config_is_frozen():
+    cfg = load_config(None, ["vpt_deep", "True"])
+    assert cfg.is_frozen()
+    with pytest.raises(AttributeError):
+        cfg.lr = 1.0
+    with pytest.raises(AttributeError):
+        cfg.DATA.NUM_L = 8
+    assert cfg.lr == 0.03 and cfg.DATA.NUM_L == 4

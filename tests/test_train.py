@@ -1,0 +1,126 @@
+"""End to end through ``main.py`` on the tiny ViT and fake CIFAR-10: it learns, it logs,
+it checkpoints, and a run killed mid-epoch resumes to bit-identical parameters."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import REPO, run_main, tiny_args
+from finessl.config import load_config
+from finessl.engine.trainer import Trainer
+
+
+@pytest.fixture(scope="module")
+def finished_run(cifar_root, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("run") / "tiny")
+    code, _, err = run_main(tiny_args(cifar_root, out, num_epochs=4, total_steps=25, seed=2))
+    assert code == 0, err
+    return out, err
+
+
+def test_run_learns_well_above_chance(finished_run):
+    out, err = finished_run
+    state = torch.load(os.path.join(out, "checkpoint_last.pt"), weights_only=False)
+    top1 = [r["top1"] for r in state["history"]]
+    assert len(top1) == 4
+    assert top1[-1] >= 0.3  # 10 classes: chance is 0.1
+    last_line = err.strip().splitlines()[-1]
+    assert last_line.startswith("best top-1") and f"last top-1 {100 * top1[-1]:.2f}%" in last_line
+
+
+def test_run_folder_holds_config_split_log_and_checkpoint(finished_run):
+    out, _ = finished_run
+    cfg = load_config(os.path.join(out, "config.yaml"))
+    assert cfg.seed == 2 and cfg.vpt_deep
+    split = json.load(open(os.path.join(out, "split.json")))
+    assert len(split["labeled"]) == 40 and len(split["unlabeled"]) == 400
+    assert len(split["sha256"]) == 64
+    log = open(os.path.join(out, "log.txt")).read()
+    assert log.count("test top-1") >= 4 and "best top-1" in log
+    state = torch.load(os.path.join(out, "checkpoint_last.pt"), weights_only=False)
+    assert {"model", "optimizer", "scheduler", "scaler", "algorithm", "rng", "epoch",
+            "global_step"} <= set(state)
+    assert state["epoch"] == 4 and state["global_step"] == 100
+    assert state["algorithm"]["selected"].shape == (400,)
+    assert not glob.glob(os.path.join(out, ".tmp-*"))
+
+
+def test_tensorboard_has_every_loss_term_and_diagnostic(finished_run):
+    out, _ = finished_run
+    events = EventAccumulator(os.path.join(out, "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    for tag in ["train/loss/total", "train/loss/x", "train/loss/x_aux", "train/loss/u",
+                "train/loss/u_aux", "train/lr", "train/pseudo/mask_rate",
+                "train/pseudo/acc_all", "epoch/top1", "epoch/ece", "epoch/pseudo_acc",
+                "epoch/pseudo_entropy"]:
+        assert tag in tags, tag
+    lr = [e.value for e in events.Scalars("train/lr")]
+    assert lr[0] == pytest.approx(0.03) and lr[-1] < lr[0]  # cosine, stepped per epoch
+    assert "pseudo/class" in events.Tags()["histograms"]
+
+
+def test_eval_only_reproduces_the_last_top1(finished_run, cifar_root):
+    out, _ = finished_run
+    state = torch.load(os.path.join(out, "checkpoint_last.pt"), weights_only=False)
+    args = tiny_args(cifar_root, out) + ["eval_only", "True", "model_dir", out]
+    code, _, err = run_main(args)
+    assert code == 0, err
+    assert f"test top-1 {100 * state['history'][-1]['top1']:.2f}%" in err
+
+
+def test_kill_mid_epoch_two_then_resume_is_bit_identical(cifar_root, tmp_path):
+    settings = dict(num_epochs=3, total_steps=60, seed=5)
+    reference = str(tmp_path / "reference")
+    code, _, err = run_main(tiny_args(cifar_root, reference, **settings))
+    assert code == 0, err
+
+    killed = str(tmp_path / "killed")
+    ckpt = os.path.join(killed, "checkpoint_last.pt")
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "main.py"),
+                             *tiny_args(cifar_root, killed, **settings)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 120
+    while not os.path.exists(ckpt) and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.5)  # well inside epoch 2 (60 steps take > 1 s here)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert torch.load(ckpt, weights_only=False)["epoch"] == 1, "kill came too late"
+
+    # resume with dataloader workers: augmentation is seeded per sample, so it must not matter
+    code, _, err = run_main(tiny_args(cifar_root, killed, **settings, num_workers=2)
+                            + ["resume", killed])
+    assert code == 0, err
+    a = torch.load(os.path.join(reference, "checkpoint_last.pt"), weights_only=False)
+    b = torch.load(ckpt, weights_only=False)
+    assert b["epoch"] == 3 and b["global_step"] == a["global_step"]
+    for name, value in a["model"].items():
+        assert torch.equal(value, b["model"][name]), name
+    assert torch.equal(a["algorithm"]["selected"], b["algorithm"]["selected"])
+    assert [r["top1"] for r in a["history"]] == [r["top1"] for r in b["history"]]
+
+
+def test_training_changes_prompts_and_heads_but_never_the_backbone(cifar_root, tmp_path):
+    opts = tiny_args(cifar_root, str(tmp_path), num_epochs=1, total_steps=5)
+    cfg = load_config(None, opts)
+    trainer = Trainer(cfg, str(tmp_path), seed=0)
+    frozen = {k: v.clone() for k, v in trainer.model.backbone.visual.state_dict().items()}
+    tuned = trainer.model.trainable_state_dict()
+    trainer.fit()
+    for k, v in trainer.model.backbone.visual.state_dict().items():
+        assert torch.equal(v, frozen[k]), k
+    assert all(not p.requires_grad for p in trainer.model.backbone.visual.parameters())
+    after = trainer.model.trainable_state_dict()
+    for name in ["backbone.peft.0.prompts", "head.weight", "aux_head.weight"]:
+        assert not torch.equal(after[name], tuned[name]), name
