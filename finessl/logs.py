@@ -6,10 +6,16 @@ import os
 import sys
 
 
-class _QuietLibraries(logging.Filter):
-    """Hide open_clip's INFO chatter (it logs through the root logger) on the console."""
+PROGRESS = "finessl.progress"  # per-step lines: log.txt only, the console has the bar
+
+
+class _ConsoleFilter(logging.Filter):
+    """Keep the console readable: no per-step lines, no open_clip INFO chatter (it
+    logs through the root logger)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == PROGRESS:
+            return False
         return record.levelno >= logging.WARNING or f"{os.sep}open_clip{os.sep}" not in record.pathname
 
 
@@ -21,7 +27,7 @@ def setup_logging(run_dir: str | None = None) -> None:
     if not any(getattr(h, "finessl", None) == "console" for h in root.handlers):
         console = logging.StreamHandler(sys.stderr)
         console.setFormatter(logging.Formatter("%(message)s"))
-        console.addFilter(_QuietLibraries())
+        console.addFilter(_ConsoleFilter())
         console.finessl = "console"
         root.addHandler(console)
     if run_dir:

@@ -17,11 +17,13 @@ from finessl.engine.checkpoint import LAST, rng_state, seed_everything, set_rng_
 from finessl.io import atomic_save
 from finessl.engine.setup import Precision, select_device
 from finessl.errors import UserError
+from finessl.logs import PROGRESS
 from finessl.metrics import distribution_entropy, expected_calibration_error, top1
 from finessl.models import build_model
 from finessl.models.backbone import resolve_model_name
 
 log = logging.getLogger(__name__)
+progress = logging.getLogger(PROGRESS)
 
 
 def image_size(cfg) -> int:
@@ -159,8 +161,13 @@ class Trainer:
         writer.add_scalar("train/lr", lr, self.global_step)
         bar.set_postfix(loss=f"{means['loss/total']:.4f}",
                         mask=f"{means.get('pseudo/mask_rate', 0):.2f}", lr=f"{lr:.2e}")
-        log.debug("epoch %d step %d/%d loss %.4f lr %.3e", epoch + 1, step + 1,
-                  self.cfg.total_steps, means["loss/total"], lr)
+        elapsed = bar.format_dict["elapsed"]
+        left = (self.cfg.num_epochs - epoch) * self.cfg.total_steps - step - 1
+        eta = elapsed / (step + 1) * left
+        progress.info("epoch %d/%d step %d/%d  %s  lr %.3e  eta %s", epoch + 1,
+                      self.cfg.num_epochs, step + 1, self.cfg.total_steps,
+                      "  ".join(f"{k} {v:.4f}" for k, v in means.items()), lr,
+                      bar.format_interval(eta))
 
     def record_epoch(self, epoch: int, result: dict, writer: SummaryWriter) -> None:
         memory = self.algorithm.pseudo_label_memory()
