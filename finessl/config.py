@@ -48,14 +48,33 @@ _C.vpt_len = 50  # prompt tokens per block
 _C.rand_init = True  # heads start random (True) or from CLIP text embeddings (False)
 _C.template = "a photo of a {}."  # text prompt for the text-initialised heads
 
-# ---- FineSSL (METHOD.md §3) ---------------------------------------------------------
-_C.algorithm = "finessl"  # semi-supervised algorithm
+# ---- algorithm (METHOD.md §3, §5) ---------------------------------------------------
+_C.algorithm = "finessl"  # finessl, supervised, zeroshot, pseudolabel, fixmatch, flexmatch, freematch, softmatch, debiaspl
+_C.bms = None  # Balanced Margin Softmax on/off; None = on for finessl only
+_C.dls = None  # Decoupled Label Smoothing (aux head) on/off; None = on for finessl only
+_C.bms_fixed_alpha = False  # ablation: margin spread fixed to alpha instead of (max-min pace) * alpha
+_C.bms_labeled = True  # BMS margins also on the supervised loss L_x (False: ablation)
+_C.aux_detach = True  # aux head sees detached features (False: ablation, aux losses reach PEFT)
 _C.th = 0.7  # confidence threshold zeta for pseudo-labels and the learning pace
 _C.th_min = 0.0  # aux-confidence floor below which an unlabeled sample gets weight 0
 _C.alpha = 8.0  # scale of the balanced margins
 _C.bms_form = "released"  # margin m(k): 'released' (1-b)/(1+b)*spread or 'paper' (1-b)*spread
 _C.w_con = 3.0  # weight gamma of the unlabeled loss L_u
 _C.smoothing = 0.5  # label smoothing lambda of the aux head's unlabeled targets
+
+# ---- baselines' own hyperparameters (their papers' defaults) ------------------------
+_C.FLEXMATCH = CN()
+_C.FLEXMATCH.WARMUP = True  # threshold warm-up: normalise by max(max_c sigma(c), #unused)
+_C.FREEMATCH = CN()
+_C.FREEMATCH.EMA = 0.999  # momentum of the global / class-wise confidence EMAs
+_C.FREEMATCH.FAIRNESS = 0.01  # weight of the self-adaptive fairness loss
+_C.SOFTMATCH = CN()
+_C.SOFTMATCH.EMA = 0.999  # momentum of the confidence mean / variance and class-distribution EMAs
+_C.SOFTMATCH.N_SIGMA = 2.0  # width of the truncated Gaussian, in standard deviations
+_C.SOFTMATCH.ALIGN = True  # uniform alignment of the pseudo-label distribution
+_C.DEBIASPL = CN()
+_C.DEBIASPL.EMA = 0.999  # momentum of the mean-prediction EMA p_hat
+_C.DEBIASPL.TAU = 0.5  # strength of the debiasing and of the adaptive margin
 
 # ---- optimisation (METHOD.md §4) ----------------------------------------------------
 _C.num_epochs = 30  # epochs; the cosine schedule steps once per epoch
@@ -86,19 +105,20 @@ INERT_KEYS = (
 # while off, an error when switched on (silently training something else would lie).
 UNAVAILABLE_SWITCHES = (
     "finetune", "bias_tuning", "bn_tuning", "adaptformer", "adapter", "lora", "ssf",
-    "zero_shot",
 )
 # Their companion size keys: accepted, no effect while the switch is off.
 _COMPANION_KEYS = ("ffn_num", "adapter_dim", "lora_dim", "partial")
 
 # Types accepted for keys whose default is None.
 _NONE_TYPES = {
+    "bms": (bool,), "dls": (bool,),
     "seed": (int,), "output_dir": (str,), "resume": (str,), "model_dir": (str,),
     "gpu": (int,),
 }
 _CHOICES = {
     "prec": ("fp16", "fp32", "amp"),
-    "algorithm": ("finessl",),
+    "algorithm": ("finessl", "supervised", "zeroshot", "pseudolabel", "fixmatch", "flexmatch",
+                  "freematch", "softmatch", "debiaspl"),
     "bms_form": ("released", "paper"),
 }
 
@@ -144,7 +164,8 @@ def _coerce(key: str, default, value, source: str):
     if key in _NONE_TYPES:
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, _NONE_TYPES[key]):
+        allowed = _NONE_TYPES[key]
+        if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
             if str in _NONE_TYPES[key]:
                 return str(value)
             raise UserError(f"{key}: expected {_NONE_TYPES[key][0].__name__} or null, "
@@ -184,8 +205,12 @@ def _get(cfg: CN, key: str):
 
 def _merge(cfg: CN, pairs: list[tuple[str, object]], source: str, seen_inert: list[str]) -> None:
     known = _all_keys(cfg)
-    passive = set(INERT_KEYS) | set(_COMPANION_KEYS)
+    passive = set(INERT_KEYS) | set(_COMPANION_KEYS) | {"zero_shot"}
     for key, value in pairs:
+        if key == "zero_shot":  # the authors' switch for the CLIP zero-shot baseline
+            if _coerce(key, False, value, source):
+                _set(cfg, "algorithm", "zeroshot")
+            continue
         if key in passive:
             if key in INERT_KEYS and key not in seen_inert:
                 seen_inert.append(key)
@@ -221,6 +246,9 @@ def _validate(cfg: CN) -> None:
     for key in ("DATA.IMB_L", "DATA.IMB_U"):
         if _get(cfg, key) < 1.0:
             raise UserError(f"{key}: imbalance ratio must be >= 1, got {_get(cfg, key)}")
+    for key in ("FREEMATCH.EMA", "SOFTMATCH.EMA", "DEBIASPL.EMA"):
+        if not 0.0 <= _get(cfg, key) < 1.0:
+            raise UserError(f"{key}: an EMA momentum must lie in [0, 1), got {_get(cfg, key)}")
     for key in ("th", "th_min"):
         if not 0.0 <= _get(cfg, key) <= 1.0:
             raise UserError(f"{key}: a confidence threshold must lie in [0, 1], got {_get(cfg, key)}")

@@ -19,13 +19,15 @@ def learning_pace(selected: torch.Tensor, num_classes: int) -> torch.Tensor:
     return counts / counts.max()
 
 
-def balanced_margin(pace: torch.Tensor, alpha: float, form: str = "released") -> torch.Tensor:
+def balanced_margin(pace: torch.Tensor, alpha: float, form: str = "released",
+                    dynamic: bool = True) -> torch.Tensor:
     """Per-class margin m(k) of BMS, larger for classes that learn slower.
 
-    spread = (max beta - min beta) * alpha. Released code: m = (1-beta)/(1+beta) *
-    spread; paper text: m = (1-beta) * spread. Equal paces give zero margins.
+    spread = (max beta - min beta) * alpha (``dynamic``; the Table 6 ablation fixes
+    it to alpha). Released code: m = (1-beta)/(1+beta) * spread; paper text:
+    m = (1-beta) * spread. Equal paces give zero margins when dynamic.
     """
-    spread = (pace.max() - pace.min()) * alpha
+    spread = (pace.max() - pace.min()) * alpha if dynamic else torch.tensor(alpha)
     if form == "paper":
         return (1.0 - pace) * spread
     return (1.0 - pace) / (1.0 + pace) * spread

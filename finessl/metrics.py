@@ -9,6 +9,14 @@ def top1(preds: torch.Tensor, targets: torch.Tensor) -> float:
     return (preds == targets).float().mean().item()
 
 
+def per_class_accuracy(preds: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Recall of each class (NaN for a class absent from ``targets``); their mean over
+    present classes is the balanced accuracy."""
+    total = torch.bincount(targets, minlength=num_classes).float()
+    hits = torch.bincount(targets[preds == targets], minlength=num_classes).float()
+    return hits / total
+
+
 def distribution_entropy(counts: torch.Tensor) -> float:
     """Entropy (nats) of the class distribution given by ``counts``; 0 when empty.
 

@@ -10,7 +10,7 @@ from conftest import TINY_VIT
 from finessl.config import get_cfg_defaults
 from finessl.models import build_model
 from finessl.models.backbone import ViTBackbone, load_clip
-from finessl.models.heads import CosineHead, text_init_weight
+from finessl.models.heads import CosineHead, class_text_embeddings, text_init_weight
 
 CLASSES = ["cat", "dog", "frog"]
 
@@ -115,7 +115,8 @@ def test_text_init_is_text_embedding_times_visual_projection_transposed():
     clip = load_clip(TINY_VIT, "none")
     import open_clip
     tokenizer = open_clip.get_tokenizer("ViT-Tiny-8")
-    weight = text_init_weight(clip, tokenizer, CLASSES, "a photo of a {}.")
+    weight = text_init_weight(class_text_embeddings(clip, tokenizer, CLASSES, "a photo of a {}."),
+                              clip.visual.proj)
     text = F.normalize(clip.encode_text(tokenizer(["a photo of a dog."])), dim=-1)
     assert weight.shape == (3, 64)
     assert torch.allclose(weight[1], (text @ clip.visual.proj.t())[0], atol=1e-5)

@@ -27,6 +27,8 @@ class Algorithm:
     """
 
     name = "base"
+    uses_unlabeled = True  # False: the loop feeds labeled batches only (no ``u_*`` keys)
+    trains = True  # False: nothing to train, the run only evaluates (zero-shot CLIP)
 
     def __init__(self, cfg, model: nn.Module, num_classes: int, num_unlabeled: int,
                  device: torch.device):

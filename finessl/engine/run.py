@@ -1,14 +1,19 @@
 """Train or evaluate from a loaded config: what ``main.py`` calls."""
 from __future__ import annotations
 
+import json
 import logging
+import os
 
 from finessl.engine.checkpoint import saved_seed
 from finessl.engine.setup import draw_seed, prepare_run_dir, save_run_config, select_device
 from finessl.logs import setup_logging
 from finessl.engine.trainer import Trainer
+from finessl.io import atomic_write_text
 
 log = logging.getLogger(__name__)
+
+RESULTS = "results.json"  # written when a run finishes: what sweeps and summaries read
 
 
 def train(cfg) -> dict:
@@ -26,6 +31,9 @@ def train(cfg) -> dict:
         trainer = Trainer(cfg, run_dir, seed)
     result = trainer.fit()
     if result:
+        result.update(algorithm=cfg.algorithm, dataset=cfg.DATA.NAME, num_l=cfg.DATA.NUM_L,
+                      seed=trainer.seed, history=trainer.history)
+        atomic_write_text(json.dumps(result, indent=1), os.path.join(run_dir, RESULTS))
         log.info("best top-1 %.2f%% (epoch %d), last top-1 %.2f%% (epoch %d)",
                  100 * result["best_top1"], result["best_epoch"], 100 * result["last_top1"],
                  result["last_epoch"])

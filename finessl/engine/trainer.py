@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import os
 
+import numpy as np
 import open_clip
 import torch
-import torch.nn.functional as F
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
@@ -18,7 +18,8 @@ from finessl.io import atomic_save
 from finessl.engine.setup import Precision, select_device
 from finessl.errors import UserError
 from finessl.logs import PROGRESS
-from finessl.metrics import distribution_entropy, expected_calibration_error, top1
+from finessl.engine.evaluate import evaluate
+from finessl.metrics import distribution_entropy, top1
 from finessl.models import build_model
 from finessl.models.backbone import resolve_model_name
 
@@ -46,12 +47,14 @@ class Trainer:
         self.data = build_data(cfg, image_size(cfg), run_dir if write_split else None)
         self.model = build_model(cfg, self.data.classnames, self.device,
                                  self.precision.half_backbone)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optim = torch.optim.SGD(self.params, lr=cfg.lr, momentum=cfg.momentum,
-                                     weight_decay=cfg.weight_decay)
-        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.optim, float(cfg.num_epochs))
         self.algorithm = build_algorithm(cfg, self.model, self.data.num_classes,
                                          len(self.data.unlabeled), self.device)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.algorithm.trains:
+            self.optim = torch.optim.SGD(self.params, lr=cfg.lr, momentum=cfg.momentum,
+                                         weight_decay=cfg.weight_decay)
+            self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.optim,
+                                                                    float(cfg.num_epochs))
         self.start_epoch, self.global_step = 0, 0
         self.history: list[dict] = []
         self._test_loader = None
@@ -104,11 +107,17 @@ class Trainer:
     # ---- training ----------------------------------------------------------------
     def fit(self) -> dict:
         cfg = self.cfg
+        writer = SummaryWriter(os.path.join(self.run_dir, "tensorboard"),
+                               purge_step=self.global_step)
+        if not self.algorithm.trains:
+            self.record_epoch(-1, self.evaluate(), writer)
+            writer.close()
+            return self.summary()
         loaders = build_train_loaders(self.data, cfg.DATA.BATCH_SIZE, cfg.DATA.MU_U,
                                       cfg.total_steps, cfg.num_workers, self.seed,
                                       self.device.type == "cuda")
-        writer = SummaryWriter(os.path.join(self.run_dir, "tensorboard"),
-                               purge_step=self.global_step)
+        if not self.algorithm.uses_unlabeled:
+            loaders = loaders[:1]
         try:
             for epoch in range(self.start_epoch, cfg.num_epochs):
                 self.train_epoch(epoch, loaders, writer)
@@ -129,9 +138,11 @@ class Trainer:
         window: dict[str, torch.Tensor] = {}
         bar = tqdm(zip(*loaders), total=cfg.total_steps, dynamic_ncols=True,
                    desc=f"epoch {epoch + 1}/{cfg.num_epochs}", leave=False)
-        for step, ((x, y), (u_w, u_s1, u_s2, u_idx, u_true)) in enumerate(bar):
-            batch = {k: v.to(self.device, non_blocking=True) for k, v in dict(
-                x=x, y=y, u_w=u_w, u_s1=u_s1, u_s2=u_s2, u_idx=u_idx, u_true=u_true).items()}
+        for step, batches in enumerate(bar):
+            batch = dict(zip(("x", "y"), batches[0]))
+            if len(batches) > 1:
+                batch.update(zip(("u_w", "u_s1", "u_s2", "u_idx", "u_true"), batches[1]))
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             with self.precision.autocast():
                 loss, logs = self.algorithm.train_step(batch)
             self.optim.zero_grad(set_to_none=True)
@@ -178,36 +189,29 @@ class Trainer:
             truth = self.data.unlabeled_targets.to(memory.device)
             result["pseudo_acc"] = top1(chosen, truth[memory >= 0]) if chosen.numel() else 0.0
             result["pseudo_rate"] = chosen.numel() / max(memory.numel(), 1)
-            if chosen.numel():
-                writer.add_histogram("pseudo/class", chosen.cpu(), epoch + 1,
-                                     bins=min(self.data.num_classes, 64))
+            if chosen.numel():  # one bin per class
+                edges = np.arange(self.data.num_classes + 1) - 0.5
+                writer.add_histogram("pseudo/class", chosen.cpu().numpy(), epoch + 1, bins=edges)
+        per_class = result.pop("per_class_acc")
         for k, v in result.items():
             writer.add_scalar(f"epoch/{k}", v, epoch + 1)
+        writer.add_histogram("epoch/per_class_acc", np.nan_to_num(np.array(per_class)), epoch + 1)
+        result["per_class_acc"] = per_class
         result["epoch"] = epoch + 1
         self.history.append(result)
         best = max(self.history, key=lambda r: r["top1"])
-        log.info("epoch %d/%d  test top-1 %.2f%%  (best %.2f%% at epoch %d)  ECE %.4f  "
-                 "pseudo-label acc %.2f%% on %.1f%% of unlabeled", epoch + 1,
+        log.info("epoch %d/%d  test top-1 %.2f%%  (best %.2f%% at epoch %d)  balanced %.2f%%  "
+                 "ECE %.4f  pseudo-label acc %.2f%% on %.1f%% of unlabeled", epoch + 1,
                  self.cfg.num_epochs, 100 * result["top1"], 100 * best["top1"], best["epoch"],
-                 result["ece"], 100 * result.get("pseudo_acc", 0), 100 * result.get("pseudo_rate", 0))
+                 100 * result["balanced_acc"], result["ece"], 100 * result.get("pseudo_acc", 0),
+                 100 * result.get("pseudo_rate", 0))
 
-    @torch.no_grad()
     def evaluate(self) -> dict:
-        """Top-1 and ECE of the main head on the full test set."""
-        self.model.eval()
         if self._test_loader is None:
             self._test_loader = build_test_loader(self.data, max(100, self.cfg.DATA.BATCH_SIZE),
                                                   self.cfg.num_workers)
-        confs, preds, targets = [], [], []
-        for images, labels in self._test_loader:
-            with self.precision.autocast():
-                logits, _ = self.model(images.to(self.device, non_blocking=True))
-            conf, pred = F.softmax(logits.float(), dim=-1).max(dim=-1)
-            confs.append(conf.cpu()), preds.append(pred.cpu()), targets.append(labels)
-        conf, pred, target = torch.cat(confs), torch.cat(preds), torch.cat(targets)
-        self.model.train()
-        return {"top1": top1(pred, target),
-                "ece": expected_calibration_error(conf, pred == target)}
+        return evaluate(self.model, self._test_loader, self.device, self.precision,
+                        self.data.num_classes)
 
     def summary(self) -> dict:
         if not self.history:

@@ -26,16 +26,32 @@ class CosineHead(nn.Module):
 
 
 @torch.no_grad()
-def text_init_weight(clip_model: nn.Module, tokenizer, classnames: list[str],
-                     template: str) -> torch.Tensor:
-    """The paper's semantic init: W = T @ P.T (Table 10, FFT-dagger).
-
-    T: L2-normalised CLIP text embeddings of ``template.format(name)``; P: the visual
-    projection (width x embed_dim), so W's rows live in the pre-projection space the
-    heads see.
-    """
+def class_text_embeddings(clip_model: nn.Module, tokenizer, classnames: list[str],
+                          template: str) -> torch.Tensor:
+    """T: L2-normalised CLIP text embeddings of ``template.format(name)``, one per class."""
     prompts = [template.format(c.replace("_", " ")) for c in classnames]
     device = next(clip_model.parameters()).device
     text = clip_model.encode_text(tokenizer(prompts).to(device)).float()
-    text = F.normalize(text, dim=-1)
-    return text @ clip_model.visual.proj.float().t()
+    return F.normalize(text, dim=-1)
+
+
+def text_init_weight(text: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
+    """The paper's semantic init: W = T @ P.T (Table 10, FFT-dagger), with P the
+    visual projection (width x embed_dim), so W's rows live in the pre-projection
+    space the heads see."""
+    return text @ proj.detach().float().t()
+
+
+class ZeroShotHead(nn.Module):
+    """CLIP's zero-shot classifier on the pre-projection feature:
+    ``logits = s * normalize(x @ P) @ T.T`` with T the normalised text embeddings of
+    the class prompts, P the visual projection and s CLIP's logit scale. Not trained."""
+
+    def __init__(self, proj: torch.Tensor, text: torch.Tensor, scale: float):
+        super().__init__()
+        self.register_buffer("proj", proj.detach().float().clone())
+        self.register_buffer("text", F.normalize(text.detach().float(), dim=-1))
+        self.scale = float(scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * F.normalize(x.float() @ self.proj, dim=-1) @ self.text.t()

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from finessl.models.backbone import ViTBackbone, load_clip, resolve_model_name
-from finessl.models.heads import CosineHead, text_init_weight
+from finessl.models.heads import CosineHead, ZeroShotHead, class_text_embeddings, text_init_weight
 from finessl.models.peft import build_peft
 
 log = logging.getLogger(__name__)
@@ -22,7 +22,7 @@ class FineSSLModel(nn.Module):
     targets from flattening the main head's confidence (the "decoupled" of DLS).
     """
 
-    def __init__(self, backbone: ViTBackbone, head: CosineHead, aux_head: CosineHead):
+    def __init__(self, backbone: ViTBackbone, head: nn.Module, aux_head: CosineHead):
         super().__init__()
         self.backbone = backbone
         self.head = head
@@ -52,21 +52,26 @@ def build_model(cfg, classnames: list[str], device: torch.device, half: bool) ->
     """CLIP image tower (frozen, optionally fp16) + PEFT + cosine heads on ``device``."""
     clip_model = load_clip(cfg.backbone, cfg.pretrained, cfg.cache_dir)
     clip_model.requires_grad_(False).eval()
-    weight = None
-    if not cfg.rand_init:
-        tokenizer = open_clip.get_tokenizer(resolve_model_name(cfg.backbone))
-        weight = text_init_weight(clip_model, tokenizer, classnames, cfg.template)
     visual = clip_model.visual
+    weight = text = None
+    if not cfg.rand_init or cfg.algorithm == "zeroshot":
+        tokenizer = open_clip.get_tokenizer(resolve_model_name(cfg.backbone))
+        text = class_text_embeddings(clip_model, tokenizer, classnames, cfg.template)
+        weight = None if cfg.rand_init else text_init_weight(text, visual.proj)
     width = visual.transformer.width
     peft = build_peft(cfg, len(visual.transformer.resblocks), width,
                       tuple(visual.conv1.kernel_size))
     backbone = ViTBackbone(visual, peft)
     if half:
         backbone.visual.half()
-    head = CosineHead(width, len(classnames), weight)
+    if cfg.algorithm == "zeroshot":
+        head = ZeroShotHead(visual.proj, text, clip_model.logit_scale.exp().item())
+    else:
+        head = CosineHead(width, len(classnames), weight)
     aux_head = CosineHead(width, len(classnames))
-    with torch.no_grad():
-        aux_head.weight.copy_(head.weight)  # f_aux starts as a copy of f (METHOD.md §1)
+    if isinstance(head, CosineHead):
+        with torch.no_grad():
+            aux_head.weight.copy_(head.weight)  # f_aux starts as a copy of f (METHOD.md §1)
     model = FineSSLModel(backbone, head, aux_head).to(device)
     del clip_model
     return model

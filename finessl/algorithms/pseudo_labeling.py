@@ -1,0 +1,150 @@
+"""The step every pseudo-labelling algorithm shares, with FineSSL's two components as
+switches on top (the paper's "plug-and-play" claim, METHOD.md §5).
+
+An algorithm only says how it turns the weak view's logits into pseudo-labels and
+per-sample weights (:meth:`PseudoLabeling.pseudo_label`), and optionally how it
+adjusts the strong views' logits or adds a loss term. This class does the rest:
+
+- forward: the weak view without autograd (its outputs only feed detached
+  pseudo-labels and weights), labeled + both strong views in one forward;
+- ``bms``: Balanced Margin Softmax on L_x (unless ``bms_labeled False``) and L_u,
+  from the learning pace of this epoch's confident pseudo-labels;
+- ``dls``: Decoupled Label Smoothing: L_x_aux, L_u_aux on smoothed pseudo-labels of
+  the samples the algorithm keeps, and L_u weighted by the aux head's confidence
+  instead of the algorithm's own weights;
+- L = L_x + L_x_aux + w_con * L_u + L_u_aux + extra terms.
+
+With ``bms`` and ``dls`` off this is the plain algorithm; FixMatch with both on is
+exactly FineSSL.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from finessl.algorithms.base import Algorithm
+from finessl.losses import (add_margin, balanced_margin, learning_pace, smoothed_targets,
+                            soft_cross_entropy)
+
+
+@dataclass
+class PseudoLabels:
+    """What a pseudo-labelling rule returns for the weak view of a batch.
+
+    targets: hard pseudo-label per sample; weight: its weight in L_u, in [0, 1]
+    (1/0 for threshold methods); selected: confident enough to count towards the
+    learning pace (and the pseudo-label diagnostics).
+    """
+    targets: torch.Tensor
+    weight: torch.Tensor
+    selected: torch.Tensor
+
+
+class PseudoLabeling(Algorithm):
+    """Base of every algorithm that learns from pseudo-labels of unlabeled images."""
+
+    uses_finessl_components = False  # default of ``bms`` / ``dls`` when the config leaves them None
+    consistency = True  # L_u on the strong views (False: on the weak view, as Pseudo-Label)
+
+    def __init__(self, cfg, model, num_classes, num_unlabeled, device):
+        super().__init__(cfg, model, num_classes, num_unlabeled, device)
+        default = self.uses_finessl_components
+        self.bms = default if cfg.bms is None else cfg.bms
+        self.dls = default if cfg.dls is None else cfg.dls
+        self.selected = torch.full((num_unlabeled,), -1, dtype=torch.long, device=device)
+
+    # ---- what an algorithm defines -------------------------------------------------
+    def pseudo_label(self, logits_w: torch.Tensor, batch: dict) -> PseudoLabels:
+        """Pseudo-labels from the weak view's (detached, float) logits; may update state."""
+        raise NotImplementedError
+
+    def adjust_unlabeled_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits L_u is computed on (DebiasPL adds its adaptive margin here)."""
+        return logits
+
+    def extra_losses(self, logits_u: torch.Tensor, pl: PseudoLabels) -> dict[str, torch.Tensor]:
+        """Further loss terms, added to L with weight 1 (FreeMatch's fairness loss)."""
+        return {}
+
+    # ---- shared machinery ---------------------------------------------------------
+    def on_epoch_start(self, epoch: int) -> None:
+        self.selected.fill_(-1)  # the learning pace is measured afresh each epoch
+
+    def pseudo_label_memory(self) -> torch.Tensor:
+        return self.selected
+
+    def margins(self) -> torch.Tensor:
+        pace = learning_pace(self.selected, self.num_classes)
+        cfg = self.cfg
+        return balanced_margin(pace, cfg.alpha, cfg.bms_form, dynamic=not cfg.bms_fixed_alpha)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Main and aux logits in float; the aux head sees detached features unless
+        the ``aux_detach False`` ablation asks otherwise."""
+        model = self.model
+        feat = model.backbone(images)
+        aux_in = feat.detach() if self.cfg.aux_detach else feat
+        return model.head(feat).float(), model.aux_head(aux_in).float()
+
+    def train_step(self, batch):
+        cfg = self.cfg
+        x, y = batch["x"], batch["y"]
+        n_x = x.shape[0]
+        margins = self.margins() if self.bms else None
+        if self.consistency:
+            with torch.no_grad():
+                logits_w, aux_w = self.forward(batch["u_w"])
+            logits, aux = self.forward(torch.cat([x, batch["u_s1"], batch["u_s2"]]))
+            logits_u, aux_u, views = logits[n_x:], aux[n_x:], 2
+        else:
+            logits, aux = self.forward(torch.cat([x, batch["u_w"]]))
+            logits_w, aux_w = logits[n_x:].detach(), aux[n_x:].detach()
+            logits_u, aux_u, views = logits[n_x:], aux[n_x:], 1
+        logits_x, aux_x = logits[:n_x], aux[:n_x]
+        pl = self.pseudo_label(logits_w, batch)
+        targets = pl.targets.repeat(views)
+
+        labeled_logits = logits_x
+        if self.bms and cfg.bms_labeled:
+            labeled_logits = add_margin(logits_x, y, margins)
+        losses = {"x": F.cross_entropy(labeled_logits, y)}
+        unlabeled_logits = self.adjust_unlabeled_logits(logits_u)
+        if self.bms:
+            unlabeled_logits = add_margin(unlabeled_logits, targets, margins)
+        if self.dls:
+            conf_aux = torch.softmax(aux_w, dim=-1).max(dim=-1).values
+            weight = conf_aux * (conf_aux >= cfg.th_min)
+        else:
+            weight = pl.weight
+        weight = weight.repeat(views)
+        losses["u"] = (F.cross_entropy(unlabeled_logits, targets, reduction="none") * weight).mean()
+        if self.dls:
+            losses["x_aux"] = F.cross_entropy(aux_x, y)
+            keep = pl.weight.repeat(views)
+            soft = smoothed_targets(targets, self.num_classes, cfg.smoothing)
+            losses["u_aux"] = ((soft_cross_entropy(aux_u, soft) * keep).sum()
+                               / keep.sum().clamp(min=1e-12))
+        losses.update(self.extra_losses(logits_u, pl))
+        loss = sum(v * (cfg.w_con if k == "u" else 1.0) for k, v in losses.items())
+
+        self.selected[batch["u_idx"][pl.selected]] = pl.targets[pl.selected]
+        return loss, self._logs(loss, losses, pl, weight[:len(pl.targets)], margins, batch)
+
+    def _logs(self, loss, losses, pl, weight, margins, batch) -> dict:
+        correct = (pl.targets == batch["u_true"]).float()
+        kept = pl.weight > 0
+        logs = {"loss/total": loss.detach(), **{f"loss/{k}": v.detach() for k, v in losses.items()},
+                "pseudo/mask_rate": kept.float().mean(), "pseudo/weight": weight.mean(),
+                "pseudo/acc_all": correct.mean(),
+                "pseudo/acc_masked": (correct * kept).sum() / kept.sum().clamp(min=1)}
+        if margins is not None:
+            logs["pseudo/margin_max"] = margins.max()
+        return logs
+
+    def state_dict(self):
+        return {"selected": self.selected.clone()}
+
+    def load_state_dict(self, state):
+        self.selected.copy_(state["selected"].to(self.device))

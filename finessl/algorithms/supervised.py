@@ -1,0 +1,17 @@
+"""Supervised baseline: the labeled images alone, L = CE(f(x), y); the lower bound
+every semi-supervised method of the comparison must beat."""
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+from finessl.algorithms.base import Algorithm, register
+
+
+@register("supervised")
+class Supervised(Algorithm):
+    uses_unlabeled = False
+
+    def train_step(self, batch):
+        logits = self.model.head(self.model.backbone(batch["x"])).float()
+        loss = F.cross_entropy(logits, batch["y"])
+        return loss, {"loss/total": loss.detach(), "loss/x": loss.detach()}

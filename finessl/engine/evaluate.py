@@ -1,0 +1,29 @@
+"""Test-set evaluation of the main head: top-1, balanced and per-class accuracy, ECE."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from finessl.metrics import expected_calibration_error, per_class_accuracy, top1
+
+
+@torch.no_grad()
+def evaluate(model, loader, device: torch.device, precision, num_classes: int) -> dict:
+    """Predictions of the main head (METHOD.md §3: inference uses f, not f_aux)."""
+    was_training = model.training
+    model.eval()
+    confs, preds, targets = [], [], []
+    for images, labels in loader:
+        with precision.autocast():
+            logits = model.head(model.backbone(images.to(device, non_blocking=True)))
+        conf, pred = F.softmax(logits.float(), dim=-1).max(dim=-1)
+        confs.append(conf.cpu())
+        preds.append(pred.cpu())
+        targets.append(labels)
+    model.train(was_training)
+    conf, pred, target = torch.cat(confs), torch.cat(preds), torch.cat(targets)
+    per_class = per_class_accuracy(pred, target, num_classes)
+    seen = ~torch.isnan(per_class)
+    return {"top1": top1(pred, target), "balanced_acc": float(per_class[seen].mean()),
+            "ece": expected_calibration_error(conf, pred == target),
+            "per_class_acc": per_class.tolist()}
