@@ -117,8 +117,6 @@ _NONE_TYPES = {
 }
 _CHOICES = {
     "prec": ("fp16", "fp32", "amp"),
-    "algorithm": ("finessl", "supervised", "zeroshot", "pseudolabel", "fixmatch", "flexmatch",
-                  "freematch", "softmatch", "debiaspl"),
     "bms_form": ("released", "paper"),
 }
 
@@ -235,6 +233,9 @@ def _merge(cfg: CN, pairs: list[tuple[str, object]], source: str, seen_inert: li
 
 
 def _validate(cfg: CN) -> None:
+    from finessl.algorithms import ALGORITHMS  # the registry is the list of choices
+    if cfg.algorithm not in ALGORITHMS:
+        raise UserError(f"algorithm: {cfg.algorithm!r} is not one of {', '.join(sorted(ALGORITHMS))}")
     positive = ("DATA.NUM_L", "DATA.BATCH_SIZE", "DATA.MU_U", "num_epochs", "total_steps",
                 "vpt_len")
     for key in positive:

@@ -134,3 +134,21 @@ def test_local_weights_file_loads_exactly(tmp_path):
     again = load_clip(TINY_VIT, str(path))
     for (name, a), (_, b) in zip(clip.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_zero_shot_head_reproduces_clip_image_text_logits():
+    torch.manual_seed(0)
+    cfg = tiny_cfg(algorithm="zeroshot")
+    model = build_model(cfg, CLASSES, torch.device("cpu"), half=False)
+    torch.manual_seed(0)  # the same random CLIP as inside build_model
+    clip = load_clip(TINY_VIT, "none").eval()
+    import open_clip
+    text = clip.encode_text(open_clip.get_tokenizer("ViT-Tiny-8")(
+        [f"a photo of a {c}." for c in CLASSES]))
+    x = torch.randn(2, 3, 32, 32)
+    image = clip.encode_image(x)
+    expected = clip.logit_scale.exp() * F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).t()
+    with torch.no_grad():
+        ours = model.head(model.backbone(x))
+    assert torch.allclose(ours, expected.detach(), atol=1e-4)
+    assert not any(p.requires_grad for p in model.head.parameters())

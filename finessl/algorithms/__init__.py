@@ -1,10 +1,15 @@
 """Semi-supervised algorithms, one file each, registered by name (config key ``algorithm``).
 
-To add one: copy ``fixmatch.py``, change its ``pseudo_label`` rule, register it
-under a new name, and add the name to ``algorithm``'s choices in ``finessl/config.py``.
+To add one, copy ``fixmatch.py`` to ``mymatch.py``, change its ``pseudo_label`` rule
+and register it as ``@register("mymatch")``: every module of this package is
+imported here, so ``algorithm mymatch`` works with no other edit.
 """
-from finessl.algorithms import (finessl, fixmatch, pseudolabel,  # noqa: F401  (register)
-                                supervised, zeroshot)
+import importlib
+import pkgutil
+
 from finessl.algorithms.base import ALGORITHMS, Algorithm, build_algorithm, register
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["ALGORITHMS", "Algorithm", "build_algorithm", "register"]

@@ -1,0 +1,49 @@
+"""DebiasPL (Wang, Wu, Lian & Yu, "Debiased Learning from Naturally Imbalanced
+Pseudo-Labels", CVPR 2022).
+
+Pseudo-labels of a (pretrained, zero-shot or semi-supervised) model are biased towards
+the classes it already favours; DebiasPL removes that bias by counterfactual
+reasoning with the EMA p_hat of the model's mean prediction on unlabeled data
+(m = ``DEBIASPL.EMA``, tau_d = ``DEBIASPL.TAU``, p_hat_0 = 1/C):
+- debiased pseudo-labels   q = softmax(z_w - tau_d * log p_hat),
+  yhat = argmax q, mask = max q >= tau (``th``)  (FixMatch on the debiased q);
+- p_hat <- m p_hat + (1 - m) mean_b softmax(z_w)  (raw prediction, every sample);
+- adaptive marginal loss   L_u = mean_b mask_b * CE(z_s + tau_d * log p_hat, yhat_b),
+  i.e. a larger margin for the classes predicted less often.
+Order as in the authors' code (``main_DebiasPL.py``): the pseudo-labels are debiased
+with p_hat as it stood before this batch, p_hat is then updated with this batch, and
+the margin uses the updated p_hat. ``selected`` (learning pace under BMS) is the mask.
+"""
+from __future__ import annotations
+
+import torch
+
+from finessl.algorithms.base import register
+from finessl.algorithms.fixmatch import FixMatch
+from finessl.algorithms.pseudo_labeling import PseudoLabels
+
+
+@register("debiaspl")
+class DebiasPL(FixMatch):
+
+    def __init__(self, cfg, model, num_classes, num_unlabeled, device):
+        super().__init__(cfg, model, num_classes, num_unlabeled, device)
+        self.p_hat = torch.full((num_classes,), 1.0 / num_classes, device=device)
+
+    def pseudo_label(self, logits_w, batch):
+        tau_d, m = self.cfg.DEBIASPL.TAU, self.cfg.DEBIASPL.EMA
+        debiased = torch.softmax(logits_w - tau_d * torch.log(self.p_hat), dim=-1)
+        conf, targets = debiased.max(dim=-1)
+        mask = conf >= self.cfg.th
+        self.p_hat.mul_(m).add_((1 - m) * torch.softmax(logits_w, dim=-1).mean(dim=0))
+        return PseudoLabels(targets, mask.float(), mask)
+
+    def adjust_unlabeled_logits(self, logits):
+        return logits + self.cfg.DEBIASPL.TAU * torch.log(self.p_hat)
+
+    def state_dict(self):
+        return {**super().state_dict(), "p_hat": self.p_hat.clone()}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.p_hat.copy_(state["p_hat"].to(self.device))

@@ -1,0 +1,64 @@
+"""FlexMatch (Zhang, Wang, Hou, Wu, Wang, Okumura & Shinozaki, "FlexMatch: Boosting
+Semi-Supervised Learning with Curriculum Pseudo Labeling", NeurIPS 2021).
+
+Curriculum Pseudo Labeling: FixMatch with one threshold per class, lowered for the
+classes the model has learned least. A memory ``selected_label`` holds, per unlabeled
+image, the last class it was confidently (conf >= tau) predicted as, or -1; it lives
+for the whole run (unlike the per-epoch learning-pace memory of the base class).
+
+- sigma(c) = #{i : selected_label[i] = c}  (learning effect of class c)
+- beta(c) = sigma(c) / max_c' sigma(c')
+  with threshold warm-up (``FLEXMATCH.WARMUP``) the normaliser is
+  max(max_c' sigma(c'), #unused), #unused = #{i : selected_label[i] = -1}
+- T(c) = M(beta(c)) * tau, M(x) = x / (2 - x) (the paper's convex mapping)
+- mask = conf >= T(yhat); L_u as in FixMatch.
+
+As in USB (``FlexMatchThresholdingHook``): with an empty memory beta = 0, so every
+threshold is 0 and every pseudo-label counts; the mask is computed from the memory as
+it stood before this batch, then images with conf >= tau (the fixed threshold) write
+their pseudo-label into the memory. Those same images are ``selected`` for the
+learning pace when BMS is on.
+"""
+from __future__ import annotations
+
+import torch
+
+from finessl.algorithms.base import register
+from finessl.algorithms.fixmatch import FixMatch
+from finessl.algorithms.pseudo_labeling import PseudoLabels
+
+
+def flexible_thresholds(selected_label: torch.Tensor, num_classes: int, tau: float,
+                        warmup: bool) -> torch.Tensor:
+    """Per-class thresholds tau * M(beta(c)) from the memory."""
+    counts = torch.bincount(selected_label + 1, minlength=num_classes + 1).float()
+    unused, sigma = counts[0], counts[1:]
+    norm = torch.maximum(sigma.max(), unused) if warmup else sigma.max()
+    beta = sigma / norm.clamp(min=1.0)  # empty memory: sigma = 0 -> beta = 0
+    return tau * beta / (2.0 - beta)
+
+
+@register("flexmatch")
+class FlexMatch(FixMatch):
+
+    def __init__(self, cfg, model, num_classes, num_unlabeled, device):
+        super().__init__(cfg, model, num_classes, num_unlabeled, device)
+        self.selected_label = torch.full((num_unlabeled,), -1, dtype=torch.long, device=device)
+
+    def thresholds(self) -> torch.Tensor:
+        return flexible_thresholds(self.selected_label, self.num_classes, self.cfg.th,
+                                   self.cfg.FLEXMATCH.WARMUP)
+
+    def pseudo_label(self, logits_w, batch):
+        conf, targets = torch.softmax(logits_w, dim=-1).max(dim=-1)
+        mask = conf >= self.thresholds()[targets]
+        confident = conf >= self.cfg.th
+        self.selected_label[batch["u_idx"][confident]] = targets[confident]
+        return PseudoLabels(targets, mask.float(), confident)
+
+    def state_dict(self):
+        return {**super().state_dict(), "selected_label": self.selected_label.clone()}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.selected_label.copy_(state["selected_label"].to(self.device))

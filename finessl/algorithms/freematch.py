@@ -1,0 +1,89 @@
+"""FreeMatch (Wang, Chen, Heng, Hou, Fan, Wu, Wang, Savvides, Shinozaki, Raj, Schiele &
+Xie, "FreeMatch: Self-adaptive Thresholding for Semi-supervised Learning", ICLR 2023).
+
+Self-adaptive thresholding (SAT), with m = ``FREEMATCH.EMA`` and q_b = softmax(z_w,b):
+- global threshold  tau_t = m tau_{t-1} + (1 - m) mean_b max_c q_b(c),   tau_0 = 1/C;
+- local model       p_t(c) = m p_{t-1}(c) + (1 - m) mean_b q_b(c),       p_0(c) = 1/C;
+- histogram         h_t(c) = m h_{t-1}(c) + (1 - m) hist_b(argmax q_b)(c), h_0(c) = 1/C;
+- class threshold   tau_t(c) = MaxNorm(p_t)(c) * tau_t = p_t(c) / max_c' p_t(c') * tau_t;
+- mask = max q_b >= tau_t(argmax q_b); L_u as in FixMatch.
+The EMAs are updated with this batch first, then the mask is taken (as in USB's
+``FreeMatchThresholingHook``). The initial values are the paper's 1/C; USB starts
+p, h and tau at 1 instead, which keeps its thresholds high for the first few
+thousand steps at m = 0.999.
+
+Self-adaptive fairness (SAF), added with weight ``FREEMATCH.FAIRNESS`` on the strong
+views' logits z_s of the masked samples (both views, so the mask is repeated):
+  L_f = -H(SumNorm(p_t / h_t), SumNorm(pbar / hbar)) = sum_c SumNorm(p_t/h_t)(c)
+        * log SumNorm(pbar/hbar)(c),
+pbar = mean softmax(z_s), hbar = normalised histogram of argmax softmax(z_s), 1/0 := 0
+(USB's ``entropy_loss``, including its 1e-12 inside the log). No masked sample: L_f = 0.
+``selected`` (the learning pace under BMS) is conf >= ``th``, as in FixMatch.
+"""
+from __future__ import annotations
+
+import torch
+
+from finessl.algorithms.base import register
+from finessl.algorithms.fixmatch import FixMatch
+from finessl.algorithms.pseudo_labeling import PseudoLabels
+
+
+def _inverse_or_zero(x: torch.Tensor) -> torch.Tensor:
+    inv = 1.0 / x
+    return torch.where(torch.isinf(inv), torch.zeros_like(inv), inv)
+
+
+def fairness_loss(logits_s: torch.Tensor, p_model: torch.Tensor,
+                  label_hist: torch.Tensor) -> torch.Tensor:
+    """-H(SumNorm(p_model / label_hist), SumNorm(pbar / hbar)) over the given logits."""
+    probs = torch.softmax(logits_s, dim=-1)
+    hist = torch.bincount(probs.argmax(dim=-1), minlength=probs.shape[-1]).to(probs.dtype)
+    hist = hist / hist.sum()
+    target = p_model * _inverse_or_zero(label_hist)
+    target = target / target.sum()
+    mean = probs.mean(dim=0) * _inverse_or_zero(hist).detach()
+    mean = mean / mean.sum()
+    return (target * torch.log(mean + 1e-12)).sum()
+
+
+@register("freematch")
+class FreeMatch(FixMatch):
+
+    def __init__(self, cfg, model, num_classes, num_unlabeled, device):
+        super().__init__(cfg, model, num_classes, num_unlabeled, device)
+        uniform = torch.full((num_classes,), 1.0 / num_classes, device=device)
+        self.time_p = torch.tensor(1.0 / num_classes, device=device)
+        self.p_model = uniform.clone()
+        self.label_hist = uniform.clone()
+
+    def class_thresholds(self) -> torch.Tensor:
+        return self.time_p * self.p_model / self.p_model.max()
+
+    def pseudo_label(self, logits_w, batch):
+        m = self.cfg.FREEMATCH.EMA
+        probs = torch.softmax(logits_w, dim=-1)
+        conf, targets = probs.max(dim=-1)
+        hist = torch.bincount(targets, minlength=self.num_classes).float()
+        self.time_p.mul_(m).add_((1 - m) * conf.mean())
+        self.p_model.mul_(m).add_((1 - m) * probs.mean(dim=0))
+        self.label_hist.mul_(m).add_((1 - m) * hist / hist.sum())
+        mask = conf >= self.class_thresholds()[targets]
+        return PseudoLabels(targets, mask.float(), conf >= self.cfg.th)
+
+    def extra_losses(self, logits_u, pl):
+        views = logits_u.shape[0] // pl.weight.shape[0]
+        keep = (pl.weight > 0).repeat(views)
+        if not keep.any():
+            return {"fairness": logits_u.new_zeros(())}
+        loss = fairness_loss(logits_u[keep], self.p_model, self.label_hist)
+        return {"fairness": self.cfg.FREEMATCH.FAIRNESS * loss}
+
+    def state_dict(self):
+        return {**super().state_dict(), "time_p": self.time_p.clone(),
+                "p_model": self.p_model.clone(), "label_hist": self.label_hist.clone()}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        for key in ("time_p", "p_model", "label_hist"):
+            getattr(self, key).copy_(state[key].to(self.device))
