@@ -37,9 +37,9 @@ def _record_blocks(monkeypatch):
     seen = []
     original = backbone_mod.block_forward
 
-    def recorder(block, x):
+    def recorder(block, x, n_out=None):
         seen.append(x.detach().clone())
-        return original(block, x)
+        return original(block, x, n_out)
     monkeypatch.setattr(backbone_mod, "block_forward", recorder)
     return seen
 

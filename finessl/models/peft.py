@@ -28,6 +28,10 @@ class VisualPrompts(PeftModule):
         depth = num_blocks if deep else 1
         self.prompts = nn.Parameter(torch.empty(depth, length, width).uniform_(-v, v))
 
+    def drops_extra_tokens(self, i: int) -> bool:
+        """Deep: block i+1 replaces block i's prompts; shallow: they are carried on."""
+        return i + 1 < self.prompts.shape[0]
+
     def before_block(self, i: int, x: torch.Tensor, n_keep: int) -> torch.Tensor:
         if i >= self.prompts.shape[0]:
             return x
