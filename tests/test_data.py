@@ -184,7 +184,7 @@ def test_randaugment_op_keeps_a_valid_image(image, name, op, v):
 
 
 def test_views_shapes_and_strong_views_differ(image):
-    views = transforms.ViewMaker(CROP, (0.5,) * 3, (0.25,) * 3)
+    views = transforms.ViewMaker(CROP)
     weak_view, strong1, strong2 = views.unlabeled(image, random.Random(1))
     assert weak_view.shape == strong1.shape == (3, CROP, CROP)
     assert views.labeled(image, random.Random(1)).shape == (3, CROP, CROP)
@@ -253,3 +253,54 @@ def test_build_data_and_loaders(cifar10_root, tmp_path):
 
     test_batches = list(loaders.build_test_loader(bundle, batch_size=16, num_workers=0))
     assert sum(len(b[1]) for b in test_batches) == 30
+
+
+# ---- the transform distribution (METHOD.md §2) -----------------------------------
+
+def _coordinate_image(side=32):
+    """Each pixel encodes its (row, col), so a crop's origin and flip can be read back."""
+    rows, cols = np.meshgrid(np.arange(side), np.arange(side), indexing="ij")
+    return np.stack([rows * 8, cols * 8, np.zeros_like(rows)], axis=2).astype(np.uint8)
+
+
+def test_weak_view_crop_offsets_cover_the_padded_image_and_flip_half_the_time():
+    crop = 32
+    base = transforms.padded(Image.fromarray(_coordinate_image()), crop)
+    pad = int(crop * 0.125)
+    assert base.shape == (round(crop * 256 / 224) + 2 * pad,) * 2 + (3,)
+    tops, flips = set(), 0
+    for seed in range(2000):
+        rng = random.Random(seed)
+        window = transforms._crop_flip(base, rng, crop)
+        assert window.shape == (crop, crop, 3)
+        rng = random.Random(seed)
+        tops.add(rng.randint(0, base.shape[0] - crop))
+        rng.randint(0, base.shape[1] - crop)
+        flips += rng.random() < 0.5
+    assert tops == set(range(base.shape[0] - crop + 1))
+    assert 900 < flips < 1100
+
+
+def test_rand_augment_draws_two_ops_with_replacement_magnitudes_1_to_9_each_at_p_half(
+        monkeypatch):
+    calls = []
+    pool = tuple((name, (lambda name: lambda img, v, rng: calls.append((name, v)) or img)(name))
+                 for name, _ in transforms.RANDAUGMENT_POOL)
+    monkeypatch.setattr(transforms, "RANDAUGMENT_POOL", pool)
+    img = Image.new("RGB", (8, 8))
+    for seed in range(3000):
+        transforms.rand_augment(img, random.Random(seed))
+    assert {v for _, v in calls} == set(range(1, 10))
+    assert {name for name, _ in calls} == {name for name, _ in pool}
+    assert 2800 < len(calls) < 3200  # 2 ops x p=0.5 x 3000 images
+
+
+def test_cutout_side_is_at_most_half_the_image():
+    img = Image.new("RGB", (64, 64), (0, 0, 0))
+    sides = []
+    for seed in range(500):
+        grey = (np.asarray(transforms.cutout(img, random.Random(seed)))[..., 0] == 127)
+        rows, cols = np.nonzero(grey)
+        if len(rows):
+            sides.append(max(rows.max() - rows.min(), cols.max() - cols.min()) + 1)
+    assert max(sides) <= 33 and max(sides) >= 28

@@ -138,6 +138,8 @@ class DataBundle:
     labeled_idx: list[int]
     unlabeled_idx: list[int]
     unlabeled_targets: torch.Tensor  # true labels of the unlabeled set, for diagnostics
+    mean: tuple[float, float, float]  # per-channel normalisation, applied on the device
+    std: tuple[float, float, float]
 
 
 def build_data(cfg, crop: int, output_dir: str | None) -> DataBundle:
@@ -162,7 +164,7 @@ def build_data(cfg, crop: int, output_dir: str | None) -> DataBundle:
         digest = split_hash(labeled_idx, unlabeled_idx)
     log.info("split %s: %d labeled, %d unlabeled images", digest[:12],
              len(labeled_idx), len(unlabeled_idx))
-    views = ViewMaker(crop, raw.mean, raw.std)
+    views = ViewMaker(crop)
     return DataBundle(
         labeled=LabeledDataset(raw, labeled_idx, views),
         unlabeled=UnlabeledDataset(raw, unlabeled_idx, views),
@@ -173,6 +175,8 @@ def build_data(cfg, crop: int, output_dir: str | None) -> DataBundle:
         labeled_idx=labeled_idx,
         unlabeled_idx=unlabeled_idx,
         unlabeled_targets=torch.tensor([raw.train_targets[i] for i in unlabeled_idx]),
+        mean=tuple(raw.mean),
+        std=tuple(raw.std),
     )
 
 

@@ -33,7 +33,7 @@ Cutout         grey (127) square, side uniform(0, 0.5)     0 .. 50% of the side
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -114,15 +114,7 @@ def rand_augment(img: Image.Image, rng: random.Random, num_ops: int = 2) -> Imag
 
 def weak(img: Image.Image, rng: random.Random, crop: int) -> Image.Image:
     """Resize (shorter side crop*256/224), reflect-pad 12.5%, random crop, flip."""
-    img = _resize_shorter(img, round(crop * 256 / 224))
-    pad = int(crop * 0.125)
-    array = np.pad(np.asarray(img), ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
-    top = rng.randint(0, array.shape[0] - crop)
-    left = rng.randint(0, array.shape[1] - crop)
-    img = Image.fromarray(np.ascontiguousarray(array[top : top + crop, left : left + crop]))
-    if rng.random() < 0.5:
-        img = ImageOps.mirror(img)
-    return img
+    return Image.fromarray(_crop_flip(padded(img, crop), rng, crop))
 
 
 def strong(img: Image.Image, rng: random.Random, crop: int) -> Image.Image:
@@ -139,52 +131,65 @@ def _resize_shorter(img: Image.Image, size: int) -> Image.Image:
     return img.resize(new, _BILINEAR)
 
 
-def to_tensor_normalized(
-    img: Image.Image, mean: Sequence[float], std: Sequence[float]
-) -> torch.Tensor:
-    """uint8 HWC image -> float CHW tensor, (x/255 - mean) / std per channel."""
-    x = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).float().div_(255)
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    return (x - mean_t) / std_t
+def padded(img: Image.Image, crop: int) -> np.ndarray:
+    """The deterministic part of the weak view: resized and reflect-padded, HWC uint8.
+
+    Every view of an image starts from this array, so it is computed once per image,
+    not once per view.
+    """
+    pad = int(crop * 0.125)
+    array = np.asarray(_resize_shorter(img, round(crop * 256 / 224)))
+    return np.pad(array, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
 
 
-def test_transform(
-    img: Image.Image, crop: int, mean: Sequence[float], std: Sequence[float]
-) -> torch.Tensor:
-    """Evaluation view: resize to crop x crop and normalise, nothing random."""
-    return to_tensor_normalized(img.resize((crop, crop), _BILINEAR), mean, std)
+def _crop_flip(array: np.ndarray, rng: random.Random, crop: int) -> np.ndarray:
+    """Random ``crop`` x ``crop`` window and horizontal flip (p = 0.5), as views."""
+    top = rng.randint(0, array.shape[0] - crop)
+    left = rng.randint(0, array.shape[1] - crop)
+    window = array[top : top + crop, left : left + crop]
+    return window[:, ::-1] if rng.random() < 0.5 else window
+
+
+def to_uint8_tensor(array: np.ndarray) -> torch.Tensor:
+    """HWC uint8 array -> CHW uint8 tensor. Scaling and normalisation happen on the
+    model's device (``ViTBackbone.normalize``): a quarter of the bytes to copy, and
+    no float work in the loader."""
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+
+
+def test_transform(img: Image.Image, crop: int) -> torch.Tensor:
+    """Evaluation view: resize to crop x crop, nothing random (uint8 CHW)."""
+    return to_uint8_tensor(np.asarray(img.resize((crop, crop), _BILINEAR)))
 
 
 test_transform.__test__ = False  # its name starts with "test": keep pytest from collecting it
 
 
 class ViewMaker:
-    """The tensors each kind of sample feeds to the model.
+    """The uint8 tensors each kind of sample feeds to the model.
 
     A labeled image gets one weak view; an unlabeled image gets a weak view (for the
     pseudo-label) and two independent strong views drawn one after the other from
-    the same ``rng``.
+    the same ``rng``. The resize and padding all views share are done once.
     """
 
-    def __init__(self, crop: int, mean: Sequence[float], std: Sequence[float]):
+    def __init__(self, crop: int):
         self.crop = crop
-        self.mean = tuple(mean)
-        self.std = tuple(std)
-
-    def _tensor(self, img: Image.Image) -> torch.Tensor:
-        return to_tensor_normalized(img, self.mean, self.std)
 
     def labeled(self, img: Image.Image, rng: random.Random) -> torch.Tensor:
-        return self._tensor(weak(img, rng, self.crop))
+        return to_uint8_tensor(_crop_flip(padded(img, self.crop), rng, self.crop))
 
     def unlabeled(
         self, img: Image.Image, rng: random.Random
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        weak_view = self._tensor(weak(img, rng, self.crop))
-        strong1 = self._tensor(strong(img, rng, self.crop))
-        strong2 = self._tensor(strong(img, rng, self.crop))
+        base = padded(img, self.crop)
+        weak_view = to_uint8_tensor(_crop_flip(base, rng, self.crop))
+        strong1, strong2 = (self._strong(base, rng) for _ in range(2))
         return weak_view, strong1, strong2
 
+    def _strong(self, base: np.ndarray, rng: random.Random) -> torch.Tensor:
+        view = Image.fromarray(np.ascontiguousarray(_crop_flip(base, rng, self.crop)))
+        return to_uint8_tensor(np.asarray(cutout(rand_augment(view, rng), rng)))
+
     def test(self, img: Image.Image) -> torch.Tensor:
-        return test_transform(img, self.crop, self.mean, self.std)
+        return test_transform(img, self.crop)

@@ -46,7 +46,7 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.data = build_data(cfg, image_size(cfg), run_dir if write_split else None)
         self.model = build_model(cfg, self.data.classnames, self.device,
-                                 self.precision.half_backbone)
+                                 self.precision.half_backbone, self.data.mean, self.data.std)
         self.algorithm = build_algorithm(cfg, self.model, self.data.num_classes,
                                          len(self.data.unlabeled), self.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]

@@ -16,6 +16,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from finessl.config import BACKBONE_ALIASES
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIP's own input normalisation
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 from finessl.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -135,7 +138,8 @@ class ViTBackbone(nn.Module):
     visual projection (METHOD.md §1): a ``width``-dim vector.
     """
 
-    def __init__(self, visual: nn.Module, peft: list[PeftModule] | None = None):
+    def __init__(self, visual: nn.Module, peft: list[PeftModule] | None = None,
+                 mean=OPENAI_MEAN, std=OPENAI_STD):
         super().__init__()
         if not hasattr(visual, "transformer") or getattr(visual, "attn_pool", None) is not None \
                 or getattr(visual, "pool_type", "tok") != "tok":
@@ -148,6 +152,15 @@ class ViTBackbone(nn.Module):
         self.num_blocks = len(visual.transformer.resblocks)
         self.patch_size = tuple(visual.conv1.kernel_size)
         self.image_size = tuple(visual.image_size)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images (as the loaders send them) -> normalised floats, on the device;
+        float images are taken as already normalised."""
+        if images.dtype != torch.uint8:
+            return images
+        return (images.float() - self.mean) / self.std
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Exact CLIP math, minus the outputs nobody reads: the last block computes the
@@ -155,7 +168,7 @@ class ViTBackbone(nn.Module):
         hook drops (VPT-deep's prompts) computes the class and patch tokens only. With
         VPT-deep 50 on ViT-B/16 that is about a sixth less work per image."""
         visual = self.visual
-        x = visual._embeds(images.to(visual.conv1.weight.dtype))
+        x = visual._embeds(self.normalize(images).to(visual.conv1.weight.dtype))
         n_keep = x.shape[1]
         last = self.num_blocks - 1
         for i, block in enumerate(visual.transformer.resblocks):

@@ -7,7 +7,8 @@ import open_clip
 import torch
 import torch.nn as nn
 
-from finessl.models.backbone import ViTBackbone, load_clip, resolve_model_name
+from finessl.models.backbone import (OPENAI_MEAN, OPENAI_STD, ViTBackbone, load_clip,
+                                     resolve_model_name)
 from finessl.models.heads import CosineHead, ZeroShotHead, class_text_embeddings, text_init_weight
 from finessl.models.peft import build_peft
 
@@ -48,8 +49,10 @@ class FineSSLModel(nn.Module):
                 params[n].copy_(v)
 
 
-def build_model(cfg, classnames: list[str], device: torch.device, half: bool) -> FineSSLModel:
-    """CLIP image tower (frozen, optionally fp16) + PEFT + cosine heads on ``device``."""
+def build_model(cfg, classnames: list[str], device: torch.device, half: bool,
+                mean=OPENAI_MEAN, std=OPENAI_STD) -> FineSSLModel:
+    """CLIP image tower (frozen, optionally fp16) + PEFT + cosine heads on ``device``;
+    uint8 inputs are normalised with the dataset's ``mean`` / ``std``."""
     clip_model = load_clip(cfg.backbone, cfg.pretrained, cfg.cache_dir)
     clip_model.requires_grad_(False).eval()
     visual = clip_model.visual
@@ -61,7 +64,7 @@ def build_model(cfg, classnames: list[str], device: torch.device, half: bool) ->
     width = visual.transformer.width
     peft = build_peft(cfg, len(visual.transformer.resblocks), width,
                       tuple(visual.conv1.kernel_size))
-    backbone = ViTBackbone(visual, peft)
+    backbone = ViTBackbone(visual, peft, mean, std)
     if half:
         backbone.visual.half()
     if cfg.algorithm == "zeroshot":
