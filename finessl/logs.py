@@ -19,11 +19,12 @@ class _ConsoleFilter(logging.Filter):
         return record.levelno >= logging.WARNING or f"{os.sep}open_clip{os.sep}" not in record.pathname
 
 
-def setup_logging(run_dir: str | None = None) -> None:
+def setup_logging(run_dir: str | None = None, quiet: bool = False) -> None:
     """Console handler once; with ``run_dir``, also append to ``run_dir/log.txt``
-    (appending keeps the history of a resumed run)."""
+    (appending keeps the history of a resumed run). ``quiet``: warnings only (the
+    ranks other than 0 of a multi-process run)."""
     root = logging.getLogger()
-    root.setLevel(logging.INFO)
+    root.setLevel(logging.WARNING if quiet else logging.INFO)
     if not any(getattr(h, "finessl", None) == "console" for h in root.handlers):
         console = logging.StreamHandler(sys.stderr)
         console.setFormatter(logging.Formatter("%(message)s"))

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from finessl.engine.distributed import SINGLE, Dist
+
 ALGORITHMS: dict[str, type["Algorithm"]] = {}
 
 
@@ -27,6 +29,7 @@ class Algorithm:
     """
 
     name = "base"
+    dist: Dist = SINGLE  # set by build_algorithm; all-gathers for multi-process runs
     uses_unlabeled = True  # False: the loop feeds labeled batches only (no ``u_*`` keys)
     trains = True  # False: nothing to train, the run only evaluates (zero-shot CLIP)
 
@@ -55,5 +58,8 @@ class Algorithm:
         """Restore what :meth:`state_dict` saved."""
 
 
-def build_algorithm(cfg, model, num_classes, num_unlabeled, device) -> Algorithm:
-    return ALGORITHMS[cfg.algorithm](cfg, model, num_classes, num_unlabeled, device)
+def build_algorithm(cfg, model, num_classes, num_unlabeled, device,
+                    dist: Dist = SINGLE) -> Algorithm:
+    algorithm = ALGORITHMS[cfg.algorithm](cfg, model, num_classes, num_unlabeled, device)
+    algorithm.dist = dist
+    return algorithm

@@ -73,9 +73,11 @@ class FreeMatch(FixMatch):
 
     def extra_losses(self, logits_u, pl):
         views = logits_u.shape[0] // pl.weight.shape[0]
-        keep = (pl.weight > 0).repeat(views)
+        # over the strong views of all ranks; gradients flow back to each rank's own
+        keep = self.dist.gather((pl.weight > 0).repeat(views))
         if not keep.any():
             return {"fairness": logits_u.new_zeros(())}
+        logits_u = self.dist.gather_with_grad(logits_u)
         loss = fairness_loss(logits_u[keep], self.p_model, self.label_hist)
         return {"fairness": self.cfg.FREEMATCH.FAIRNESS * loss}
 

@@ -89,7 +89,7 @@ class PseudoLabeling(Algorithm):
         return model.head(feat).float(), model.aux_head(aux_in).float()
 
     def train_step(self, batch):
-        cfg = self.cfg
+        cfg, dist = self.cfg, self.dist
         x, y = batch["x"], batch["y"]
         n_x = x.shape[0]
         margins = self.margins() if self.bms else None
@@ -103,7 +103,11 @@ class PseudoLabeling(Algorithm):
             logits_w, aux_w = logits[n_x:].detach(), aux[n_x:].detach()
             logits_u, aux_u, views = logits[n_x:], aux[n_x:], 1
         logits_x, aux_x = logits[:n_x], aux[:n_x]
-        pl = self.pseudo_label(logits_w, batch)
+        # pseudo-labels of the whole (all ranks') weak batch: state updates are global
+        u_idx, u_true = dist.gather(batch["u_idx"]), dist.gather(batch["u_true"])
+        pl_all = self.pseudo_label(dist.gather(logits_w), {"u_idx": u_idx, "u_true": u_true})
+        pl = PseudoLabels(dist.local(pl_all.targets), dist.local(pl_all.weight),
+                          dist.local(pl_all.selected))
         targets = pl.targets.repeat(views)
 
         labeled_logits = logits_x
@@ -124,16 +128,19 @@ class PseudoLabeling(Algorithm):
             losses["x_aux"] = F.cross_entropy(aux_x, y)
             keep = pl.weight.repeat(views)
             soft = smoothed_targets(targets, self.num_classes, cfg.smoothing)
-            losses["u_aux"] = ((soft_cross_entropy(aux_u, soft) * keep).sum()
-                               / keep.sum().clamp(min=1e-12))
+            # mean over the kept samples of all ranks (the all-reduce of gradients averages)
+            kept = dist.sum(keep.sum()) / dist.world
+            losses["u_aux"] = (soft_cross_entropy(aux_u, soft) * keep).sum() / kept.clamp(min=1e-12)
         losses.update(self.extra_losses(logits_u, pl))
         loss = sum(v * (cfg.w_con if k == "u" else 1.0) for k, v in losses.items())
 
-        self.selected[batch["u_idx"][pl.selected]] = pl.targets[pl.selected]
-        return loss, self._logs(loss, losses, pl, weight[:len(pl.targets)], margins, batch)
+        self.selected[u_idx[pl_all.selected]] = pl_all.targets[pl_all.selected]
+        return loss, self._logs(loss, losses, pl_all, dist.gather(weight[:len(pl.targets)]),
+                                margins, u_true)
 
-    def _logs(self, loss, losses, pl, weight, margins, batch) -> dict:
-        correct = (pl.targets == batch["u_true"]).float()
+    def _logs(self, loss, losses, pl, weight, margins, u_true) -> dict:
+        """Pseudo-label diagnostics of the whole batch (all ranks)."""
+        correct = (pl.targets == u_true).float()
         kept = pl.weight > 0
         logs = {"loss/total": loss.detach(), **{f"loss/{k}": v.detach() for k, v in losses.items()},
                 "pseudo/mask_rate": kept.float().mean(), "pseudo/weight": weight.mean(),

@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from finessl.data.datasets import RawDataset, load_dataset
 from finessl.data.splits import make_split, save_split, split_hash
@@ -44,9 +44,13 @@ class EpochSampler(Sampler):
 
     Indices are concatenated random permutations of ``range(n)``; ``stream`` keeps
     the labeled (0) and unlabeled (1) samplers independent under one run seed.
+    Sharded (``world`` > 1): every rank draws the same global sequence and keeps its
+    contiguous share of each global batch of ``batch_size``, so rank r's r-th share
+    of step t is exactly what a single process would see there.
     """
 
-    def __init__(self, n: int, num_samples: int, seed: int, stream: int):
+    def __init__(self, n: int, num_samples: int, seed: int, stream: int,
+                 batch_size: int = 1, rank: int = 0, world: int = 1):
         if n <= 0:
             raise ValueError("EpochSampler needs a non-empty dataset")
         self.n = n
@@ -54,12 +58,13 @@ class EpochSampler(Sampler):
         self.seed = seed
         self.stream = stream
         self.epoch = 0
+        self.batch_size, self.rank, self.world = batch_size, rank, world
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.num_samples
+        return self.num_samples // self.world
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         generator = torch.Generator()
@@ -69,7 +74,12 @@ class EpochSampler(Sampler):
         aug_seeds = torch.randint(
             0, _MAX_SEED, (self.num_samples,), generator=generator, dtype=torch.int64
         )
-        return iter(zip(order[: self.num_samples].tolist(), aug_seeds.tolist()))
+        pairs = list(zip(order[: self.num_samples].tolist(), aug_seeds.tolist()))
+        if self.world > 1:
+            share = self.batch_size // self.world
+            pairs = [p for start in range(0, len(pairs), self.batch_size)
+                     for p in pairs[start + self.rank * share:start + (self.rank + 1) * share]]
+        return iter(pairs)
 
 
 class LabeledDataset(Dataset):
@@ -188,19 +198,23 @@ def build_train_loaders(
     num_workers: int,
     seed: int,
     pin_memory: bool,
+    rank: int = 0,
+    world: int = 1,
 ) -> tuple[DataLoader, DataLoader]:
     """Labeled loader (``batch_size``) and unlabeled loader (``mu * batch_size``).
 
     Both yield exactly ``steps_per_epoch`` batches; call :func:`set_epoch` on them
-    before each epoch.
+    before each epoch. ``batch_size`` is global: with ``world`` ranks each loader
+    yields this rank's ``1 / world`` of every batch.
     """
     loaders = []
     for stream, (dataset, size) in enumerate(
         [(bundle.labeled, batch_size), (bundle.unlabeled, mu * batch_size)]
     ):
-        sampler = EpochSampler(len(dataset), steps_per_epoch * size, seed, stream)
+        sampler = EpochSampler(len(dataset), steps_per_epoch * size, seed, stream,
+                               size, rank, world)
         loaders.append(DataLoader(
-            dataset, batch_size=size, sampler=sampler, num_workers=num_workers,
+            dataset, batch_size=size // world, sampler=sampler, num_workers=num_workers,
             pin_memory=pin_memory, drop_last=True, persistent_workers=num_workers > 0,
         ))
     return loaders[0], loaders[1]
@@ -212,6 +226,13 @@ def set_epoch(loaders: Sequence[DataLoader], epoch: int) -> None:
         loader.sampler.set_epoch(epoch)
 
 
-def build_test_loader(bundle: DataBundle, batch_size: int, num_workers: int) -> DataLoader:
-    return DataLoader(bundle.test, batch_size=batch_size, shuffle=False,
-                      num_workers=num_workers)
+def build_test_loader(bundle: DataBundle, batch_size: int, num_workers: int,
+                      rank: int = 0, world: int = 1) -> DataLoader:
+    """The test set in order; with ``world`` ranks, rank r takes items r, r + world, ...
+    (the last ones padded by repetition so every rank has as many; the padding is cut
+    when predictions are gathered)."""
+    n = len(bundle.test)
+    per_rank = -(-n // world)
+    indices = [min(i * world + rank, n - 1) for i in range(per_rank)]
+    return DataLoader(Subset(bundle.test, indices) if world > 1 else bundle.test,
+                      batch_size=batch_size, shuffle=False, num_workers=num_workers)

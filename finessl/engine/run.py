@@ -5,11 +5,15 @@ import json
 import logging
 import os
 
+import torch
+
 from finessl.engine.checkpoint import saved_seed
+from finessl.engine.distributed import Dist, init_distributed
 from finessl.engine.setup import draw_seed, prepare_run_dir, save_run_config, select_device
-from finessl.logs import setup_logging
 from finessl.engine.trainer import Trainer
+from finessl.errors import UserError
 from finessl.io import atomic_write_text
+from finessl.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -17,20 +21,47 @@ RESULTS = "results.json"  # written when a run finishes: what sweeps and summari
 
 
 def train(cfg) -> dict:
-    """Fresh run or ``resume``; logs and returns best / last test top-1."""
-    select_device(cfg)  # a missing GPU fails before anything is written
-    seed = draw_seed(cfg)
-    run_dir = prepare_run_dir(cfg, seed)
-    setup_logging(run_dir)
+    """Fresh run or ``resume``, in one process or under ``torchrun``; logs and returns
+    best / last test top-1."""
+    dist = init_distributed()
+    try:
+        return _train(cfg, dist)
+    finally:
+        if dist.enabled:
+            torch.distributed.destroy_process_group()
+
+
+def _rank0_run_dir(cfg, seed: int, dist: Dist) -> str:
+    """Rank 0 checks and prepares the run folder; its verdict reaches every rank."""
+    outcome = None
+    if dist.is_main:
+        try:
+            run_dir = prepare_run_dir(cfg, seed)
+            if not cfg.resume:
+                save_run_config(cfg, seed, run_dir)
+            outcome = ("ok", run_dir)
+        except UserError as e:
+            outcome = ("error", str(e))
+    kind, value = dist.broadcast(outcome)
+    if kind == "error":
+        raise UserError(value)
+    return value
+
+
+def _train(cfg, dist: Dist) -> dict:
+    select_device(cfg, dist)  # a missing GPU fails before anything is written
+    seed = dist.broadcast(draw_seed(cfg))
+    run_dir = _rank0_run_dir(cfg, seed, dist)
+    setup_logging(run_dir if dist.is_main else None, quiet=not dist.is_main)
     if cfg.resume:
-        trainer = Trainer(cfg, run_dir, saved_seed(run_dir), write_split=False)
+        trainer = Trainer(cfg, run_dir, saved_seed(run_dir), write_split=False, dist=dist)
         trainer.load(run_dir)
     else:
-        save_run_config(cfg, seed, run_dir)
-        log.info("run folder %s (seed %d)", run_dir, seed)
-        trainer = Trainer(cfg, run_dir, seed)
+        log.info("run folder %s (seed %d, %d process%s)", run_dir, seed, dist.world,
+                 "es" if dist.enabled else "")
+        trainer = Trainer(cfg, run_dir, seed, dist=dist)
     result = trainer.fit()
-    if result:
+    if result and dist.is_main:
         result.update(algorithm=cfg.algorithm, dataset=cfg.DATA.NAME, num_l=cfg.DATA.NUM_L,
                       seed=trainer.seed, history=trainer.history)
         atomic_write_text(json.dumps(result, indent=1), os.path.join(run_dir, RESULTS))

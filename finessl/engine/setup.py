@@ -9,15 +9,19 @@ import secrets
 import torch
 
 from finessl.engine.checkpoint import LAST
+from finessl.engine.distributed import SINGLE, Dist
 from finessl.io import atomic_write_text
 from finessl.errors import UserError
 
 log = logging.getLogger(__name__)
 
 
-def select_device(cfg) -> torch.device:
-    """``gpu`` None: cuda:0 if CUDA exists, else CPU; ``gpu K``: cuda:K or an error."""
+def select_device(cfg, dist: Dist = SINGLE) -> torch.device:
+    """``gpu`` None: cuda:0 if CUDA exists, else CPU; ``gpu K``: cuda:K or an error.
+    Under torchrun each process takes the GPU of its local rank."""
     if cfg.gpu is None:
+        if dist.enabled and torch.cuda.is_available():
+            return torch.device("cuda", dist.local_rank)
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
         raise UserError(f"gpu {cfg.gpu}: CUDA is not available on this machine; "

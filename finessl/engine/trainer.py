@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from finessl.algorithms import build_algorithm
 from finessl.data import build_data, build_test_loader, build_train_loaders
+from finessl.engine.distributed import SINGLE, Dist
 from finessl.engine.checkpoint import LAST, rng_state, seed_everything, set_rng_state
 from finessl.io import atomic_save
 from finessl.engine.setup import Precision, select_device
@@ -34,21 +35,36 @@ def image_size(cfg) -> int:
     return size if isinstance(size, int) else size[0]
 
 
+class NullWriter:
+    """Stands in for the SummaryWriter on ranks other than 0."""
+
+    def add_scalar(self, *args, **kwargs):
+        pass
+
+    add_histogram = add_scalar
+    close = add_scalar
+
+
 class Trainer:
     """Builds data, model, algorithm and optimiser from ``cfg`` and runs them."""
 
-    def __init__(self, cfg, run_dir: str | None, seed: int, write_split: bool = True):
-        self.cfg, self.run_dir, self.seed = cfg, run_dir, seed
-        self.device = select_device(cfg)
+    def __init__(self, cfg, run_dir: str | None, seed: int, write_split: bool = True,
+                 dist: Dist = SINGLE):
+        self.cfg, self.run_dir, self.seed, self.dist = cfg, run_dir, seed, dist
+        if cfg.DATA.BATCH_SIZE % dist.world:
+            raise UserError(f"DATA.BATCH_SIZE {cfg.DATA.BATCH_SIZE} (the global batch) is not "
+                            f"divisible by the {dist.world} processes")
+        self.device = select_device(cfg, dist)
         self.precision = Precision(cfg.prec, self.device)
         seed_everything(seed)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
-        self.data = build_data(cfg, image_size(cfg), run_dir if write_split else None)
+        self.data = build_data(cfg, image_size(cfg),
+                               run_dir if write_split and dist.is_main else None)
         self.model = build_model(cfg, self.data.classnames, self.device,
                                  self.precision.half_backbone, self.data.mean, self.data.std)
         self.algorithm = build_algorithm(cfg, self.model, self.data.num_classes,
-                                         len(self.data.unlabeled), self.device)
+                                         len(self.data.unlabeled), self.device, dist)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if self.algorithm.trains:
             self.optim = torch.optim.SGD(self.params, lr=cfg.lr, momentum=cfg.momentum,
@@ -70,6 +86,9 @@ class Trainer:
 
     # ---- checkpoints -------------------------------------------------------------
     def save(self, epoch: int) -> None:
+        """Rank 0 writes; every rank holds the same state (tested), so one file serves all."""
+        if not self.dist.is_main:
+            return
         state = {
             "epoch": epoch, "global_step": self.global_step, "seed": self.seed,
             "model": self.model.trainable_state_dict(), "optimizer": self.optim.state_dict(),
@@ -108,14 +127,15 @@ class Trainer:
     def fit(self) -> dict:
         cfg = self.cfg
         writer = SummaryWriter(os.path.join(self.run_dir, "tensorboard"),
-                               purge_step=self.global_step)
+                               purge_step=self.global_step) if self.dist.is_main else NullWriter()
         if not self.algorithm.trains:
             self.record_epoch(-1, self.evaluate(), writer)
             writer.close()
             return self.summary()
         loaders = build_train_loaders(self.data, cfg.DATA.BATCH_SIZE, cfg.DATA.MU_U,
                                       cfg.total_steps, cfg.num_workers, self.seed,
-                                      self.device.type == "cuda")
+                                      self.device.type == "cuda", self.dist.rank,
+                                      self.dist.world)
         if not self.algorithm.uses_unlabeled:
             loaders = loaders[:1]
         try:
@@ -137,7 +157,8 @@ class Trainer:
             loader.sampler.set_epoch(epoch)
         window: dict[str, torch.Tensor] = {}
         bar = tqdm(zip(*loaders), total=cfg.total_steps, dynamic_ncols=True,
-                   desc=f"epoch {epoch + 1}/{cfg.num_epochs}", leave=False)
+                   desc=f"epoch {epoch + 1}/{cfg.num_epochs}", leave=False,
+                   disable=not self.dist.is_main)
         for step, batches in enumerate(bar):
             batch = dict(zip(("x", "y"), batches[0]))
             if len(batches) > 1:
@@ -149,16 +170,21 @@ class Trainer:
             scaler = self.precision.scaler
             if scaler is not None:
                 scaler.scale(loss).backward()
+                self.dist.average_gradients(self.params)
                 scaler.step(self.optim)
                 scaler.update()
             else:
                 loss.backward()
+                self.dist.average_gradients(self.params)
                 self.optim.step()
             self.global_step += 1
             for k, v in logs.items():
-                window[k] = window.get(k, 0.0) + torch.as_tensor(v, dtype=torch.float32).detach()
+                window[k] = window.get(k, 0.0) + torch.as_tensor(
+                    v, dtype=torch.float32, device=self.device).detach()
             if (step + 1) % cfg.print_freq == 0 or step + 1 == cfg.total_steps:
-                means = {k: float(v) / ((step % cfg.print_freq) + 1) for k, v in window.items()}
+                keys = sorted(window)  # one all-reduce: the mean over ranks and steps
+                sums = self.dist.sum(torch.stack([window[k] for k in keys])) / self.dist.world
+                means = dict(zip(keys, (sums / ((step % cfg.print_freq) + 1)).tolist()))
                 window.clear()
                 self._log_window(epoch, step, means, writer, bar)
 
@@ -209,9 +235,10 @@ class Trainer:
     def evaluate(self) -> dict:
         if self._test_loader is None:
             self._test_loader = build_test_loader(self.data, max(100, self.cfg.DATA.BATCH_SIZE),
-                                                  self.cfg.num_workers)
+                                                  self.cfg.num_workers, self.dist.rank,
+                                                  self.dist.world)
         return evaluate(self.model, self._test_loader, self.device, self.precision,
-                        self.data.num_classes)
+                        self.data.num_classes, self.dist, len(self.data.test))
 
     def summary(self) -> dict:
         if not self.history:

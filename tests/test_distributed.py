@@ -1,0 +1,114 @@
+"""Two gloo processes on CPU against one process with the same global batch: the same
+parameters, memories and loss trajectory; resume works under torchrun."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import REPO, tiny_args
+from finessl.config import load_config
+from finessl.engine.distributed import init_distributed
+from finessl.engine.trainer import Trainer
+
+SETTINGS = dict(num_epochs=2, total_steps=4, print_freq=1)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(opts, out, dist=None):
+    torch.set_num_threads(1)
+    kwargs = {"dist": dist} if dist is not None else {}
+    trainer = Trainer(load_config(None, opts), out, seed=4, **kwargs)
+    trainer.fit()
+    return {"model": trainer.model.trainable_state_dict(),
+            "algorithm": trainer.algorithm.state_dict(), "history": trainer.history}
+
+
+def _rank(rank, world, port, opts, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    dist = init_distributed()
+    state = _run(opts, out, dist)
+    torch.save(state, os.path.join(out, f"rank{rank}.pt"))
+    torch.distributed.destroy_process_group()
+
+
+def _losses(run_dir):
+    events = EventAccumulator(os.path.join(run_dir, "tensorboard"))
+    events.Reload()
+    return [e.value for e in events.Scalars("train/loss/total")]
+
+
+@pytest.mark.parametrize("algorithm", ["finessl", "flexmatch", "freematch", "softmatch"])
+def test_two_processes_match_one_with_the_same_global_batch(algorithm, cifar_root, tmp_path):
+    single_dir, multi_dir = str(tmp_path / "single"), str(tmp_path / "multi")
+    os.makedirs(multi_dir)
+    single = _run(tiny_args(cifar_root, single_dir, algorithm=algorithm, **SETTINGS), single_dir)
+    opts = tiny_args(cifar_root, multi_dir, algorithm=algorithm, **SETTINGS)
+    mp.spawn(_rank, args=(2, _free_port(), opts, multi_dir), nprocs=2, join=True)
+    rank0, rank1 = (torch.load(os.path.join(multi_dir, f"rank{r}.pt"), weights_only=False)
+                    for r in range(2))
+
+    for name in rank0["model"]:  # ranks: bit-identical
+        assert torch.equal(rank0["model"][name], rank1["model"][name]), name
+    for key in rank0["algorithm"]:
+        assert torch.equal(rank0["algorithm"][key], rank1["algorithm"][key]), key
+    assert (rank0["algorithm"]["selected"] >= 0).any()  # the pace memory was really used
+
+    for name in single["model"]:  # against one process: equal up to float summation order
+        assert torch.allclose(single["model"][name], rank0["model"][name], atol=1e-5), name
+    for key in single["algorithm"]:
+        assert torch.allclose(single["algorithm"][key].float(),
+                              rank0["algorithm"][key].float(), atol=1e-5), key
+    assert _losses(multi_dir) == pytest.approx(_losses(single_dir), abs=1e-5)
+    assert len(_losses(multi_dir)) == 8
+    assert [r["top1"] for r in rank0["history"]] == [r["top1"] for r in single["history"]]
+
+
+def _torchrun(args, out_log):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           "2", os.path.join(REPO, "main.py"), *args]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    return subprocess.Popen(cmd, stdout=out_log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+                            start_new_session=True)
+
+
+def test_torchrun_run_killed_mid_epoch_resumes_to_the_same_parameters(cifar_root, tmp_path):
+    settings = dict(num_epochs=3, total_steps=30, seed=6)
+    reference = str(tmp_path / "reference")
+    with open(tmp_path / "reference.log", "w") as f:
+        assert _torchrun(tiny_args(cifar_root, reference, **settings), f).wait(300) == 0
+
+    killed = str(tmp_path / "killed")
+    ckpt = os.path.join(killed, "checkpoint_last.pt")
+    with open(tmp_path / "killed.log", "w") as f:
+        proc = _torchrun(tiny_args(cifar_root, killed, **settings), f)
+        deadline = time.time() + 300
+        while not os.path.exists(ckpt) and time.time() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert torch.load(ckpt, weights_only=False)["epoch"] == 1, "kill came too late"
+    with open(tmp_path / "resumed.log", "w") as f:
+        code = _torchrun(tiny_args(cifar_root, killed, **settings) + ["resume", killed], f).wait(300)
+    assert code == 0, open(tmp_path / "resumed.log").read()[-3000:]
+    a = torch.load(os.path.join(reference, "checkpoint_last.pt"), weights_only=False)
+    b = torch.load(ckpt, weights_only=False)
+    assert b["epoch"] == 3
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+    assert os.path.exists(os.path.join(killed, "results.json"))
