@@ -47,6 +47,8 @@ _C.vpt_shallow = False  # VPT-shallow: prompt tokens before the first block only
 _C.vpt_len = 50  # prompt tokens per block
 _C.rand_init = True  # heads start random (True) or from CLIP text embeddings (False)
 _C.template = "a photo of a {}."  # text prompt for the text-initialised heads
+_C.grad_checkpointing = False  # recompute block activations in backward: less memory, ~1/3 more time
+_C.compile = False  # torch.compile the backbone forward (fused kernels; first steps compile)
 
 # ---- algorithm (METHOD.md §3, §5) ---------------------------------------------------
 _C.algorithm = "finessl"  # finessl, supervised, zeroshot, pseudolabel, fixmatch, flexmatch, freematch, softmatch, debiaspl

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 
 import pytest
@@ -58,3 +59,33 @@ def test_same_loss_and_same_update_as_the_plain_step(vpt):
     for a, b in zip(ours, plain):
         assert torch.allclose(a, b, atol=1e-5, rtol=0)
     assert any(u.abs().max() > 1e-4 for u in ours)  # the step really moved something
+
+
+def test_gradient_checkpointing_gives_the_same_step():
+    cfg, model, algorithm, batch = _setup("vpt_deep")
+    loss, _ = algorithm.train_step(batch)
+    plain = _update(model, loss)
+    cfg, model, algorithm, batch = _setup("vpt_deep")
+    model.backbone.grad_checkpointing = True
+    loss_ckpt, _ = algorithm.train_step(batch)
+    ours = _update(model, loss_ckpt)
+    assert loss_ckpt.item() == pytest.approx(loss.item(), abs=1e-6)
+    for a, b in zip(ours, plain):
+        assert torch.allclose(a, b, atol=1e-6, rtol=0)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_backbone_gives_the_same_step():
+    cfg, model, algorithm, batch = _setup("vpt_deep")
+    loss, _ = algorithm.train_step(batch)
+    plain = _update(model, loss)
+    cfg, model, algorithm, batch = _setup("vpt_deep")
+    model.backbone.compile()
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert "backbone.peft.0.prompts" in names  # compiled in place: same parameter names
+    compiled_loss, _ = algorithm.train_step(batch)
+    ours = _update(model, compiled_loss)
+    assert compiled_loss.item() == pytest.approx(loss.item(), abs=1e-4)
+    for a, b in zip(ours, plain):
+        assert torch.allclose(a, b, atol=1e-4, rtol=0)

@@ -14,6 +14,7 @@ import open_clip
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from finessl.config import BACKBONE_ALIASES
 
@@ -152,6 +153,7 @@ class ViTBackbone(nn.Module):
         self.num_blocks = len(visual.transformer.resblocks)
         self.patch_size = tuple(visual.conv1.kernel_size)
         self.image_size = tuple(visual.image_size)
+        self.grad_checkpointing = False
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255)
 
@@ -180,5 +182,8 @@ class ViTBackbone(nn.Module):
                 n_out = min(n_keep, x.shape[1])
             else:
                 n_out = x.shape[1]
-            x = block_forward(block, x, n_out)
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block_forward, block, x, n_out, use_reentrant=False)
+            else:
+                x = block_forward(block, x, n_out)
         return visual.ln_post(x[:, 0]).float()

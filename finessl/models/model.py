@@ -65,6 +65,7 @@ def build_model(cfg, classnames: list[str], device: torch.device, half: bool,
     peft = build_peft(cfg, len(visual.transformer.resblocks), width,
                       tuple(visual.conv1.kernel_size))
     backbone = ViTBackbone(visual, peft, mean, std)
+    backbone.grad_checkpointing = cfg.grad_checkpointing
     if half:
         backbone.visual.half()
     if cfg.algorithm == "zeroshot":
@@ -76,5 +77,7 @@ def build_model(cfg, classnames: list[str], device: torch.device, half: bool,
         with torch.no_grad():
             aux_head.weight.copy_(head.weight)  # f_aux starts as a copy of f (METHOD.md §1)
     model = FineSSLModel(backbone, head, aux_head).to(device)
+    if cfg.compile:
+        backbone.compile()  # in place: parameter names, and so checkpoints, are unchanged
     del clip_model
     return model
