@@ -29,6 +29,7 @@ _C.DATA.NAME = "CIFAR100"  # dataset: CIFAR10, CIFAR100 or FOOD101
 _C.DATA.DATAPATH = "datasets/cifar-100"  # folder holding the dataset files (see datasets/README.md)
 _C.DATA.DOWNLOAD = True  # fetch the dataset when missing (only where a network exists)
 _C.DATA.NUMBER_CLASSES = -1  # number of classes; -1 takes it from the dataset
+_C.DATA.NUM_TEST = 0  # evaluate on the first N test images only (0 = the whole test set)
 _C.DATA.NUM_L = 4  # labeled images per class (the largest class when IMB_L > 1)
 _C.DATA.NUM_U = 500  # extra unlabeled images per class (the largest class when IMB_U > 1)
 _C.DATA.IMB_L = 1.0  # imbalance ratio of the labeled set (1 = balanced)
@@ -42,9 +43,22 @@ _C.backbone = "ViT-B/16"  # open_clip model name; the authors' 'ViT-B/16' spelli
 _C.pretrained = "openai"  # open_clip pretrained tag, a local weights file, or 'none' (random init)
 _C.cache_dir = ""  # where open_clip / Hugging Face cache weights ('' = their default)
 _C.prec = "fp16"  # fp16 (half-precision backbone), amp (autocast + grad scaler) or fp32
+_C.input_size = 0  # side of the views fed to the backbone; 0 = the model's own (224 for ViT-B/16)
+# ---- fine-tuning strategy (METHOD.md §1; none switched on = linear probe of the heads)
 _C.vpt_deep = False  # VPT-deep: new prompt tokens before every transformer block
 _C.vpt_shallow = False  # VPT-shallow: prompt tokens before the first block only
 _C.vpt_len = 50  # prompt tokens per block
+_C.lora = False  # LoRA on the q and v projections of every block
+_C.lora_dim = 8  # LoRA rank r (scaling 1/r)
+_C.adapter = False  # bottleneck adapter after each MLP
+_C.adapter_dim = 8  # adapter bottleneck width
+_C.adaptformer = False  # AdaptFormer: parallel bottleneck branch beside each MLP
+_C.ffn_num = 64  # AdaptFormer bottleneck width
+_C.ssf = False  # SSF: learnable per-channel scale and shift (ViT: after qkv, out-proj, fc1, fc2; CNN: after convs)
+_C.bias_tuning = False  # BitFit: all backbone biases trainable
+_C.bn_tuning = False  # CNN backbones: BatchNorm affine parameters trainable
+_C.finetune = False  # full fine-tuning: every backbone weight trainable
+_C.partial = None  # block-wise PEFT modules only in the last K blocks (None = all)
 _C.rand_init = True  # heads start random (True) or from CLIP text embeddings (False)
 _C.template = "a photo of a {}."  # text prompt for the text-initialised heads
 _C.grad_checkpointing = False  # recompute block activations in backward: less memory, ~1/3 more time
@@ -103,19 +117,11 @@ INERT_KEYS = (
     "ffn_opt", "adapter_scalar", "block_num", "patch_size", "mode", "rand_init1",
     "load_epoch", "DATA.NUM_WORKERS", "DATA.LABEL_RATIO", "DATA.out_ulab",
 )
-# Switches of the authors' code for methods this version does not implement: fine
-# while off, an error when switched on (silently training something else would lie).
-UNAVAILABLE_SWITCHES = (
-    "finetune", "bias_tuning", "bn_tuning", "adaptformer", "adapter", "lora", "ssf",
-)
-# Their companion size keys: accepted, no effect while the switch is off.
-_COMPANION_KEYS = ("ffn_num", "adapter_dim", "lora_dim", "partial")
-
 # Types accepted for keys whose default is None.
 _NONE_TYPES = {
     "bms": (bool,), "dls": (bool,),
     "seed": (int,), "output_dir": (str,), "resume": (str,), "model_dir": (str,),
-    "gpu": (int,),
+    "gpu": (int,), "partial": (int,),
 }
 _CHOICES = {
     "prec": ("fp16", "fp32", "amp"),
@@ -205,7 +211,7 @@ def _get(cfg: CN, key: str):
 
 def _merge(cfg: CN, pairs: list[tuple[str, object]], source: str, seen_inert: list[str]) -> None:
     known = _all_keys(cfg)
-    passive = set(INERT_KEYS) | set(_COMPANION_KEYS) | {"zero_shot"}
+    passive = set(INERT_KEYS) | {"zero_shot"}
     for key, value in pairs:
         if key == "zero_shot":  # the authors' switch for the CLIP zero-shot baseline
             if _coerce(key, False, value, source):
@@ -214,15 +220,6 @@ def _merge(cfg: CN, pairs: list[tuple[str, object]], source: str, seen_inert: li
         if key in passive:
             if key in INERT_KEYS and key not in seen_inert:
                 seen_inert.append(key)
-            continue
-        if key in UNAVAILABLE_SWITCHES:
-            if isinstance(value, str):
-                value = _parse_cli_value(value)
-            if not isinstance(value, bool):
-                raise UserError(f"{key}: expected bool, got {value!r} ({source})")
-            if value:
-                raise UserError(f"{key}: this fine-tuning method is not implemented in this "
-                                f"version; use vpt_deep or vpt_shallow ({source})")
             continue
         if key not in known:
             close = difflib.get_close_matches(key, known + list(passive), n=1, cutoff=0.5)
@@ -239,11 +236,14 @@ def _validate(cfg: CN) -> None:
     if cfg.algorithm not in ALGORITHMS:
         raise UserError(f"algorithm: {cfg.algorithm!r} is not one of {', '.join(sorted(ALGORITHMS))}")
     positive = ("DATA.NUM_L", "DATA.BATCH_SIZE", "DATA.MU_U", "num_epochs", "total_steps",
-                "vpt_len")
+                "vpt_len", "lora_dim", "adapter_dim", "ffn_num")
     for key in positive:
         if _get(cfg, key) <= 0:
             raise UserError(f"{key}: must be positive, got {_get(cfg, key)}")
-    for key in ("DATA.NUM_U", "num_workers", "checkpoint_freq", "lr", "weight_decay"):
+    if cfg.partial is not None and cfg.partial <= 0:
+        raise UserError(f"partial: the number of last blocks must be positive, got {cfg.partial}")
+    for key in ("DATA.NUM_U", "DATA.NUM_TEST", "num_workers", "checkpoint_freq", "lr",
+                "weight_decay", "input_size"):
         if _get(cfg, key) < 0:
             raise UserError(f"{key}: must be >= 0, got {_get(cfg, key)}")
     for key in ("DATA.IMB_L", "DATA.IMB_U"):

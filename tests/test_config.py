@@ -13,8 +13,7 @@ import pytest
 import yaml
 
 from conftest import REPO
-from finessl.config import (INERT_KEYS, UNAVAILABLE_SWITCHES, _COMPANION_KEYS,
-                            get_cfg_defaults, load_config)
+from finessl.config import INERT_KEYS, get_cfg_defaults, load_config
 from finessl.errors import UserError
 
 # The authors' released YAML (Gank0078/FineSSL), verbatim.
@@ -113,7 +112,7 @@ def test_authors_yaml_loads_unchanged(tmp_path, caplog):
     assert cfg.output_dir == "out/cifar-100/N4"
     assert cfg.seed is None and cfg.gpu is None and cfg.resume is None
     # Every key this version implements carries the YAML's value.
-    passive = set(INERT_KEYS) | set(_COMPANION_KEYS) | set(UNAVAILABLE_SWITCHES)
+    passive = set(INERT_KEYS)
     for key, value in _flatten(yaml.safe_load(AUTHORS_YAML)):
         if key in passive or key == "vpt_deep":
             continue
@@ -309,14 +308,11 @@ def test_boundary_values_are_valid():
     assert cfg.model_dir == "out/x"
 
 
-def test_unimplemented_method_switched_on_is_an_error():
-    msg = _error(opts=["lora", "True"])
-    assert "lora" in msg and "not implemented" in msg
-
-
-def test_unimplemented_method_switched_off_is_accepted():
-    cfg = load_config(None, ["lora", "False", "lora_dim", "16"])
-    assert "lora" not in cfg and "lora_dim" not in cfg
+def test_fine_tuning_switches_take_the_authors_keys():
+    cfg = load_config(None, ["lora", "True", "lora_dim", "16", "partial", "6"])
+    assert cfg.lora is True and cfg.lora_dim == 16 and cfg.partial == 6
+    assert "partial: the number of last blocks must be positive" in _error(opts=["partial", "0"])
+    assert "lora_dim: must be positive" in _error(opts=["lora_dim", "0"])
 
 
 def test_int_accepted_where_float_expected():

@@ -6,7 +6,6 @@ import logging
 import os
 
 import numpy as np
-import open_clip
 import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
@@ -22,17 +21,10 @@ from finessl.logs import PROGRESS
 from finessl.engine.evaluate import evaluate
 from finessl.metrics import distribution_entropy, top1
 from finessl.models import build_model
-from finessl.models.backbone import resolve_model_name
+from finessl.models.model import input_size
 
 log = logging.getLogger(__name__)
 progress = logging.getLogger(PROGRESS)
-
-
-def image_size(cfg) -> int:
-    """Input side of the backbone; the views are cropped to it."""
-    model_cfg = open_clip.get_model_config(resolve_model_name(cfg.backbone))
-    size = model_cfg["vision_cfg"]["image_size"]
-    return size if isinstance(size, int) else size[0]
 
 
 class NullWriter:
@@ -59,7 +51,7 @@ class Trainer:
         seed_everything(seed)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
-        self.data = build_data(cfg, image_size(cfg),
+        self.data = build_data(cfg, input_size(cfg),
                                run_dir if write_split and dist.is_main else None)
         self.model = build_model(cfg, self.data.classnames, self.device,
                                  self.precision.half_backbone, self.data.mean, self.data.std)

@@ -149,7 +149,8 @@ class ViTBackbone(nn.Module):
         self.visual = visual
         self.visual.requires_grad_(False)
         self.peft = nn.ModuleList(peft or [])
-        self.width = visual.transformer.width
+        self.width = self.feat_dim = visual.transformer.width
+        self.proj = visual.proj  # pre-projection feature -> CLIP's joint space
         self.num_blocks = len(visual.transformer.resblocks)
         self.patch_size = tuple(visual.conv1.kernel_size)
         self.image_size = tuple(visual.image_size)

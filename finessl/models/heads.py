@@ -35,11 +35,11 @@ def class_text_embeddings(clip_model: nn.Module, tokenizer, classnames: list[str
     return F.normalize(text, dim=-1)
 
 
-def text_init_weight(text: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
+def text_init_weight(text: torch.Tensor, proj: torch.Tensor | None) -> torch.Tensor:
     """The paper's semantic init: W = T @ P.T (Table 10, FFT-dagger), with P the
     visual projection (width x embed_dim), so W's rows live in the pre-projection
-    space the heads see."""
-    return text @ proj.detach().float().t()
+    space the heads see (P = None: the features are already in the joint space)."""
+    return text if proj is None else text @ proj.detach().float().t()
 
 
 class ZeroShotHead(nn.Module):
@@ -47,8 +47,10 @@ class ZeroShotHead(nn.Module):
     ``logits = s * normalize(x @ P) @ T.T`` with T the normalised text embeddings of
     the class prompts, P the visual projection and s CLIP's logit scale. Not trained."""
 
-    def __init__(self, proj: torch.Tensor, text: torch.Tensor, scale: float):
+    def __init__(self, proj: torch.Tensor | None, text: torch.Tensor, scale: float):
         super().__init__()
+        if proj is None:  # features already in the joint space (CLIP ResNets' attention pool)
+            proj = torch.eye(text.shape[1])
         self.register_buffer("proj", proj.detach().float().clone())
         self.register_buffer("text", F.normalize(text.detach().float(), dim=-1))
         self.scale = float(scale)

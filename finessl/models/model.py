@@ -7,10 +7,9 @@ import open_clip
 import torch
 import torch.nn as nn
 
-from finessl.models.backbone import (OPENAI_MEAN, OPENAI_STD, ViTBackbone, load_clip,
-                                     resolve_model_name)
+from finessl.errors import UserError
+from finessl.models.backbone import OPENAI_MEAN, OPENAI_STD, load_clip, resolve_model_name
 from finessl.models.heads import CosineHead, ZeroShotHead, class_text_embeddings, text_init_weight
-from finessl.models.peft import build_peft
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +22,7 @@ class FineSSLModel(nn.Module):
     targets from flattening the main head's confidence (the "decoupled" of DLS).
     """
 
-    def __init__(self, backbone: ViTBackbone, head: nn.Module, aux_head: CosineHead):
+    def __init__(self, backbone: nn.Module, head: nn.Module, aux_head: CosineHead):
         super().__init__()
         self.backbone = backbone
         self.head = head
@@ -49,30 +48,68 @@ class FineSSLModel(nn.Module):
                 params[n].copy_(v)
 
 
+def is_timm_name(backbone: str) -> bool:
+    """timm CNNs are named ``timm:<model>`` (or an alias such as ``efficientnet_lite0``)."""
+    from finessl.models.cnn import TIMM_ALIASES
+    return backbone.startswith("timm:") or backbone in TIMM_ALIASES
+
+
+def input_size(cfg) -> int:
+    """Side of the views: ``input_size``, else the model's own (CLIP config; 224 for timm)."""
+    if is_timm_name(cfg.backbone):
+        return cfg.input_size or 224
+    model_cfg = open_clip.get_model_config(resolve_model_name(cfg.backbone))
+    size = model_cfg["vision_cfg"]["image_size"]
+    size = size if isinstance(size, int) else size[0]
+    is_vit = "layers" not in model_cfg["vision_cfg"] or isinstance(
+        model_cfg["vision_cfg"]["layers"], int)
+    if cfg.input_size and cfg.input_size != size and is_vit:
+        raise UserError(f"input_size: {cfg.backbone} takes {size} px inputs, got {cfg.input_size}")
+    return cfg.input_size or size
+
+
 def build_model(cfg, classnames: list[str], device: torch.device, half: bool,
                 mean=OPENAI_MEAN, std=OPENAI_STD) -> FineSSLModel:
-    """CLIP image tower (frozen, optionally fp16) + PEFT + cosine heads on ``device``;
-    uint8 inputs are normalised with the dataset's ``mean`` / ``std``."""
-    clip_model = load_clip(cfg.backbone, cfg.pretrained, cfg.cache_dir)
-    clip_model.requires_grad_(False).eval()
-    visual = clip_model.visual
-    weight = text = None
+    """Frozen image tower (optionally fp16) + fine-tuning strategy + cosine heads on
+    ``device``; uint8 inputs are normalised with the dataset's ``mean`` / ``std``.
+
+    CLIP ViTs go through :func:`~finessl.models.peft.build_vit_backbone`, CNNs (CLIP
+    ResNets, timm models) through :func:`~finessl.models.cnn.build_cnn_backbone`; both
+    return a module mapping images to a ``feat_dim`` feature, with ``proj`` the matrix
+    into CLIP's joint space when there is one (text init, zero-shot).
+    """
+    from finessl.models.cnn import build_cnn_backbone, load_timm
+    from finessl.models.peft import build_vit_backbone
+    clip_model = None
+    if is_timm_name(cfg.backbone):
+        visual = load_timm(cfg.backbone, cfg.pretrained, cfg.cache_dir)
+    else:
+        clip_model = load_clip(cfg.backbone, cfg.pretrained, cfg.cache_dir)
+        clip_model.requires_grad_(False).eval()
+        visual = clip_model.visual
+    visual.requires_grad_(False)
+    if hasattr(visual, "transformer"):
+        backbone = build_vit_backbone(cfg, visual, mean, std)
+    else:
+        backbone = build_cnn_backbone(cfg, visual, mean, std)
+    text = weight = None
     if not cfg.rand_init or cfg.algorithm == "zeroshot":
+        if clip_model is None:
+            raise UserError(f"rand_init False and algorithm zeroshot need a CLIP backbone with "
+                            f"a text tower; {cfg.backbone} has none")
         tokenizer = open_clip.get_tokenizer(resolve_model_name(cfg.backbone))
         text = class_text_embeddings(clip_model, tokenizer, classnames, cfg.template)
-        weight = None if cfg.rand_init else text_init_weight(text, visual.proj)
-    width = visual.transformer.width
-    peft = build_peft(cfg, len(visual.transformer.resblocks), width,
-                      tuple(visual.conv1.kernel_size))
-    backbone = ViTBackbone(visual, peft, mean, std)
-    backbone.grad_checkpointing = cfg.grad_checkpointing
+        weight = None if cfg.rand_init else text_init_weight(text, backbone.proj)
     if half:
-        backbone.visual.half()
+        if any(p.requires_grad for p in visual.parameters()):
+            raise UserError("prec fp16 keeps the backbone's weights in half precision, so none "
+                            "of them can be trained (bias_tuning, bn_tuning, finetune); use prec amp")
+        visual.half()
     if cfg.algorithm == "zeroshot":
-        head = ZeroShotHead(visual.proj, text, clip_model.logit_scale.exp().item())
+        head = ZeroShotHead(backbone.proj, text, clip_model.logit_scale.exp().item())
     else:
-        head = CosineHead(width, len(classnames), weight)
-    aux_head = CosineHead(width, len(classnames))
+        head = CosineHead(backbone.feat_dim, len(classnames), weight)
+    aux_head = CosineHead(backbone.feat_dim, len(classnames))
     if isinstance(head, CosineHead):
         with torch.no_grad():
             aux_head.weight.copy_(head.weight)  # f_aux starts as a copy of f (METHOD.md §1)

@@ -9,7 +9,7 @@ import math
 import torch
 import torch.nn as nn
 
-from finessl.models.backbone import PeftModule
+from finessl.models.backbone import PeftModule, ViTBackbone
 
 
 class VisualPrompts(PeftModule):
@@ -46,3 +46,12 @@ def build_peft(cfg, num_blocks: int, width: int, patch_size: tuple[int, int]) ->
         modules.append(VisualPrompts(num_blocks, width, cfg.vpt_len, patch_size,
                                      deep=cfg.vpt_deep))
     return modules
+
+
+def build_vit_backbone(cfg, visual: nn.Module, mean, std) -> ViTBackbone:
+    """CLIP ViT image tower (frozen) with the fine-tuning strategy ``cfg`` asks for."""
+    peft = build_peft(cfg, len(visual.transformer.resblocks), visual.transformer.width,
+                      tuple(visual.conv1.kernel_size))
+    backbone = ViTBackbone(visual, peft, mean, std)
+    backbone.grad_checkpointing = cfg.grad_checkpointing
+    return backbone
