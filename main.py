@@ -2,6 +2,7 @@
 
     python main.py --cfg configs/peft/cifar100_N4.yaml vpt_deep True
     python main.py --cfg configs/peft/cifar100_N4.yaml vpt_deep True --dry-run
+    python main.py predict --model-dir out/RUN --images photos/ --output predictions.csv
 """
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ from finessl.logs import setup_logging
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description="FineSSL training and evaluation")
+    parser = argparse.ArgumentParser(
+        description="FineSSL training and evaluation",
+        epilog="To label a folder of images with a trained run: "
+               "python main.py predict --help")
     parser.add_argument("--cfg", "--config-file", dest="cfg", default=None,
                         help="YAML config (keys of finessl/config.py)")
     parser.add_argument("--dry-run", action="store_true",
@@ -26,10 +30,42 @@ def parse_args(argv):
     return args
 
 
+def parse_predict_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="main.py predict",
+        description="Label every image below --images (any depth; jpg jpeg png bmp gif webp "
+                    "tif tiff) with the main head of the trained run in --model-dir, and "
+                    "write a CSV with columns path (relative to --images), class, confidence "
+                    "(softmax probability of that class). Unreadable files are logged by path "
+                    "and skipped. The run is rebuilt from RUN_DIR/config.yaml and "
+                    "RUN_DIR/checkpoint_last.pt; the training data is not needed unless the "
+                    "checkpoint predates recorded class names (then they are read from "
+                    "DATA.DATAPATH).",
+        epilog="example: python main.py predict --model-dir out/CIFAR100/N4/seed1 "
+               "--images photos/ --output photos.csv num_workers 4 gpu 0")
+    parser.add_argument("--model-dir", required=True, metavar="RUN_DIR",
+                        help="run folder holding config.yaml and checkpoint_last.pt")
+    parser.add_argument("--images", required=True, metavar="FOLDER",
+                        help="folder of images to label")
+    parser.add_argument("--output", default="predictions.csv", metavar="FILE",
+                        help="CSV to write (default: predictions.csv)")
+    parser.add_argument("--cfg", "--config-file", dest="cfg", default=None,
+                        help="config to use instead of RUN_DIR/config.yaml")
+    parser.add_argument("opts", nargs="*", metavar="KEY VALUE",
+                        help="overrides of the run's config, e.g. gpu 0, num_workers 4")
+    return parser.parse_intermixed_args(argv)
+
+
 def main(argv=None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    predicting = argv[:1] == ["predict"]
+    args = parse_predict_args(argv[1:]) if predicting else parse_args(argv)
     setup_logging()
     try:
+        if predicting:
+            from finessl.engine.predict import predict  # heavy imports only when needed
+            predict(args.model_dir, args.images, args.output, args.cfg, args.opts)
+            return 0
         cfg = load_config(args.cfg, args.opts)
         if args.dry_run:
             print(cfg.dump(), end="")

@@ -25,7 +25,7 @@ _C = CN()
 
 # ---- data ---------------------------------------------------------------------------
 _C.DATA = CN()
-_C.DATA.NAME = "CIFAR100"  # dataset: CIFAR10, CIFAR100 or FOOD101
+_C.DATA.NAME = "CIFAR100"  # dataset: CIFAR10, CIFAR100, FOOD101, FashionMNIST or ImageFolder (datasets/README.md)
 _C.DATA.DATAPATH = "datasets/cifar-100"  # folder holding the dataset files (see datasets/README.md)
 _C.DATA.DOWNLOAD = True  # fetch the dataset when missing (only where a network exists)
 _C.DATA.NUMBER_CLASSES = -1  # number of classes; -1 takes it from the dataset

@@ -139,13 +139,15 @@ class PseudoLabeling(Algorithm):
                                 margins, u_true)
 
     def _logs(self, loss, losses, pl, weight, margins, u_true) -> dict:
-        """Pseudo-label diagnostics of the whole batch (all ranks)."""
+        """Pseudo-label diagnostics of the whole batch (all ranks); accuracies count only
+        images whose true label is known (``u_true >= 0``; own unlabeled folders have none)."""
+        known = (u_true >= 0).float()
         correct = (pl.targets == u_true).float()
-        kept = pl.weight > 0
+        kept = (pl.weight > 0).float()
         logs = {"loss/total": loss.detach(), **{f"loss/{k}": v.detach() for k, v in losses.items()},
-                "pseudo/mask_rate": kept.float().mean(), "pseudo/weight": weight.mean(),
-                "pseudo/acc_all": correct.mean(),
-                "pseudo/acc_masked": (correct * kept).sum() / kept.sum().clamp(min=1)}
+                "pseudo/mask_rate": kept.mean(), "pseudo/weight": weight.mean(),
+                "pseudo/acc_all": correct.sum() / known.sum().clamp(min=1),
+                "pseudo/acc_masked": (correct * kept).sum() / (kept * known).sum().clamp(min=1)}
         if margins is not None:
             logs["pseudo/margin_max"] = margins.max()
         return logs

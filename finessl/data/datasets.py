@@ -1,4 +1,5 @@
-"""The raw datasets of the FineSSL paper: CIFAR-10, CIFAR-100 and Food-101.
+"""The raw datasets: CIFAR-10, CIFAR-100 and Food-101 (the FineSSL paper's),
+Fashion-MNIST (``fashion_mnist``) and your own folders of images (``folder``).
 
 CIFAR is read from its python-pickle files directly rather than through
 ``torchvision.datasets.CIFAR10``: torchvision checks every file's md5, which rejects
@@ -17,7 +18,7 @@ import logging
 import os
 import pickle
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
@@ -69,6 +70,10 @@ class RawDataset:
     std: tuple[float, float, float]
     train_images: ArrayImages | FileImages
     test_images: ArrayImages | FileImages
+    # A dataset that comes split (ImageFolder): (labeled, unlabeled) training indices,
+    # used as they are; None lets build_data choose them from DATA.NUM_L / NUM_U.
+    fixed_split: tuple[list[int], list[int]] | None = None
+    split_meta: dict = field(default_factory=dict)  # extra entries for split.json's meta
 
     def train_image(self, i: int) -> Image.Image:
         return self.train_images[i]
@@ -121,12 +126,24 @@ _SOURCES = {
 }
 
 
+# Per-channel normalisation (pixel values in [0, 1]) of each dataset: a function of
+# DATA.NAME alone, so a saved run can be rebuilt without its data.
+_STATS = {
+    "CIFAR10": ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
+    "CIFAR100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+    "FOOD101": (CLIP_MEAN, CLIP_STD),
+    "FASHIONMNIST": ((0.2860,) * 3, (0.3530,) * 3),  # grey statistics, see fashion_mnist
+    "IMAGEFOLDER": (CLIP_MEAN, CLIP_STD),
+}
+_OWN_READERS = ("FASHIONMNIST", "IMAGEFOLDER")  # datasets read by their own modules
+_SPELLING = {"FASHIONMNIST": "FashionMNIST", "IMAGEFOLDER": "ImageFolder"}
+
+
 def _canonical_name(name: str) -> str:
     key = name.upper().replace("-", "").replace("_", "")
-    if key not in _SOURCES:
-        raise UserError(
-            f"DATA.NAME {name!r} is not a known dataset; use one of {', '.join(_SOURCES)}"
-        )
+    if key not in _SOURCES and key not in _OWN_READERS:
+        known = list(_SOURCES) + [_SPELLING[k] for k in _OWN_READERS]
+        raise UserError(f"DATA.NAME {name!r} is not a known dataset; use one of {', '.join(known)}")
     return key
 
 
@@ -193,7 +210,6 @@ def _load_cifar(key: str, root: str) -> RawDataset:
         train_targets = [int(t) for b in batches for t in b["labels"]]
         test_targets = [int(t) for t in test["labels"]]
         names = _unpickle(os.path.join(folder, "batches.meta"))["label_names"]
-        mean, std = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
     else:
         train = _unpickle(os.path.join(folder, "train"))
         test = _unpickle(os.path.join(folder, "test"))
@@ -201,14 +217,13 @@ def _load_cifar(key: str, root: str) -> RawDataset:
         train_targets = [int(t) for t in train["fine_labels"]]
         test_targets = [int(t) for t in test["fine_labels"]]
         names = _unpickle(os.path.join(folder, "meta"))["fine_label_names"]
-        mean, std = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
     return RawDataset(
         name=_SOURCES[key].title,
         train_targets=train_targets,
         test_targets=test_targets,
         classnames=_names(names),
-        mean=mean,
-        std=std,
+        mean=_STATS[key][0],
+        std=_STATS[key][1],
         train_images=_cifar_images(train_data),
         test_images=_cifar_images(test["data"]),
     )
@@ -237,25 +252,53 @@ def _load_food101(root: str) -> RawDataset:
         train_targets=train_targets,
         test_targets=test_targets,
         classnames=_names(classes),
-        mean=CLIP_MEAN,
-        std=CLIP_STD,
+        mean=_STATS["FOOD101"][0],
+        std=_STATS["FOOD101"][1],
         train_images=FileImages(train_paths),
         test_images=FileImages(test_paths),
     )
 
 
 def load_dataset(name: str, root: str, download: bool) -> RawDataset:
-    """Load ``name`` (CIFAR10, CIFAR100 or FOOD101, any case or dash) from ``root``.
+    """Load ``name`` (CIFAR10, CIFAR100, FOOD101, FashionMNIST or ImageFolder, any case,
+    dash or underscore) from ``root``.
 
     ``root`` is DATA.DATAPATH: the folder that holds ``cifar-10-batches-py``,
-    ``cifar-100-python`` or ``food-101``.
+    ``cifar-100-python``, ``food-101``, Fashion-MNIST's IDX files, or the
+    ``labeled/ unlabeled/ test/`` folders of an ImageFolder.
     """
     key = _canonical_name(name)
     root = os.path.abspath(os.path.expanduser(root))
-    _ensure_present(_SOURCES[key], root, download)
-    raw = _load_food101(root) if key == "FOOD101" else _load_cifar(key, root)
+    if key == "FASHIONMNIST":
+        from finessl.data.fashion_mnist import load_fashion_mnist
+        raw = load_fashion_mnist(root, download)
+    elif key == "IMAGEFOLDER":
+        from finessl.data.folder import load_image_folder
+        raw = load_image_folder(root)
+    else:
+        _ensure_present(_SOURCES[key], root, download)
+        raw = _load_food101(root) if key == "FOOD101" else _load_cifar(key, root)
     log.info(
         "%s: %d train / %d test images, %d classes, from %s",
         raw.name, raw.num_train, raw.num_test, len(raw.classnames), root,
     )
     return raw
+
+
+def dataset_stats(name: str) -> tuple[tuple, tuple]:
+    """(mean, std) with which ``name``'s images are normalised."""
+    return _STATS[_canonical_name(name)]
+
+
+def dataset_classnames(name: str, root: str) -> list[str]:
+    """The class names of ``name`` at ``root``, opening as little as it can (what
+    ``predict`` reads when a checkpoint does not record them)."""
+    key = _canonical_name(name)
+    root = os.path.abspath(os.path.expanduser(root))
+    if key == "FASHIONMNIST":
+        from finessl.data.fashion_mnist import CLASSNAMES
+        return list(CLASSNAMES)
+    if key == "IMAGEFOLDER":
+        from finessl.data.folder import classnames_of
+        return classnames_of(root)
+    return load_dataset(name, root, download=False).classnames

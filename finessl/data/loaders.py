@@ -121,15 +121,17 @@ class UnlabeledDataset(Dataset):
 
 
 class TestDataset(Dataset):
-    """Plain index -> (test view, label)."""
+    """Plain index -> (test view, label), over the first ``num_test`` test images
+    (DATA.NUM_TEST; None = all), so every metric counts exactly those."""
 
     __test__ = False  # not a pytest class despite its name
 
-    def __init__(self, raw: RawDataset, views: ViewMaker):
+    def __init__(self, raw: RawDataset, views: ViewMaker, num_test: int | None = None):
         self.raw, self.views = raw, views
+        self.num_test = raw.num_test if num_test is None else min(num_test, raw.num_test)
 
     def __len__(self) -> int:
-        return self.raw.num_test
+        return self.num_test
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.views.test(self.raw.test_image(i)), self.raw.test_targets[i]
@@ -152,8 +154,39 @@ class DataBundle:
     std: tuple[float, float, float]
 
 
+def _split(raw: RawDataset, data, num_classes: int) -> tuple[list[int], list[int], dict]:
+    """(labeled, unlabeled, split.json meta): the dataset's own split when it comes
+    with one (ImageFolder), else the DATA.NUM_L/NUM_U/IMB_L/IMB_U split."""
+    if raw.fixed_split is not None:
+        log.info("%s comes split by its folders: DATA.NUM_L, NUM_U, IMB_L, IMB_U not used",
+                 raw.name)
+        labeled_idx, unlabeled_idx = raw.fixed_split
+        return list(labeled_idx), list(unlabeled_idx), {"dataset": raw.name, **raw.split_meta}
+    labeled_idx, unlabeled_idx = make_split(
+        raw.train_targets, num_classes, data.NUM_L, data.NUM_U, data.IMB_L, data.IMB_U
+    )
+    meta = {"dataset": raw.name, "NUM_L": data.NUM_L, "NUM_U": data.NUM_U,
+            "IMB_L": data.IMB_L, "IMB_U": data.IMB_U}
+    return labeled_idx, unlabeled_idx, meta
+
+
+def _num_test(raw: RawDataset, requested: int) -> int | None:
+    """DATA.NUM_TEST as a count of test images (None = all of them)."""
+    if requested <= 0:
+        return None
+    if requested >= raw.num_test:
+        if requested > raw.num_test:
+            log.warning("DATA.NUM_TEST %d is more than the %d test images of %s; using all",
+                        requested, raw.num_test, raw.name)
+        return None
+    log.info("evaluating on the first %d of %d test images (DATA.NUM_TEST)", requested,
+             raw.num_test)
+    return requested
+
+
 def build_data(cfg, crop: int, output_dir: str | None) -> DataBundle:
-    """Load DATA.NAME, split it by DATA.NUM_L/NUM_U/IMB_L/IMB_U, save split.json."""
+    """Load DATA.NAME, split it by DATA.NUM_L/NUM_U/IMB_L/IMB_U (or its folders), save
+    split.json, and keep the first DATA.NUM_TEST test images (0 = all)."""
     data = cfg.DATA
     raw = load_dataset(data.NAME, data.DATAPATH, data.DOWNLOAD)
     num_classes = len(raw.classnames)
@@ -162,23 +195,24 @@ def build_data(cfg, crop: int, output_dir: str | None) -> DataBundle:
             f"DATA.NUMBER_CLASSES is {data.NUMBER_CLASSES} but {raw.name} has "
             f"{num_classes} classes; set DATA.NUMBER_CLASSES to {num_classes} (or -1)"
         )
-    labeled_idx, unlabeled_idx = make_split(
-        raw.train_targets, num_classes, data.NUM_L, data.NUM_U, data.IMB_L, data.IMB_U
-    )
+    labeled_idx, unlabeled_idx, meta = _split(raw, data, num_classes)
     if output_dir is not None:
-        meta = {"dataset": raw.name, "NUM_L": data.NUM_L, "NUM_U": data.NUM_U,
-                "IMB_L": data.IMB_L, "IMB_U": data.IMB_U}
+        # images of unknown class (target -1) are counted in one extra, last bin
+        unknown = any(t < 0 for t in raw.train_targets)
+        counted = [t if t >= 0 else num_classes for t in raw.train_targets]
+        if unknown:
+            meta["last_bin_counts"] = "images of unknown class"
         digest = save_split(os.path.join(output_dir, "split.json"), labeled_idx,
-                            unlabeled_idx, meta, raw.train_targets, num_classes)
+                            unlabeled_idx, meta, counted, num_classes + unknown)
     else:
-        digest = split_hash(labeled_idx, unlabeled_idx)
+        digest = split_hash(labeled_idx, unlabeled_idx, meta.get("train_files"))
     log.info("split %s: %d labeled, %d unlabeled images", digest[:12],
              len(labeled_idx), len(unlabeled_idx))
     views = ViewMaker(crop)
     return DataBundle(
         labeled=LabeledDataset(raw, labeled_idx, views),
         unlabeled=UnlabeledDataset(raw, unlabeled_idx, views),
-        test=TestDataset(raw, views),
+        test=TestDataset(raw, views, _num_test(raw, data.get("NUM_TEST", 0))),
         classnames=raw.classnames,
         num_classes=num_classes,
         split_hash=digest,

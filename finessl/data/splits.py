@@ -65,10 +65,15 @@ def make_split(
     return labeled, unlabeled
 
 
-def split_hash(labeled_idx: Sequence[int], unlabeled_idx: Sequence[int]) -> str:
-    """sha256 of the canonical JSON of both index lists (the split's identity)."""
+def split_hash(labeled_idx: Sequence[int], unlabeled_idx: Sequence[int],
+               files: Sequence[str] | None = None) -> str:
+    """sha256 of the canonical JSON of both index lists (the split's identity), and of
+    the file list the indices point into when there is one (ImageFolder)."""
+    record = {"labeled": list(labeled_idx), "unlabeled": list(unlabeled_idx)}
+    if files is not None:
+        record["files"] = list(files)
     canonical = json.dumps(
-        {"labeled": list(labeled_idx), "unlabeled": list(unlabeled_idx)},
+        record,
         sort_keys=True,
         separators=(",", ":"),
     )
@@ -88,7 +93,7 @@ def save_split(
     Written atomically, so a crash never leaves a half-written split behind.
     ``targets`` and ``num_classes`` only serve the per-class counts kept for reading.
     """
-    digest = split_hash(labeled_idx, unlabeled_idx)
+    digest = split_hash(labeled_idx, unlabeled_idx, meta.get("train_files"))
     labeled_per_class = [0] * num_classes
     unlabeled_per_class = [0] * num_classes
     for i in labeled_idx:

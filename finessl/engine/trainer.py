@@ -87,6 +87,7 @@ class Trainer:
             "scheduler": self.sched.state_dict(), "algorithm": self.algorithm.state_dict(),
             "scaler": self.precision.scaler.state_dict() if self.precision.scaler else None,
             "rng": rng_state(), "history": self.history, "config": self.cfg.dump(),
+            "classnames": self.data.classnames,
         }
         atomic_save(state, os.path.join(self.run_dir, LAST))
         freq = self.cfg.checkpoint_freq
@@ -204,8 +205,9 @@ class Trainer:
             chosen = memory[memory >= 0]
             counts = torch.bincount(chosen, minlength=self.data.num_classes).cpu()
             result["pseudo_entropy"] = distribution_entropy(counts)
-            truth = self.data.unlabeled_targets.to(memory.device)
-            result["pseudo_acc"] = top1(chosen, truth[memory >= 0]) if chosen.numel() else 0.0
+            truth = self.data.unlabeled_targets.to(memory.device)[memory >= 0]
+            known = truth >= 0  # -1: an unlabeled image whose class nobody knows
+            result["pseudo_acc"] = top1(chosen[known], truth[known]) if known.any() else 0.0
             result["pseudo_rate"] = chosen.numel() / max(memory.numel(), 1)
             if chosen.numel():  # one bin per class
                 edges = np.arange(self.data.num_classes + 1) - 0.5

@@ -1,0 +1,230 @@
+"""Your own images as a FineSSL dataset (``DATA.NAME ImageFolder``).
+
+``DATA.DATAPATH`` holds three folders::
+
+    labeled/<class>/...    labelled training images, at any depth below their class folder
+    unlabeled/...          unlabelled training images, at any depth (optional)
+    test/<class>/...       labelled test images (required: every run is evaluated)
+
+Class names are the folder names under ``labeled/``, sorted (that order is the label
+index), with ``_`` read as a space for the CLIP prompts; ``test/`` may hold a subset
+of them. The split is the folders: every labeled image is labeled, and the unlabeled
+set is the labeled images followed by the unlabeled ones (labeled images are also
+used without their labels, as in FixMatch and FineSSL); DATA.NUM_L, NUM_U, IMB_L and
+IMB_U are not used. Unlabeled images have target -1: their class is unknown, and
+pseudo-label accuracies are computed on known targets only.
+
+Image files are those ending in one of :data:`IMAGE_EXTENSIONS` (any case); hidden
+files and folders (``.name``) are ignored. Bad files never stop a run:
+
+* at build time every file is opened and checked (:func:`check_image`: the header
+  and, for PNG, every chunk; a JPEG that lacks its end marker is decoded in full,
+  which is what catches truncated downloads). Unreadable files are logged by path,
+  one line each for the first :data:`MAX_LISTED`, counted, and left out of the
+  dataset and of ``split.json``;
+* a file that fails later, when a loader decodes it (damage the check cannot see,
+  or a file changed during the run), is logged once and replaced by the next image
+  of the same split and label (:class:`CheckedFileImages`), so labels stay right and
+  batches stay the same on every rerun.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+
+from PIL import Image
+
+from finessl.data.datasets import FileImages, RawDataset, dataset_stats
+from finessl.errors import UserError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+MAX_LISTED = 20  # unreadable files logged by path; later ones are only counted
+UNKNOWN = -1  # the target of an image whose class is not known
+LAYOUT = "labeled/<class>/<images>, unlabeled/<images> (optional), test/<class>/<images>"
+
+
+def _visible(name: str) -> bool:
+    return not name.startswith(".")
+
+
+def list_images(folder: str) -> list[str]:
+    """Image files anywhere below ``folder``, sorted by path (a stable dataset order)."""
+    found = []
+    for here, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if _visible(d)]
+        found += [os.path.join(here, f) for f in files
+                  if _visible(f) and f.lower().endswith(IMAGE_EXTENSIONS)]
+    return sorted(found)
+
+
+def _jpeg_ends_with_eoi(path: str) -> bool:
+    """True when the EOI marker (FF D9) is in the last KB, as in any complete JPEG
+    without a long trailer; a truncated download never has it."""
+    with open(path, "rb") as f:
+        f.seek(max(0, os.path.getsize(path) - 1024))
+        return b"\xff\xd9" in f.read()
+
+
+def check_image(path: str) -> str:
+    """'' when ``path`` reads as an image, else the reason (one line).
+
+    ``verify`` reads the header (and checks every PNG chunk's CRC) in microseconds;
+    a JPEG without its end marker is also decoded, at 1/8 scale, since ``verify``
+    does not look at JPEG data.
+    """
+    try:
+        with Image.open(path) as img:
+            jpeg = img.format == "JPEG"
+            img.verify()
+        if jpeg and not _jpeg_ends_with_eoi(path):
+            with Image.open(path) as img:
+                img.draft("RGB", (img.width // 8 or 1, img.height // 8 or 1))
+                img.load()
+    except Exception as e:  # PIL raises many types for bad files; all mean "skip it"
+        return " ".join(f"{type(e).__name__}: {e}".split())
+    return ""
+
+
+def open_rgb(path: str) -> Image.Image:
+    """The decoded image at ``path`` as RGB (transparent palettes via RGBA)."""
+    with Image.open(path) as img:
+        if img.mode == "P" and "transparency" in img.info:
+            img = img.convert("RGBA")
+        return img.convert("RGB")
+
+
+class UnreadableLog:
+    """Logs unreadable files by path, the first ``limit`` of them, and counts all."""
+
+    def __init__(self, limit: int = MAX_LISTED):
+        self.limit, self.paths = limit, []
+
+    def add(self, path: str, reason: str) -> None:
+        self.paths.append(path)
+        if len(self.paths) <= self.limit:
+            log.warning("unreadable image skipped: %s (%s)", path, reason)
+        elif len(self.paths) == self.limit + 1:
+            log.warning("more unreadable images: counted but not listed")
+
+
+def readable(paths: Sequence[str], report: UnreadableLog) -> list[str]:
+    """The paths :func:`check_image` accepts; the others go to ``report``."""
+    good = []
+    for path in paths:
+        reason = check_image(path)
+        if reason:
+            report.add(path, reason)
+        else:
+            good.append(path)
+    return good
+
+
+class CheckedFileImages(FileImages):
+    """Files decoded on demand; a file that fails to decode is logged once and the next
+    image with the same target (cyclically) is returned in its place."""
+
+    _report = UnreadableLog()  # one per process: a DataLoader worker logs its own
+
+    def __init__(self, paths: Sequence[str], targets: Sequence[int]):
+        super().__init__(paths)
+        self.targets = list(targets)
+        self._bad: set[int] = set()
+
+    def __getitem__(self, i: int) -> Image.Image:
+        n = len(self.paths)
+        for j in ((i + step) % n for step in range(n)):
+            if j in self._bad or self.targets[j] != self.targets[i]:
+                continue
+            try:
+                return open_rgb(self.paths[j])
+            except Exception as e:  # any decoding failure: substitute, never crash
+                self._bad.add(j)
+                self._report.add(self.paths[j], " ".join(f"{type(e).__name__}: {e}".split()))
+        raise RuntimeError(f"no readable image left with target {self.targets[i]} "
+                           f"(first: {self.paths[i]})")
+
+
+def _class_folders(folder: str) -> list[str]:
+    return sorted(d.name for d in os.scandir(folder) if d.is_dir() and _visible(d.name))
+
+
+def _labelled(folder: str, classes: list[str], report: UnreadableLog):
+    """Readable (paths, targets) of ``folder/<class>/...`` for the given classes."""
+    paths, targets = [], []
+    for k, name in enumerate(classes):
+        class_dir = os.path.join(folder, name)
+        found = readable(list_images(class_dir), report) if os.path.isdir(class_dir) else []
+        paths += found
+        targets += [k] * len(found)
+    return paths, targets
+
+
+def classnames_of(root: str) -> list[str]:
+    """The class names of the folder dataset at ``root`` (no image is opened)."""
+    labeled = os.path.join(root, "labeled")
+    if not os.path.isdir(root):
+        raise UserError(f"ImageFolder: DATA.DATAPATH {root} is not a folder; expected {LAYOUT}")
+    classes = _class_folders(labeled) if os.path.isdir(labeled) else []
+    if not classes:
+        raise UserError(f"ImageFolder: no class folders in {labeled}; expected {LAYOUT}")
+    return [c.replace("_", " ") for c in classes]
+
+
+def _relative(paths: Sequence[str], root: str) -> list[str]:
+    return [os.path.relpath(p, root) for p in paths]
+
+
+def load_image_folder(root: str) -> RawDataset:
+    """Scan and check the three folders under ``root``; see the module docstring."""
+    classnames_of(root)  # the layout errors, before the slow part
+    labeled_dir, test_dir = os.path.join(root, "labeled"), os.path.join(root, "test")
+    unlabeled_dir = os.path.join(root, "unlabeled")
+    if not os.path.isdir(test_dir):
+        raise UserError(f"ImageFolder: no test folder {test_dir}; every run is evaluated, "
+                        f"so put labelled test images in test/<class>/ (classes as in labeled/)")
+    classes = _class_folders(labeled_dir)
+    strangers = sorted(set(_class_folders(test_dir)) - set(classes))
+    if strangers:
+        raise UserError(f"ImageFolder: {test_dir} has class folders that {labeled_dir} lacks: "
+                        f"{', '.join(strangers)}")
+    report = UnreadableLog()
+    labeled, labels = _labelled(labeled_dir, classes, report)
+    if os.path.isdir(unlabeled_dir):
+        unlabeled = readable(list_images(unlabeled_dir), report)
+    else:
+        log.warning("ImageFolder: no %s; the unlabeled set is the labeled images only",
+                    unlabeled_dir)
+        unlabeled = []
+    test, test_labels = _labelled(test_dir, classes, report)
+    if report.paths:
+        log.warning("ImageFolder: skipped %d unreadable image file(s) under %s",
+                    len(report.paths), root)
+    for what, files in (("labeled", labeled), ("test", test)):
+        if not files:
+            raise UserError(f"ImageFolder: no readable images in {root}/{what}/<class>/ "
+                            f"(extensions: {' '.join(IMAGE_EXTENSIONS)})")
+    present = set(labels)
+    empty = [c for k, c in enumerate(classes) if k not in present]
+    if empty:
+        log.warning("ImageFolder: no labeled images for class(es) %s", ", ".join(empty))
+    train = labeled + unlabeled
+    train_targets = labels + [UNKNOWN] * len(unlabeled)
+    mean, std = dataset_stats("ImageFolder")
+    return RawDataset(
+        name="ImageFolder",
+        train_targets=train_targets,
+        test_targets=test_labels,
+        classnames=[c.replace("_", " ") for c in classes],
+        mean=mean,
+        std=std,
+        train_images=CheckedFileImages(train, train_targets),
+        test_images=CheckedFileImages(test, test_labels),
+        fixed_split=(list(range(len(labeled))), list(range(len(train)))),
+        split_meta={"root": root, "train_files": _relative(train, root),
+                    "test_files": _relative(test, root),
+                    "unreadable": _relative(report.paths, root)},
+    )

@@ -1,0 +1,145 @@
+"""``python main.py predict``: label a folder of images with a trained run.
+
+The model is rebuilt from the run folder alone: ``config.yaml`` (backbone, PEFT
+modules, dataset name) and ``checkpoint_last.pt`` (trained parameters, seed, class
+names). The normalisation is a function of DATA.NAME (``dataset_stats``), so the
+training data is not needed; only a checkpoint that predates recorded class names
+sends us to DATA.DATAPATH for them. Prediction is the main head's, as in evaluation
+(METHOD.md §3: inference uses f, not f_aux), on the evaluation view of each image.
+
+Every image file below the folder (any depth, :data:`~finessl.data.folder.IMAGE_EXTENSIONS`)
+gets one row of ``path,class,confidence``, path relative to the folder, in path order.
+Unreadable files are logged by path and left out; the CSV is written atomically.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from finessl.config import load_config
+from finessl.data.datasets import dataset_classnames, dataset_stats
+from finessl.data.folder import IMAGE_EXTENSIONS, UnreadableLog, list_images, open_rgb, readable
+from finessl.data.transforms import test_transform
+from finessl.engine.checkpoint import LAST, seed_everything
+from finessl.engine.setup import Precision, select_device
+from finessl.errors import UserError
+from finessl.io import atomic_write_text
+from finessl.models import build_model
+from finessl.models.model import input_size
+
+log = logging.getLogger(__name__)
+
+
+class ImageFiles(Dataset):
+    """index -> (evaluation view or None, index, why it failed)."""
+
+    def __init__(self, paths: list[str], crop: int):
+        self.paths, self.crop = paths, crop
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            return test_transform(open_rgb(self.paths[i]), self.crop), i, ""
+        except Exception as e:  # a file that decodes badly is skipped, never fatal
+            return None, i, " ".join(f"{type(e).__name__}: {e}".split())
+
+
+def _collate(items):
+    """Stack the images that decoded; keep the indices of both kinds."""
+    good = [(view, i) for view, i, _ in items if view is not None]
+    images = torch.stack([view for view, _ in good]) if good else None
+    return images, [i for _, i in good], [(i, why) for view, i, why in items if view is None]
+
+
+def _load_run(model_dir: str, cfg_file: str | None, opts: list[str]):
+    """(config, checkpoint state) of the run in ``model_dir``."""
+    cfg_file = cfg_file or os.path.join(model_dir, "config.yaml")
+    if not os.path.isfile(cfg_file):
+        raise UserError(f"predict: no {cfg_file}; --model-dir must be a run folder "
+                        f"(config.yaml and {LAST}), or pass --cfg")
+    cfg = load_config(cfg_file, opts)
+    path = os.path.join(model_dir, LAST)
+    if not os.path.isfile(path):
+        raise UserError(f"predict: no checkpoint {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated or foreign file
+        raise UserError(f"{path} is not a FineSSL checkpoint ({type(e).__name__})") from None
+    if not isinstance(state, dict) or not {"model", "seed"} <= state.keys():
+        raise UserError(f"{path} is not a FineSSL checkpoint (no model or seed)")
+    return cfg, state
+
+
+def _classnames(cfg, state: dict, model_dir: str) -> list[str]:
+    if state.get("classnames"):
+        return list(state["classnames"])
+    log.info("%s records no class names; reading them from %s (DATA.DATAPATH)",
+             model_dir, cfg.DATA.DATAPATH)
+    try:
+        return dataset_classnames(cfg.DATA.NAME, cfg.DATA.DATAPATH)
+    except UserError as e:
+        raise UserError(f"predict: the checkpoint in {model_dir} records no class names, and "
+                        f"DATA.DATAPATH cannot give them ({e}); pass DATA.DATAPATH PATH") from None
+
+
+def _build(cfg, state: dict, classnames: list[str], model_dir: str):
+    device = select_device(cfg)
+    precision = Precision(cfg.prec, device)
+    seed_everything(int(state["seed"]))  # a randomly initialised backbone comes out the same
+    mean, std = dataset_stats(cfg.DATA.NAME)
+    model = build_model(cfg, classnames, device, precision.half_backbone, mean, std)
+    try:
+        model.load_trainable_state_dict({k: v.to(device) for k, v in state["model"].items()})
+    except (KeyError, RuntimeError) as e:
+        raise UserError(f"{os.path.join(model_dir, LAST)} does not fit its config and "
+                        f"{len(classnames)} class names ({str(e)[:160]})") from None
+    return model.eval(), device, precision
+
+
+@torch.no_grad()
+def predict(model_dir: str, images: str, output: str, cfg_file: str | None = None,
+            opts: list[str] | None = None) -> dict:
+    """Write ``output`` (CSV) for every readable image below ``images``; return counts."""
+    if not os.path.isdir(images):
+        raise UserError(f"predict: --images {images} is not a folder")
+    paths = list_images(images)
+    if not paths:
+        raise UserError(f"predict: no image files below {images} "
+                        f"(extensions: {' '.join(IMAGE_EXTENSIONS)})")
+    cfg, state = _load_run(model_dir, cfg_file, list(opts or []))
+    classnames = _classnames(cfg, state, model_dir)
+    model, device, precision = _build(cfg, state, classnames, model_dir)
+    report = UnreadableLog()
+    paths = readable(paths, report)
+    loader = DataLoader(ImageFiles(paths, input_size(cfg)),
+                        batch_size=max(100, cfg.DATA.BATCH_SIZE), shuffle=False,
+                        num_workers=cfg.num_workers, collate_fn=_collate)
+    rows = []
+    for batch, indices, failed in loader:
+        for i, why in failed:
+            report.add(paths[i], why)
+        if batch is None:
+            continue
+        with precision.autocast():
+            logits = model.head(model.backbone(batch.to(device, non_blocking=True)))
+        confidence, label = F.softmax(logits.float(), dim=-1).max(dim=-1)
+        rows += [(os.path.relpath(paths[i], images), classnames[k], c)
+                 for i, k, c in zip(indices, label.tolist(), confidence.tolist())]
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["path", "class", "confidence"])
+    writer.writerows((path, name, f"{c:.6f}") for path, name, c in rows)
+    atomic_write_text(text.getvalue(), output)
+    if report.paths:
+        log.warning("predict: skipped %d unreadable image file(s) below %s",
+                    len(report.paths), images)
+    log.info("predict: %d image(s) labelled into %s", len(rows), output)
+    return {"predicted": len(rows), "skipped": len(report.paths), "output": output}
