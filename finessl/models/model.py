@@ -32,20 +32,29 @@ class FineSSLModel(nn.Module):
         feat = self.backbone(images)
         return self.head(feat), self.aux_head(feat.detach())
 
+    def _trained_buffers(self) -> dict[str, torch.Tensor]:
+        """Buffers training changes (a fine-tuned CNN's BatchNorm statistics)."""
+        trained = getattr(self.backbone, "trained_buffers", dict)()
+        return {f"backbone.{n}": b for n, b in trained.items()}
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Only what training changes: PEFT parameters and both heads."""
-        return {n: p.detach().clone() for n, p in self.named_parameters() if p.requires_grad}
+        """Only what training changes: trainable parameters (PEFT, tuned backbone
+        weights, both heads) and trained buffers."""
+        state = {n: p.detach().clone() for n, p in self.named_parameters() if p.requires_grad}
+        state.update({n: b.detach().clone() for n, b in self._trained_buffers().items()})
+        return state
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        params = dict(self.named_parameters())
-        missing = [n for n, p in params.items() if p.requires_grad and n not in state]
-        unexpected = [n for n in state if n not in params]
+        targets = {n: p for n, p in self.named_parameters() if p.requires_grad}
+        targets.update(self._trained_buffers())
+        missing = [n for n in targets if n not in state]
+        unexpected = [n for n in state if n not in targets]
         if missing or unexpected:
             raise KeyError(f"checkpoint does not match the model: missing {missing[:3]}, "
                            f"unexpected {unexpected[:3]}")
         with torch.no_grad():
             for n, v in state.items():
-                params[n].copy_(v)
+                targets[n].copy_(v)
 
 
 def is_timm_name(backbone: str) -> bool:
