@@ -1,7 +1,8 @@
 """A plain implementation of one FineSSL step, kept only as the yardstick for
 ``benchmarks/step.py`` and for the equality test: all four views concatenated
 through one autograd forward, attention as matmul + softmax + matmul, every view's
-activations kept for backward. Same math as ``finessl.algorithms`` (METHOD.md §3)."""
+activations kept for backward, each PEFT module's hooks called in every block it acts
+in. Same math as ``finessl.algorithms`` (METHOD.md §3)."""
 from __future__ import annotations
 
 import torch
@@ -11,24 +12,45 @@ from finessl.losses import (add_margin, balanced_margin, learning_pace, smoothed
                             soft_cross_entropy)
 
 
-def plain_attention(attn, x):
+def plain_attention(attn, x, i, peft):
     b, n, d = x.shape
     heads = attn.num_heads
-    q, k, v = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).view(
-        b, n, 3, heads, d // heads).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k, v = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    for module in peft:
+        q, k, v = module.qkv(i, x, q, k, v)
+    q, k, v = (t.reshape(b, n, heads, d // heads).transpose(1, 2) for t in (q, k, v))
     weights = torch.softmax(q @ k.transpose(-2, -1) / (d // heads) ** 0.5, dim=-1)
-    return attn.out_proj((weights @ v).transpose(1, 2).reshape(b, n, d))
+    out = attn.out_proj((weights @ v).transpose(1, 2).reshape(b, n, d))
+    for module in peft:
+        out = module.attn_out(i, out)
+    return out
+
+
+def plain_mlp(mlp, x, i, peft):
+    h = mlp.c_fc(x)
+    for module in peft:
+        h = module.fc1(i, h)
+    h = mlp.c_proj(mlp.gelu(h))
+    for module in peft:
+        h = module.fc2(i, h)
+    return h
 
 
 def plain_features(backbone, images):
+    """Every token through every block; each PEFT module's hooks in the blocks where it
+    acts (the base hooks are identities)."""
     visual = backbone.visual
     x = visual._embeds(images)
     n_keep = x.shape[1]
     for i, block in enumerate(visual.transformer.resblocks):
         for module in backbone.peft:
             x = module.before_block(i, x, n_keep)
-        x = x + block.ls_1(plain_attention(block.attn, block.ln_1(x)))
-        x = x + block.ls_2(block.mlp(block.ln_2(x)))
+        peft = [module for module in backbone.peft if module.acts_in(i)]
+        x = x + block.ls_1(plain_attention(block.attn, block.ln_1(x), i, peft))
+        h = plain_mlp(block.mlp, block.ln_2(x), i, peft)
+        for module in peft:
+            h = module.mlp(i, x, h)
+        x = x + block.ls_2(h)
     return visual.ln_post(x[:, 0])
 
 

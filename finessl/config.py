@@ -58,7 +58,7 @@ _C.ssf = False  # SSF: learnable per-channel scale and shift (ViT: after qkv, ou
 _C.bias_tuning = False  # BitFit: all backbone biases trainable
 _C.bn_tuning = False  # CNN backbones: BatchNorm affine parameters trainable
 _C.finetune = False  # full fine-tuning: every backbone weight trainable
-_C.partial = None  # block-wise PEFT modules only in the last K blocks (None = all)
+_C.partial = None  # PEFT modules (and BitFit / finetune) only in the last K blocks (None = all)
 _C.rand_init = True  # heads start random (True) or from CLIP text embeddings (False)
 _C.template = "a photo of a {}."  # text prompt for the text-initialised heads
 _C.grad_checkpointing = False  # recompute block activations in backward: less memory, ~1/3 more time

@@ -2,13 +2,16 @@
 
 We keep open_clip's modules (and so its weights and key names) but run the block
 loop ourselves: attention goes through ``F.scaled_dot_product_attention`` (fused
-flash / memory-efficient kernels on CUDA), and a hook point before each block lets
-prompt-style PEFT modules (VPT, METHOD.md §1) edit the token sequence.
+flash / memory-efficient kernels on CUDA). PEFT modules (METHOD.md §1) plug into
+hook points: before each block (prompt-style methods, VPT, edit the token sequence)
+and inside it (in-projection, out-projection, MLP layers, MLP branch: LoRA, SSF,
+Adapter, AdaptFormer); see :class:`PeftModule`.
 """
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 
 import open_clip
 import torch
@@ -87,42 +90,109 @@ def load_clip(backbone: str, pretrained: str, cache_dir: str = "") -> nn.Module:
     return model
 
 
-def attention(attn: nn.Module, x: torch.Tensor, n_out: int) -> torch.Tensor:
+@dataclass(frozen=True)
+class BlockHooks:
+    """The PEFT modules acting inside block ``index``, per in-block hook point
+    (see :class:`PeftModule`); built once by :class:`ViTBackbone`."""
+
+    index: int
+    qkv: tuple = ()
+    attn_out: tuple = ()
+    fc1: tuple = ()
+    fc2: tuple = ()
+    mlp: tuple = ()
+
+
+def attention(attn: nn.Module, x: torch.Tensor, n_out: int,
+              hooks: BlockHooks | None = None) -> torch.Tensor:
     """Multi-head self-attention with nn.MultiheadAttention's weights, through SDPA.
 
     Only the first ``n_out`` tokens are queried: the others still serve as keys and
     values, but their outputs are never computed (see :meth:`ViTBackbone.forward`).
+    ``qkv`` hooks see q (first ``n_out`` tokens), k and v as (B, tokens, width)
+    views; ``attn_out`` hooks the out-projection's output.
     """
     b, n, d = x.shape
     heads, hd = attn.num_heads, d // attn.num_heads
     w, bias = attn.in_proj_weight, attn.in_proj_bias
     if n_out == n:
-        q, k, v = F.linear(x, w, bias).view(b, n, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = F.linear(x, w, bias).chunk(3, dim=-1)
     else:
         q = F.linear(x[:, :n_out], w[:d], None if bias is None else bias[:d])
-        q = q.view(b, n_out, heads, hd).transpose(1, 2)
-        kv = F.linear(x, w[d:], None if bias is None else bias[d:])
-        k, v = kv.view(b, n, 2, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
-    out = F.scaled_dot_product_attention(q, k, v)
-    return attn.out_proj(out.transpose(1, 2).reshape(b, n_out, d))
+        k, v = F.linear(x, w[d:], None if bias is None else bias[d:]).chunk(2, dim=-1)
+    if hooks is not None:
+        for module in hooks.qkv:
+            q, k, v = module.qkv(hooks.index, x, q, k, v)
+    q, k, v = (t.unflatten(-1, (heads, hd)).transpose(1, 2) for t in (q, k, v))
+    out = attn.out_proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(
+        b, n_out, d))
+    if hooks is not None:
+        for module in hooks.attn_out:
+            out = module.attn_out(hooks.index, out)
+    return out
 
 
-def block_forward(block: nn.Module, x: torch.Tensor, n_out: int | None = None) -> torch.Tensor:
+def mlp_forward(mlp: nn.Sequential, x: torch.Tensor, hooks: BlockHooks) -> torch.Tensor:
+    """open_clip's MLP layer by layer, with the ``fc1`` hooks after ``c_fc`` and the
+    ``fc2`` hooks after ``c_proj``."""
+    if not (hooks.fc1 or hooks.fc2):
+        return mlp(x)
+    for name, layer in mlp.named_children():
+        x = layer(x)
+        if name == "c_fc":
+            for module in hooks.fc1:
+                x = module.fc1(hooks.index, x)
+        elif name == "c_proj":
+            for module in hooks.fc2:
+                x = module.fc2(hooks.index, x)
+    return x
+
+
+def block_forward(block: nn.Module, x: torch.Tensor, n_out: int | None = None,
+                  hooks: BlockHooks | None = None) -> torch.Tensor:
     """open_clip's ResidualAttentionBlock (pre-norm) with SDPA attention, computing the
-    outputs of the first ``n_out`` tokens only (all of them by default)."""
+    outputs of the first ``n_out`` tokens only (all of them by default), with the
+    in-block PEFT ``hooks`` (none: exactly open_clip's block)."""
     n_out = x.shape[1] if n_out is None else n_out
-    x = x[:, :n_out] + block.ls_1(attention(block.attn, block.ln_1(x), n_out))
-    return x + block.ls_2(block.mlp(block.ln_2(x)))
+    x = x[:, :n_out] + block.ls_1(attention(block.attn, block.ln_1(x), n_out, hooks))
+    if hooks is None:
+        return x + block.ls_2(block.mlp(block.ln_2(x)))
+    h = mlp_forward(block.mlp, block.ln_2(x), hooks)
+    for module in hooks.mlp:
+        h = module.mlp(hooks.index, x, h)
+    return x + block.ls_2(h)
+
+
+IN_BLOCK_HOOKS = ("qkv", "attn_out", "fc1", "fc2", "mlp")
 
 
 class PeftModule(nn.Module):
-    """Base of a PEFT module: override the hook points it needs.
+    """Base of a PEFT module: override the hook points it needs (METHOD.md §1).
 
-    ``before_block(i, x, n_keep)`` sees the token sequence (B, L, width) entering
-    block ``i``; the first ``n_keep`` tokens are the class and patch tokens.
-    ``drops_extra_tokens(i)`` says whether tokens beyond ``n_keep`` leaving block
-    ``i`` are thrown away by the next hook (VPT-deep replaces its prompts), so the
-    block need not compute their outputs.
+    Token hooks, called by :meth:`ViTBackbone.forward` before every block:
+
+    - ``before_block(i, x, n_keep) -> x`` sees the token sequence (B, L, width)
+      entering block ``i``; the first ``n_keep`` tokens are the class and patch tokens.
+    - ``drops_extra_tokens(i)`` says whether tokens beyond ``n_keep`` leaving block
+      ``i`` are thrown away by the next hook (VPT-deep replaces its prompts), so the
+      block need not compute their outputs.
+
+    In-block hooks, called by :func:`block_forward` in the blocks where
+    ``acts_in(i)``; a block computes only its first ``n_out`` tokens' outputs, so
+    every tensor below has ``n_out`` rows except the attention input and k, v:
+
+    - ``qkv(i, x, q, k, v) -> (q, k, v)``: x = ``ln_1`` output (B, L, width);
+      q (B, n_out, width) from x's first n_out rows, k and v (B, L, width), biases added.
+    - ``attn_out(i, h) -> h``: after the attention out-projection.
+    - ``fc1(i, h) -> h`` / ``fc2(i, h) -> h``: after the MLP's ``c_fc`` / ``c_proj``.
+    - ``mlp(i, x, h) -> h``: x = the post-attention residual stream (the MLP's input
+      before ``ln_2``), h = the MLP branch's output; returns the branch's new output,
+      which the block adds to x.
+
+    Only overridden hooks are called (:meth:`ViTBackbone.plan_hooks` works out which,
+    once); a block no module acts in runs open_clip's block unchanged. Parameters live
+    in fp32 and are cast to the activations' dtype at use (``prec fp16`` halves the
+    frozen backbone only).
     """
 
     def before_block(self, i: int, x: torch.Tensor, n_keep: int) -> torch.Tensor:
@@ -130,6 +200,39 @@ class PeftModule(nn.Module):
 
     def drops_extra_tokens(self, i: int) -> bool:
         return True
+
+    def acts_in(self, i: int) -> bool:
+        return True
+
+    def qkv(self, i: int, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        return q, k, v
+
+    def attn_out(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        return h
+
+    def fc1(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        return h
+
+    def fc2(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        return h
+
+    def mlp(self, i: int, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return h
+
+    def overrides(self, hook: str) -> bool:
+        return getattr(type(self), hook) is not getattr(PeftModule, hook)
+
+
+class BlockwisePeft(PeftModule):
+    """A PEFT module with its own parameters in some blocks (all, or the last K with
+    ``partial K``): ``self.blocks[str(i)]`` holds block i's."""
+
+    def __init__(self, blocks: dict[int, nn.Module]):
+        super().__init__()
+        self.blocks = nn.ModuleDict({str(i): m for i, m in blocks.items()})
+
+    def acts_in(self, i: int) -> bool:
+        return str(i) in self.blocks
 
 
 class ViTBackbone(nn.Module):
@@ -157,6 +260,21 @@ class ViTBackbone(nn.Module):
         self.grad_checkpointing = False
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255)
+        self.plan_hooks()
+
+    def plan_hooks(self) -> None:
+        """Which PEFT module is called where, worked out once (call again after
+        changing ``self.peft``): the token hooks, whether block i may skip the outputs
+        of extra tokens, and block i's in-block hooks (none: the plain block runs)."""
+        self._token_hooks = [m for m in self.peft if m.overrides("before_block")]
+        self._trims = [all(m.drops_extra_tokens(i) for m in self.peft)
+                       for i in range(self.num_blocks)]
+        self._block_hooks = []
+        for i in range(self.num_blocks):
+            active = [m for m in self.peft if m.acts_in(i)]
+            hooks = {name: tuple(m for m in active if m.overrides(name))
+                     for name in IN_BLOCK_HOOKS}
+            self._block_hooks.append((BlockHooks(i, **hooks),) if any(hooks.values()) else ())
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images (as the loaders send them) -> normalised floats, on the device;
@@ -175,16 +293,17 @@ class ViTBackbone(nn.Module):
         n_keep = x.shape[1]
         last = self.num_blocks - 1
         for i, block in enumerate(visual.transformer.resblocks):
-            for module in self.peft:
+            for module in self._token_hooks:
                 x = module.before_block(i, x, n_keep)
             if i == last:
                 n_out = 1
-            elif all(module.drops_extra_tokens(i) for module in self.peft):
+            elif self._trims[i]:
                 n_out = min(n_keep, x.shape[1])
             else:
                 n_out = x.shape[1]
+            hooks = self._block_hooks[i]  # () or (BlockHooks,): no hooks, no extra argument
             if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block_forward, block, x, n_out, use_reentrant=False)
+                x = checkpoint(block_forward, block, x, n_out, *hooks, use_reentrant=False)
             else:
-                x = block_forward(block, x, n_out)
+                x = block_forward(block, x, n_out, *hooks)
         return visual.ln_post(x[:, 0]).float()

@@ -1,0 +1,44 @@
+"""Visual Prompt Tuning (Jia et al., ECCV 2022), deep or shallow (METHOD.md §1)."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from finessl.models.backbone import PeftModule
+
+
+class VisualPrompts(PeftModule):
+    """Learnable prompt tokens appended after the class and patch tokens.
+
+    Deep: before block i, drop the previous block's prompts (keep the first
+    ``n_keep`` class + patch tokens) and append block i's own ``length`` prompts.
+    Shallow: prompts are appended before one block only and carried through.
+    Both start at block ``first`` (0, or L - K with ``partial K``).
+    Init uniform(-v, v), v = sqrt(6 / (3 * patch_h * patch_w + width)).
+    """
+
+    def __init__(self, num_blocks: int, width: int, length: int, patch_size: tuple[int, int],
+                 deep: bool = True, first: int = 0):
+        super().__init__()
+        v = math.sqrt(6.0 / (3 * patch_size[0] * patch_size[1] + width))
+        depth = num_blocks - first if deep else 1
+        self.first = first
+        self.prompts = nn.Parameter(torch.empty(depth, length, width).uniform_(-v, v))
+
+    @classmethod
+    def from_config(cls, cfg, visual: nn.Module, first: int, deep: bool) -> VisualPrompts:
+        return cls(len(visual.transformer.resblocks), visual.transformer.width, cfg.vpt_len,
+                   tuple(visual.conv1.kernel_size), deep=deep, first=first)
+
+    def drops_extra_tokens(self, i: int) -> bool:
+        """Deep: block i+1 replaces block i's prompts; shallow: they are carried on."""
+        return self.first <= i + 1 < self.first + self.prompts.shape[0]
+
+    def before_block(self, i: int, x: torch.Tensor, n_keep: int) -> torch.Tensor:
+        j = i - self.first
+        if not 0 <= j < self.prompts.shape[0]:
+            return x
+        prompts = self.prompts[j].to(x.dtype).expand(x.shape[0], -1, -1)
+        return torch.cat([x[:, :n_keep], prompts], dim=1)
