@@ -149,10 +149,11 @@ def _flatten(d: dict, prefix: str = "") -> list[tuple[str, object]]:
     return out
 
 
-def _all_keys(node: CN, prefix: str = "") -> list[str]:
+def all_keys(node: CN, prefix: str = "") -> list[str]:
+    """Every leaf key of a config tree, dotted (``DATA.NUM_L``)."""
     keys = []
     for k, v in node.items():
-        keys.extend(_all_keys(v, f"{prefix}{k}.") if isinstance(v, CN) else [f"{prefix}{k}"])
+        keys.extend(all_keys(v, f"{prefix}{k}.") if isinstance(v, CN) else [f"{prefix}{k}"])
     return keys
 
 
@@ -210,7 +211,7 @@ def _get(cfg: CN, key: str):
 
 
 def _merge(cfg: CN, pairs: list[tuple[str, object]], source: str, seen_inert: list[str]) -> None:
-    known = _all_keys(cfg)
+    known = all_keys(cfg)
     passive = set(INERT_KEYS) | {"zero_shot"}
     for key, value in pairs:
         if key == "zero_shot":  # the authors' switch for the CLIP zero-shot baseline

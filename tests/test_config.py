@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from conftest import REPO
-from finessl.config import INERT_KEYS, get_cfg_defaults, load_config
+from finessl.config import INERT_KEYS, all_keys, get_cfg_defaults, load_config
 from finessl.errors import UserError
 
 # The authors' released YAML (Gank0078/FineSSL), verbatim.
@@ -80,14 +80,6 @@ def _flatten(d, prefix=""):
             yield from _flatten(v, f"{prefix}{k}.")
         else:
             yield f"{prefix}{k}", v
-
-
-def _leaf_keys(node, prefix=""):
-    for k, v in node.items():
-        if hasattr(v, "items"):
-            yield from _leaf_keys(v, f"{prefix}{k}.")
-        else:
-            yield f"{prefix}{k}"
 
 
 def _write(tmp_path, text, name="cfg.yaml"):
@@ -216,7 +208,7 @@ def test_every_default_key_has_a_one_line_comment():
         m = re.match(r"_C\.([\w.]+)\s*=\s*(.*)$", line)
         if m and not m.group(2).startswith("CN()"):
             assigned[m.group(1)] = lineno
-    assert set(assigned) == set(_leaf_keys(get_cfg_defaults()))
+    assert set(assigned) == set(all_keys(get_cfg_defaults()))
     uncommented = [k for k, lineno in assigned.items() if lineno not in comments]
     assert uncommented == []
 

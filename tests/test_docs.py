@@ -5,18 +5,10 @@ import os
 import sys
 
 from conftest import REPO
-from finessl.config import get_cfg_defaults
+from finessl.config import all_keys, get_cfg_defaults
 
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 from config_table import rows  # noqa: E402
-
-
-def _keys(node, prefix=""):
-    for k, v in node.items():
-        if hasattr(v, "items"):
-            yield from _keys(v, f"{prefix}{k}.")
-        else:
-            yield f"{prefix}{k}"
 
 
 def test_readme_config_table_is_current_and_complete():
@@ -24,4 +16,4 @@ def test_readme_config_table_is_current_and_complete():
     assert "\n".join(table) in open(os.path.join(REPO, "README.md")).read(), \
         "README config table is stale: python scripts/config_table.py"
     documented = {line.split("`")[1] for line in table[2:]}
-    assert set(_keys(get_cfg_defaults())) == documented
+    assert set(all_keys(get_cfg_defaults())) == documented
