@@ -41,3 +41,14 @@ def run_main(args: list[str], env: dict | None = None, timeout: float = 300):
                           capture_output=True, text=True, env=full_env, timeout=timeout,
                           cwd=REPO)
     return proc.returncode, proc.stdout, proc.stderr
+
+
+def wait_for_text(path: str, text: str, timeout: float = 300) -> None:
+    """Block until ``text`` appears in the file at ``path`` (e.g. a run's log.txt)."""
+    import time
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if os.path.exists(path) and text in open(path).read():
+            return
+        time.sleep(0.01)
+    raise TimeoutError(f"{text!r} never appeared in {path}")

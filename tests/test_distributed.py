@@ -7,14 +7,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO, tiny_args
+from conftest import REPO, tiny_args, wait_for_text
 from finessl.config import load_config
 from finessl.engine.distributed import init_distributed
 from finessl.engine.trainer import Trainer
@@ -87,7 +86,7 @@ def _torchrun(args, out_log):
 
 
 def test_torchrun_run_killed_mid_epoch_resumes_to_the_same_parameters(cifar_root, tmp_path):
-    settings = dict(num_epochs=3, total_steps=30, seed=6)
+    settings = dict(num_epochs=3, total_steps=30, seed=6, print_freq=5)
     reference = str(tmp_path / "reference")
     with open(tmp_path / "reference.log", "w") as f:
         assert _torchrun(tiny_args(cifar_root, reference, **settings), f).wait(300) == 0
@@ -96,10 +95,8 @@ def test_torchrun_run_killed_mid_epoch_resumes_to_the_same_parameters(cifar_root
     ckpt = os.path.join(killed, "checkpoint_last.pt")
     with open(tmp_path / "killed.log", "w") as f:
         proc = _torchrun(tiny_args(cifar_root, killed, **settings), f)
-        deadline = time.time() + 300
-        while not os.path.exists(ckpt) and time.time() < deadline:
-            time.sleep(0.02)
-        time.sleep(0.5)
+        # the progress line of step 5 of epoch 2 is in log.txt: kill inside epoch 2
+        wait_for_text(os.path.join(killed, "log.txt"), "epoch 2/3 step 5/30")
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert torch.load(ckpt, weights_only=False)["epoch"] == 1, "kill came too late"

@@ -8,13 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO, run_main, tiny_args
+from conftest import REPO, run_main, tiny_args, wait_for_text
 from finessl.config import load_config
 from finessl.engine.trainer import Trainer
 
@@ -79,7 +78,7 @@ def test_eval_only_reproduces_the_last_top1(finished_run, cifar_root):
 
 
 def test_kill_mid_epoch_two_then_resume_is_bit_identical(cifar_root, tmp_path):
-    settings = dict(num_epochs=3, total_steps=60, seed=5)
+    settings = dict(num_epochs=3, total_steps=60, seed=5, print_freq=10)
     reference = str(tmp_path / "reference")
     code, _, err = run_main(tiny_args(cifar_root, reference, **settings))
     assert code == 0, err
@@ -90,10 +89,8 @@ def test_kill_mid_epoch_two_then_resume_is_bit_identical(cifar_root, tmp_path):
     proc = subprocess.Popen([sys.executable, os.path.join(REPO, "main.py"),
                              *tiny_args(cifar_root, killed, **settings)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.time() + 120
-    while not os.path.exists(ckpt) and time.time() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.5)  # well inside epoch 2 (60 steps take > 1 s here)
+    # the progress line of step 10 of epoch 2 is in log.txt: kill inside epoch 2
+    wait_for_text(os.path.join(killed, "log.txt"), "epoch 2/3 step 10/60")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert torch.load(ckpt, weights_only=False)["epoch"] == 1, "kill came too late"
