@@ -81,6 +81,10 @@ class TableModel(nn.Module):
     def backbone(self, images):
         return nn.functional.one_hot(images[:, 0, 0, 0].long(), self.num_ids).float()
 
+    def forward(self, images, detach_aux=True):
+        feat = self.backbone(images)
+        return self.head(feat), self.aux_head(feat.detach() if detach_aux else feat)
+
 
 def _images(ids):
     x = torch.zeros(len(ids), 3, 2, 2)

@@ -81,12 +81,7 @@ class PseudoLabeling(Algorithm):
         return balanced_margin(pace, cfg.alpha, cfg.bms_form, dynamic=not cfg.bms_fixed_alpha)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Main and aux logits in float; the aux head sees detached features unless
-        the ``aux_detach False`` ablation asks otherwise."""
-        model = self.model
-        feat = model.backbone(images)
-        aux_in = feat.detach() if self.cfg.aux_detach else feat
-        return model.head(feat).float(), model.aux_head(aux_in).float()
+        return self.model(images, detach_aux=self.cfg.aux_detach)
 
     def train_step(self, batch):
         cfg, dist = self.cfg, self.dist

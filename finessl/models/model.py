@@ -28,9 +28,13 @@ class FineSSLModel(nn.Module):
         self.head = head
         self.aux_head = aux_head
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor,
+                detach_aux: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Main and aux logits in float; ``detach_aux False`` is the Table 6 ablation
+        in which aux losses do reach the PEFT parameters."""
         feat = self.backbone(images)
-        return self.head(feat), self.aux_head(feat.detach())
+        aux_in = feat.detach() if detach_aux else feat
+        return self.head(feat).float(), self.aux_head(aux_in).float()
 
     def _trained_buffers(self) -> dict[str, torch.Tensor]:
         """Buffers training changes (a fine-tuned CNN's BatchNorm statistics)."""
