@@ -18,8 +18,8 @@ HAVE_ASSETS = (os.path.isdir("/usr/share/datasets/fashion-mnist")
 def test_demo_config_is_the_documented_recipe():
     cfg = load_config(DEMO)
     assert cfg.DATA.NAME == "FashionMNIST" and cfg.DATA.NUM_L == 4
-    assert cfg.backbone == "efficientnet_lite0" and cfg.input_size == 64 and cfg.bn_tuning
-    assert cfg.algorithm == "finessl" and cfg.prec == "fp32"
+    assert cfg.backbone == "efficientnet_lite0" and cfg.input_size == 64 and cfg.finetune
+    assert cfg.algorithm == "finessl" and cfg.prec == "fp32" and cfg.w_con == 1.0
 
 
 @pytest.mark.skipif(not HAVE_ASSETS, reason="needs dataset-fashion-mnist and "
@@ -27,7 +27,9 @@ def test_demo_config_is_the_documented_recipe():
 def test_a_short_demo_run_learns_from_the_real_data(tmp_path):
     out = str(tmp_path / "demo")
     code, _, err = run_main(["--cfg", DEMO, "output_dir", out, "num_epochs", "1",
-                             "total_steps", "12", "DATA.NUM_TEST", "500", "num_workers", "0"])
+                             "total_steps", "24", "DATA.BATCH_SIZE", "16", "DATA.NUM_TEST", "500",
+                             "num_workers", "0"])
     assert code == 0, err[-2000:]
     result = json.load(open(os.path.join(out, "results.json")))
-    assert result["last_top1"] > 0.35  # 10 classes; 12 steps from ImageNet features
+    assert result["last_top1"] > 0.35  # 10 classes; 24 small steps of full fine-tuning
+    # from ImageNet weights (measured 0.55; the full demo's first epoch 0.57-0.68)
