@@ -306,3 +306,28 @@ def test_clip_rn50_feature_is_clip_image_embedding():
     assert torch.allclose(feat, expected, atol=1e-4)  # already CLIP's joint space
     assert "visual.attnpool.c_proj.bias" in {n for n, p in backbone.named_parameters()
                                              if p.requires_grad}
+
+
+@pytest.mark.parametrize("tower", sorted(TOWERS))
+def test_channels_last_tower_computes_what_the_nchw_tower_does(tower):
+    """The tower runs channels-last (the fast convolution layout): same features and
+    same gradients as the default NCHW layout, and the layout survives ``.to``, a
+    state-dict load and an optimiser step."""
+    ours = build(tower, "ssf", finetune=True).eval()
+    nchw = copy.deepcopy(ours)
+    nchw.memory_format = torch.contiguous_format
+    nchw.visual.to(memory_format=torch.contiguous_format)
+    conv = next(m for m in ours.visual.modules() if isinstance(m, nn.Conv2d) and m.kernel_size[0] > 1)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not conv.weight.is_contiguous()
+    size = ours.image_size[0] if tower == "clip_resnet" else 32
+    images = torch.randint(0, 256, (3, 3, size, size), dtype=torch.uint8)
+    feats, ref = ours(images), nchw(images)
+    assert torch.allclose(feats, ref, atol=1e-4, rtol=1e-4)
+    feats.pow(2).sum().backward()
+    ref.pow(2).sum().backward()
+    for (name, p), q in zip(ours.named_parameters(), nchw.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-4, rtol=1e-3), name
+    torch.optim.SGD(ours.parameters(), lr=0.1).step()
+    ours.to("cpu").load_state_dict(nchw.state_dict())
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
