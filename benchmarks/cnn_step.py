@@ -34,9 +34,7 @@ CONFIG = os.path.join(REPO, "configs", "demo", "fashion_mnist_N4.yaml")
 def setup(cfg, channels_last: bool, classes: int, batch: dict):
     torch.manual_seed(0)
     model = build_model(cfg, [f"c{i}" for i in range(classes)], torch.device("cpu"), half=False)
-    if not channels_last:
-        model.backbone.memory_format = torch.contiguous_format
-        model.backbone.visual.to(memory_format=torch.contiguous_format)
+    model.backbone.set_channels_last(channels_last)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optim = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)

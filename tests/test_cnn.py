@@ -315,8 +315,7 @@ def test_channels_last_tower_computes_what_the_nchw_tower_does(tower):
     state-dict load and an optimiser step."""
     ours = build(tower, "ssf", finetune=True).eval()
     nchw = copy.deepcopy(ours)
-    nchw.memory_format = torch.contiguous_format
-    nchw.visual.to(memory_format=torch.contiguous_format)
+    nchw.set_channels_last(False)
     conv = next(m for m in ours.visual.modules() if isinstance(m, nn.Conv2d) and m.kernel_size[0] > 1)
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert not conv.weight.is_contiguous()

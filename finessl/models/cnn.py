@@ -78,8 +78,8 @@ class CNNBackbone(nn.Module):
         # NHWC weights and activations: oneDNN's (and cuDNN's) fast convolution layout;
         # the demo's training step runs about 2x faster on CPU (benchmarks/cnn_step.py).
         # ``.to(device)``, ``.half()`` and checkpoint loading all keep the layout.
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.visual = visual.to(memory_format=self.memory_format)
+        self.visual = visual
+        self.set_channels_last(channels_last)
         self.visual.requires_grad_(False)
         self.feat_dim = cnn_feat_dim(visual)
         self.proj = None  # features are used as is (see the class docstring)
@@ -108,6 +108,11 @@ class CNNBackbone(nn.Module):
             conv.register_forward_hook(module.hook)
         self._grad_checkpointing = False
         self.train(self.training)
+
+    def set_channels_last(self, enable: bool) -> None:
+        """Tower weights and inputs in NHWC (True) or NCHW (False) layout."""
+        self.memory_format = torch.channels_last if enable else torch.contiguous_format
+        self.visual.to(memory_format=self.memory_format)
 
     @property
     def grad_checkpointing(self) -> bool:

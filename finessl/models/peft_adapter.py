@@ -38,34 +38,39 @@ class Bottleneck(nn.Module):
         return F.linear(h, self.up.weight.to(x.dtype), self.up.bias.to(x.dtype)) * self.scale
 
 
-class Adapter(BlockwisePeft):
+class _BottleneckPeft(BlockwisePeft):
+    """A bottleneck per block from ``first`` on; ``dim_key`` names its width's config key."""
+
+    dim_key = ""
+
+    @classmethod
+    def from_config(cls, cfg, visual: nn.Module, first: int) -> _BottleneckPeft:
+        return cls(range(first, len(visual.transformer.resblocks)), visual.transformer.width,
+                   getattr(cfg, cls.dim_key))
+
+
+class Adapter(_BottleneckPeft):
     """Sequential adapter after each MLP: h + 0.1 * up(ReLU(down(LN(h)))), with h the
     MLP branch's output (bottleneck ``adapter_dim``)."""
 
+    dim_key = "adapter_dim"
+
     def __init__(self, blocks, width: int, dim: int, scale: float = 0.1):
         super().__init__({i: Bottleneck(width, dim, scale, layer_norm=True) for i in blocks})
-
-    @classmethod
-    def from_config(cls, cfg, visual: nn.Module, first: int) -> Adapter:
-        return cls(range(first, len(visual.transformer.resblocks)), visual.transformer.width,
-                   cfg.adapter_dim)
 
     def mlp(self, i, x, h):
         return h + self.blocks[str(i)](h)
 
 
-class AdaptFormer(BlockwisePeft):
+class AdaptFormer(_BottleneckPeft):
     """Parallel branch beside each MLP: h + 0.1 * up(dropout(ReLU(down(x)))), with x the
     block's post-attention residual stream, i.e. the MLP's input before ``ln_2``
     (AdaptFormer's "parallel" option, no LayerNorm; bottleneck ``ffn_num``, dropout 0.1)."""
 
+    dim_key = "ffn_num"
+
     def __init__(self, blocks, width: int, dim: int, scale: float = 0.1, dropout: float = 0.1):
         super().__init__({i: Bottleneck(width, dim, scale, dropout) for i in blocks})
-
-    @classmethod
-    def from_config(cls, cfg, visual: nn.Module, first: int) -> AdaptFormer:
-        return cls(range(first, len(visual.transformer.resblocks)), visual.transformer.width,
-                   cfg.ffn_num)
 
     def mlp(self, i, x, h):
         return h + self.blocks[str(i)](x)
