@@ -1,5 +1,5 @@
 """Throughput of the unlabeled data pipeline (one weak + two strong views at 224 px per
-image): ours against the plain per-image PIL pipeline of METHOD.md §2, which builds
+image): ours against the plain per-image PIL pipeline of docs/method.md §2, which builds
 each view from scratch with torchvision transforms and normalises to float in the
 loader. Measured in one run, printed as ratios.
 
@@ -43,7 +43,7 @@ class Images:
 
 
 class PlainUnlabeled(Dataset):
-    """METHOD.md §2 as a torchvision Compose per view, float tensors out."""
+    """docs/method.md §2 as a torchvision Compose per view, float tensors out."""
 
     def __init__(self, raw: Images, crop: int = 224):
         weak = [T.Resize(round(crop * 256 / 224)),

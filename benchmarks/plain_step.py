@@ -2,7 +2,7 @@
 ``benchmarks/step.py`` and for the equality test: all four views concatenated
 through one autograd forward, attention as matmul + softmax + matmul, every view's
 activations kept for backward, each PEFT module's hooks called in every block it acts
-in. Same math as ``finessl.algorithms`` (METHOD.md §3)."""
+in. Same math as ``finessl.algorithms`` (docs/method.md §3)."""
 from __future__ import annotations
 
 import torch

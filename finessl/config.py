@@ -2,7 +2,7 @@
 
 Key names are the authors' (Gank0078/FineSSL ``utils/config.py``), so a YAML written
 for the released code loads unchanged. Defaults are the released settings of
-METHOD.md §3-4 (the YAMLs under ``configs/peft/``), not the authors' code defaults.
+docs/method.md §3-4 (the YAMLs under ``configs/peft/``), not the authors' code defaults.
 
 Loading goes through :func:`load_config`, which turns every mistake a user can make
 (unknown key, wrong type, bad value) into a :class:`~finessl.errors.UserError`.
@@ -36,15 +36,19 @@ _C.DATA.IMB_L = 1.0  # imbalance ratio of the labeled set (1 = balanced)
 _C.DATA.IMB_U = 1.0  # imbalance ratio of the unlabeled set (1 = balanced)
 _C.DATA.MU_U = 1  # unlabeled batch = MU_U * BATCH_SIZE
 _C.DATA.BATCH_SIZE = 32  # labeled images per step
+_C.DATA.UNLABELED = "dataset"  # unlabeled pool: 'dataset' = the released rule (CIFAR: first NUM_L+NUM_U per class; Food-101: the whole train split), 'num_u' = first NUM_L+NUM_U per class, 'all' = the whole train split
+_C.DATA.NORMALIZE = "dataset"  # input mean/std: 'dataset' = the released per-dataset values (CIFAR's own, ImageNet's for Food-101), 'clip' = CLIP's
+_C.DATA.REPLAY = True  # each epoch replays its loaders' first pass (the released itertools.cycle); False = fresh batches every step
+_C.DATA.CUTOUT = 16  # strong views' Cutout: a fixed square of this many px (the released 16); -1 = FixMatch's random side up to half the image; 0 = none
 _C.num_workers = 8  # dataloader worker processes
 
 # ---- model --------------------------------------------------------------------------
 _C.backbone = "ViT-B/16"  # open_clip model name; the authors' 'ViT-B/16' spelling is accepted
 _C.pretrained = "openai"  # open_clip pretrained tag, a local weights file, or 'none' (random init)
 _C.cache_dir = ""  # where open_clip / Hugging Face cache weights ('' = their default)
-_C.prec = "fp16"  # fp16 (half-precision backbone), amp (autocast + grad scaler) or fp32
+_C.prec = "fp16"  # fp16 (the released: backbone and trained tensors are fp16 parameters, no grad scaler), amp (fp32 weights, fp16 autocast + grad scaler), bf16 (fp32 weights, bf16 autocast) or fp32
 _C.input_size = 0  # side of the views fed to the backbone; 0 = the model's own (224 for ViT-B/16)
-# ---- fine-tuning strategy (METHOD.md §1; none switched on = linear probe of the heads)
+# ---- fine-tuning strategy (docs/method.md §1; none switched on = linear probe of the heads)
 _C.vpt_deep = False  # VPT-deep: new prompt tokens before every transformer block
 _C.vpt_shallow = False  # VPT-shallow: prompt tokens before the first block only
 _C.vpt_len = 50  # prompt tokens per block
@@ -54,6 +58,9 @@ _C.adapter = False  # bottleneck adapter after each MLP
 _C.adapter_dim = 8  # adapter bottleneck width
 _C.adaptformer = False  # AdaptFormer: parallel bottleneck branch beside each MLP
 _C.ffn_num = 64  # AdaptFormer bottleneck width
+_C.ln_opt = "in"  # AdaptFormer LayerNorm: 'in' before the down-projection (released default), 'out' after the scaling, 'none'
+_C.ffn_opt = "parallel"  # AdaptFormer branch: 'parallel' beside the MLP (input: the block's residual stream), 'sequential' after it (input: the MLP output)
+_C.lora_init = "released"  # LoRA A init: 'released' U(+-1/sqrt(r)) (fan_in = r), 'standard' U(+-1/sqrt(width)) as in the LoRA paper's code
 _C.ssf = False  # SSF: learnable per-channel scale and shift (ViT: after qkv, out-proj, fc1, fc2; CNN: after convs)
 _C.bias_tuning = False  # BitFit: all backbone biases trainable
 _C.bn_tuning = False  # CNN backbones: BatchNorm affine parameters trainable
@@ -64,7 +71,7 @@ _C.template = "a photo of a {}."  # text prompt for the text-initialised heads
 _C.grad_checkpointing = False  # recompute block activations in backward: less memory, ~1/3 more time
 _C.compile = False  # torch.compile the backbone forward (fused kernels; first steps compile)
 
-# ---- algorithm (METHOD.md §3, §5) ---------------------------------------------------
+# ---- algorithm (docs/method.md §3, §5) ---------------------------------------------------
 _C.algorithm = "finessl"  # finessl, supervised, zeroshot, pseudolabel, fixmatch, flexmatch, freematch, softmatch, debiaspl
 _C.bms = None  # Balanced Margin Softmax on/off; None = on for finessl only
 _C.dls = None  # Decoupled Label Smoothing (aux head) on/off; None = on for finessl only
@@ -92,7 +99,7 @@ _C.DEBIASPL = CN()
 _C.DEBIASPL.EMA = 0.999  # momentum of the mean-prediction EMA p_hat
 _C.DEBIASPL.TAU = 0.5  # strength of the debiasing and of the adaptive margin
 
-# ---- optimisation (METHOD.md §4) ----------------------------------------------------
+# ---- optimisation (docs/method.md §4) ----------------------------------------------------
 _C.num_epochs = 30  # epochs; the cosine schedule steps once per epoch
 _C.total_steps = 500  # optimizer steps per epoch
 _C.lr = 0.03  # SGD learning rate
@@ -113,8 +120,8 @@ _C.deterministic = False  # torch deterministic algorithms (slower on CUDA)
 # Keys of the authors' code that do nothing here: accepted, reported in one warning.
 INERT_KEYS = (
     "dataset", "root", "resolution", "stride", "batch_size", "tau", "downsampling",
-    "n_max", "test_ensemble", "vpt_last", "lam_tokens", "ln_opt", "scalar_learnable",
-    "ffn_opt", "adapter_scalar", "block_num", "patch_size", "mode", "rand_init1",
+    "n_max", "test_ensemble", "vpt_last", "lam_tokens", "scalar_learnable",
+    "adapter_scalar", "block_num", "patch_size", "mode", "rand_init1",
     "load_epoch", "DATA.NUM_WORKERS", "DATA.LABEL_RATIO", "DATA.out_ulab",
 )
 # Types accepted for keys whose default is None.
@@ -124,13 +131,19 @@ _NONE_TYPES = {
     "gpu": (int,), "partial": (int,),
 }
 _CHOICES = {
-    "prec": ("fp16", "fp32", "amp"),
+    "prec": ("fp16", "fp32", "amp", "bf16"),
+    "DATA.UNLABELED": ("dataset", "num_u", "all"),
+    "DATA.NORMALIZE": ("dataset", "clip"),
+    "ln_opt": ("in", "out", "none"),
+    "ffn_opt": ("parallel", "sequential"),
+    "lora_init": ("released", "standard"),
     "bms_form": ("released", "paper"),
 }
 
-# The backbone names of OpenAI's CLIP release, mapped to open_clip's spelling.
-BACKBONE_ALIASES = {"ViT-B/16": "ViT-B-16", "ViT-B/32": "ViT-B-32", "ViT-L/14": "ViT-L-14",
-                    "ViT-L/14@336px": "ViT-L-14-336"}
+# The backbone names of OpenAI's CLIP release, mapped to open_clip's QuickGELU architectures
+# (OpenAI trained with QuickGELU, docs/method.md §1).
+BACKBONE_ALIASES = {"ViT-B/16": "ViT-B-16-quickgelu", "ViT-B/32": "ViT-B-32-quickgelu",
+                    "ViT-L/14": "ViT-L-14-quickgelu", "ViT-L/14@336px": "ViT-L-14-336-quickgelu"}
 
 
 def get_cfg_defaults() -> CN:
@@ -256,6 +269,9 @@ def _validate(cfg: CN) -> None:
     for key in ("th", "th_min"):
         if not 0.0 <= _get(cfg, key) <= 1.0:
             raise UserError(f"{key}: a confidence threshold must lie in [0, 1], got {_get(cfg, key)}")
+    if cfg.DATA.CUTOUT < -1:
+        raise UserError(f"DATA.CUTOUT: a side in px, -1 (FixMatch's random side) or 0 (none), "
+                        f"got {cfg.DATA.CUTOUT}")
     if not 0.0 <= cfg.smoothing < 1.0:
         raise UserError(f"smoothing: must lie in [0, 1), got {cfg.smoothing}")
     if cfg.vpt_deep and cfg.vpt_shallow:

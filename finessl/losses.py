@@ -1,4 +1,4 @@
-"""FineSSL's loss pieces as plain functions (METHOD.md §3): learning pace, Balanced
+"""FineSSL's loss pieces as plain functions (docs/method.md §3): learning pace, Balanced
 Margin Softmax (BMS) and the smoothed targets of Decoupled Label Smoothing (DLS)."""
 from __future__ import annotations
 

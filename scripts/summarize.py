@@ -9,7 +9,7 @@ under ROOT/<setting>/<method>/..., as laid out by ``scripts/table1.sh``,
 ``scripts/table6.sh`` and ``scripts/run_peft.sh``. Rows are methods, columns settings;
 a cell is the mean ± sample std over the runs found, with their number when fewer than
 3. ``--paper`` (on by default when a setting of Table 1 is present) adds the FineSSL
-numbers the paper reports (METHOD.md §6). Standard library only, so it runs wherever
+numbers the paper reports (docs/method.md §6). Standard library only, so it runs wherever
 the results are copied to.
 """
 from __future__ import annotations

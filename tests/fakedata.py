@@ -1,4 +1,5 @@
-"""Small CIFAR-10/100 look-alikes in the real on-disk pickle format.
+"""Small CIFAR-10/100 look-alikes in the real on-disk pickle format, and a small
+Food-101 in torchvision's on-disk layout.
 
 The real loader (``finessl.data.datasets``) reads them unchanged, so tests exercise
 the same code as a real run. Each class is a distinct colour with stripes of its
@@ -9,11 +10,13 @@ within a few hundred steps, so end-to-end tests can check that accuracy rises.
 from __future__ import annotations
 
 import colorsys
+import json
 import math
 import os
 import pickle
 
 import numpy as np
+from PIL import Image
 
 CIFAR10_NAMES = [
     "airplane", "automobile", "bird", "cat", "deer",
@@ -133,4 +136,39 @@ def write_fake_cifar(
             "fine_label_names": names,
             "coarse_label_names": [f"superclass_{i}" for i in range(20)],
         })
+    return root
+
+
+# Food-101 class names, deliberately not in sorted order: the JSON keeps this order,
+# labels follow the sorted one (as torchvision's Food101 assigns them).
+FOOD101_NAMES = ("tiramisu", "apple_pie", "ramen", "baby_back_ribs", "pho")
+
+
+def write_fake_food101(root: str, names=FOOD101_NAMES, train_per_class: int = 5,
+                       test_per_class: int = 2, seed: int = 0) -> str:
+    """Write ``root/food-101/{meta/{train,test}.json, meta/classes.txt, images/}``.
+
+    Image ids are random numbers (so JSON order is not file-name order), images are
+    small non-square JPEGs of their class's pattern, and test.json lists the classes
+    in the reverse of train.json's order.
+    """
+    rng = np.random.default_rng(seed)
+    folder = os.path.join(root, "food-101")
+    os.makedirs(os.path.join(folder, "meta"), exist_ok=True)
+    train, test = {}, {}
+    for k, name in enumerate(names):
+        os.makedirs(os.path.join(folder, "images", name), exist_ok=True)
+        ids = rng.choice(10**6, train_per_class + test_per_class, replace=False)
+        for i in ids:
+            h, w = rng.integers(24, 48, size=2)
+            pattern = np.resize(class_pattern(k, len(names)), (h, w, 3))
+            pixels = np.clip(pattern + rng.normal(0, 15, (h, w, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(os.path.join(folder, "images", name, f"{i}.jpg"))
+        train[name] = [f"{name}/{i}" for i in ids[:train_per_class]]
+        test[name] = [f"{name}/{i}" for i in ids[train_per_class:]]
+    for split, record in (("train", train), ("test", dict(reversed(test.items())))):
+        with open(os.path.join(folder, "meta", f"{split}.json"), "w") as f:
+            json.dump(record, f)
+    with open(os.path.join(folder, "meta", "classes.txt"), "w") as f:
+        f.write("\n".join(sorted(names)) + "\n")
     return root

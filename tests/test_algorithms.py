@@ -1,4 +1,4 @@
-"""Each baseline's pseudo-labelling rule against hand-computed values (METHOD.md §5),
+"""Each baseline's pseudo-labelling rule against hand-computed values (docs/method.md §5),
 exact resume of its state, and FineSSL's components on top of FlexMatch."""
 from __future__ import annotations
 

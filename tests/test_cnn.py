@@ -293,6 +293,14 @@ def test_build_model_with_a_timm_cnn_trains_ssf_and_heads():
     assert logits.shape == aux.shape == (2, 3)
 
 
+@pytest.mark.parametrize("strategy", ["bn_tuning", "finetune"])
+def test_a_half_cnn_tower_cannot_be_tuned(strategy):
+    """prec fp16 halves a CNN tower whole, BatchNorms included: tuning it is refused."""
+    with pytest.raises(UserError, match="prec amp"):
+        build_model(cfg_for("timm:test_efficientnet", **{strategy: True}), ["a", "b"],
+                    torch.device("cpu"), half=True)
+
+
 def test_clip_rn50_feature_is_clip_image_embedding():
     from finessl.models.backbone import load_clip
     clip = load_clip("RN50", "none").eval()

@@ -125,7 +125,7 @@ def test_no_warning_without_inert_keys(tmp_path, caplog):
 
 
 # ---- shipped configs ----------------------------------------------------------------------
-# name -> (DATA.NAME, NUMBER_CLASSES, NUM_U, BATCH_SIZE, w_con): METHOD.md §2 and §4.
+# name -> (DATA.NAME, NUMBER_CLASSES, NUM_U, BATCH_SIZE, w_con): docs/method.md §2 and §4.
 RELEASED = {
     "cifar10_N1": ("CIFAR10", 10, 5000, 8, 1.0),
     "cifar10_N2": ("CIFAR10", 10, 5000, 16, 3.0),

@@ -74,6 +74,13 @@ def test_unlabeled_set_takes_all_a_class_has_when_asked_for_more():
     assert unlabeled == [0, 2, 4, 6, 8, 1, 3, 5, 7, 9]
 
 
+def test_num_u_none_makes_the_whole_training_set_unlabeled():
+    # Food-101's released pool (DATA.UNLABELED all): every training image, in order.
+    targets = [1, 0, 1, 0, 2, 2]
+    labeled, unlabeled = splits.make_split(targets, 3, num_l=1, num_u=None, imb_l=1, imb_u=1)
+    assert labeled == [1, 0, 4] and unlabeled == list(range(6))
+
+
 def test_split_and_hash_are_deterministic():
     targets = [i % 5 for i in range(100)]
     first = splits.make_split(targets, 5, 3, 10, 1, 1)
@@ -199,15 +206,17 @@ def test_cutout_paints_grey(image):
 
 # ---- loaders ---------------------------------------------------------------
 
-def test_epoch_sampler_is_a_function_of_seed_epoch_stream():
+@pytest.mark.parametrize("replay", [False, True])
+def test_epoch_sampler_is_a_function_of_seed_epoch_stream(replay):
     def draw(seed=0, epoch=0, stream=0):
-        sampler = loaders.EpochSampler(7, 20, seed, stream)
+        sampler = loaders.EpochSampler(7, 20, seed, stream, replay=replay)
         sampler.set_epoch(epoch)
         return list(sampler)
 
     first = draw()
     assert len(first) == 20 and first == draw()
     assert sorted(i for i, _ in first[:7]) == list(range(7))
+    assert (first[7:14] == first[:7]) == replay  # replay repeats the first pass
     assert all(0 <= s < 2**63 for _, s in first)
     assert first != draw(epoch=1)
     assert first != draw(stream=1)
@@ -230,6 +239,7 @@ def test_build_data_and_loaders(cifar10_root, tmp_path):
     with open(tmp_path / "split.json") as f:
         record = json.load(f)
     assert record["sha256"] == bundle.split_hash and record["meta"]["NUM_L"] == 2
+    assert record["meta"]["UNLABELED"] == "num_u" and record["meta"]["NUM_U"] == 4
 
     def epoch_batches(num_workers):
         labeled, unlabeled = loaders.build_train_loaders(
@@ -255,7 +265,7 @@ def test_build_data_and_loaders(cifar10_root, tmp_path):
     assert sum(len(b[1]) for b in test_batches) == 30
 
 
-# ---- the transform distribution (METHOD.md §2) -----------------------------------
+# ---- the transform distribution (docs/method.md §2) -----------------------------------
 
 def _coordinate_image(side=32):
     """Each pixel encodes its (row, col), so a crop's origin and flip can be read back."""
@@ -295,12 +305,19 @@ def test_rand_augment_draws_two_ops_with_replacement_magnitudes_1_to_9_each_at_p
     assert 2800 < len(calls) < 3200  # 2 ops x p=0.5 x 3000 images
 
 
-def test_cutout_side_is_at_most_half_the_image():
+def test_random_side_cutout_is_at_most_half_the_image():
+    """DATA.CUTOUT -1: FixMatch's random side, uniform(0, 0.5) x the image side."""
     img = Image.new("RGB", (64, 64), (0, 0, 0))
     sides = []
     for seed in range(500):
-        grey = (np.asarray(transforms.cutout(img, random.Random(seed)))[..., 0] == 127)
+        grey = (np.asarray(transforms.cutout(img, random.Random(seed), -1))[..., 0] == 127)
         rows, cols = np.nonzero(grey)
         if len(rows):
             sides.append(max(rows.max() - rows.min(), cols.max() - cols.min()) + 1)
     assert max(sides) <= 33 and max(sides) >= 28
+    assert len(set(sides)) > 20  # a spread of sides, not the fixed 17 px of the default
+
+
+def test_cutout_zero_paints_nothing(image):
+    assert np.array_equal(np.asarray(transforms.cutout(image, random.Random(0), 0)),
+                          np.asarray(image))

@@ -47,11 +47,11 @@ def test_rng_state_round_trip():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")
-@pytest.mark.parametrize("prec", ["fp16", "amp"])
+@pytest.mark.parametrize("prec", ["fp16", "amp", "bf16"])
 def test_half_precision_falls_back_to_fp32_without_cuda(prec, caplog):
     with caplog.at_level(logging.WARNING):
         p = Precision(prec, torch.device("cpu"))
-    assert p.mode == "fp32" and not p.half_backbone and p.scaler is None
+    assert p.mode == "fp32" and not p.fp16_params and p.scaler is None
     assert p.amp_dtype is None
     assert any(f"prec {prec} needs CUDA" in r.message for r in caplog.records)
 

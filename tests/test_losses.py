@@ -97,7 +97,7 @@ def _ce(z, t):
 
 
 def test_finessl_step_matches_hand_computation():
-    """One step of METHOD.md §3 on 3 classes, 1 labeled and 2 unlabeled images."""
+    """One step of docs/method.md §3 on 3 classes, 1 labeled and 2 unlabeled images."""
     L = math.log
     main = torch.tensor([
         [2.0, 0.0, 0.0],           # id 0: labeled image, label 0

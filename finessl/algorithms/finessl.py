@@ -1,5 +1,5 @@
 """FineSSL (Gan & Wei, "Erasing the Bias: Fine-Tuning Foundation Models for
-Semi-Supervised Learning", ICML 2024), as released by the authors (METHOD.md §3).
+Semi-Supervised Learning", ICML 2024), as released by the authors (docs/method.md §3).
 
 FixMatch's pseudo-labelling rule (main head, weak view, confidence >= 0.7) with both
 of the paper's components on:

@@ -1,5 +1,5 @@
 """The step every pseudo-labelling algorithm shares, with FineSSL's two components as
-switches on top (the paper's "plug-and-play" claim, METHOD.md §5).
+switches on top (the paper's "plug-and-play" claim, docs/method.md §5).
 
 An algorithm only says how it turns the weak view's logits into pseudo-labels and
 per-sample weights (:meth:`PseudoLabeling.pseudo_label`), and optionally how it

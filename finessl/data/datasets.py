@@ -3,8 +3,9 @@ Fashion-MNIST (``fashion_mnist``) and your own folders of images (``folder``).
 
 CIFAR is read from its python-pickle files directly rather than through
 ``torchvision.datasets.CIFAR10``: torchvision checks every file's md5, which rejects
-the small generated datasets the tests use. Food-101 is read from torchvision's
-on-disk layout and its images are opened lazily. Nothing here augments or
+the small generated datasets the tests use. Food-101 is read as torchvision's
+``Food101`` reads it (classes sorted by name, images in ``meta/*.json`` order) and
+its images are opened lazily. Nothing here augments or
 normalises: a :class:`RawDataset` hands out RGB PIL images and integer labels.
 
 Class names are returned human-readable (``aquarium_fish`` -> ``aquarium fish``)
@@ -74,6 +75,9 @@ class RawDataset:
     # used as they are; None lets build_data choose them from DATA.NUM_L / NUM_U.
     fixed_split: tuple[list[int], list[int]] | None = None
     split_meta: dict = field(default_factory=dict)  # extra entries for split.json's meta
+    # The released unlabeled pool (DATA.UNLABELED dataset, docs/method.md §2): 'num_u'
+    # = the first NUM_L + NUM_U per class, 'all' = the whole train split (Food-101).
+    unlabeled_pool: str = "num_u"
 
     def train_image(self, i: int) -> Image.Image:
         return self.train_images[i]
@@ -119,19 +123,20 @@ _SOURCES = {
     "FOOD101": _Source(
         "Food-101",
         "food-101",
-        ("meta/train.json", "meta/test.json", "meta/classes.txt"),
+        ("meta/train.json", "meta/test.json"),
         "http://data.vision.ee.ethz.ch/cvl/food-101.tar.gz",
         "85eeb15f3717b99a5da872d97d918f87",
     ),
 }
 
 
-# Per-channel normalisation (pixel values in [0, 1]) of each dataset: a function of
-# DATA.NAME alone, so a saved run can be rebuilt without its data.
+# Per-channel normalisation (pixel values in [0, 1]) of each dataset, the released
+# values (docs/method.md §2): a function of DATA.NAME alone, so a saved run can be
+# rebuilt without its data. DATA.NORMALIZE clip replaces them with CLIP's.
 _STATS = {
     "CIFAR10": ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
     "CIFAR100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
-    "FOOD101": (CLIP_MEAN, CLIP_STD),
+    "FOOD101": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # ImageNet's
     "FASHIONMNIST": ((0.2860,) * 3, (0.3530,) * 3),  # grey statistics, see fashion_mnist
     "IMAGEFOLDER": (CLIP_MEAN, CLIP_STD),
 }
@@ -230,32 +235,30 @@ def _load_cifar(key: str, root: str) -> RawDataset:
 
 
 def _load_food101(root: str) -> RawDataset:
-    """Labels follow classes.txt; images follow the order of {train,test}.json."""
+    """As torchvision's ``Food101``: classes are the sorted keys of train.json, images
+    keep the order of {train,test}.json. The unlabeled pool is the whole train split."""
     folder = os.path.join(root, _SOURCES["FOOD101"].folder)
-    with open(os.path.join(folder, "meta", "classes.txt")) as f:
-        classes = [line.strip() for line in f if line.strip()]
-    class_index = {c: i for i, c in enumerate(classes)}
-
-    def split(name: str) -> tuple[list[str], list[int]]:
-        with open(os.path.join(folder, "meta", f"{name}.json")) as f:
-            metadata = json.load(f)
-        paths, targets = [], []
-        for cls, rel_paths in metadata.items():
-            paths += [os.path.join(folder, "images", *f"{p}.jpg".split("/")) for p in rel_paths]
-            targets += [class_index[cls]] * len(rel_paths)
-        return paths, targets
-
-    train_paths, train_targets = split("train")
-    test_paths, test_targets = split("test")
+    records = {}
+    for split in ("train", "test"):
+        with open(os.path.join(folder, "meta", f"{split}.json")) as f:
+            records[split] = json.load(f)
+    classes = sorted(records["train"])
+    index = {c: i for i, c in enumerate(classes)}
+    paths = {split: [os.path.join(folder, "images", *f"{p}.jpg".split("/"))
+                     for rel_paths in record.values() for p in rel_paths]
+             for split, record in records.items()}
+    targets = {split: [index[c] for c, rel_paths in record.items() for _ in rel_paths]
+               for split, record in records.items()}
     return RawDataset(
         name="Food-101",
-        train_targets=train_targets,
-        test_targets=test_targets,
+        train_targets=targets["train"],
+        test_targets=targets["test"],
         classnames=_names(classes),
         mean=_STATS["FOOD101"][0],
         std=_STATS["FOOD101"][1],
-        train_images=FileImages(train_paths),
-        test_images=FileImages(test_paths),
+        train_images=FileImages(paths["train"]),
+        test_images=FileImages(paths["test"]),
+        unlabeled_pool="all",
     )
 
 
@@ -285,9 +288,10 @@ def load_dataset(name: str, root: str, download: bool) -> RawDataset:
     return raw
 
 
-def dataset_stats(name: str) -> tuple[tuple, tuple]:
-    """(mean, std) with which ``name``'s images are normalised."""
-    return _STATS[_canonical_name(name)]
+def dataset_stats(name: str, normalize: str = "dataset") -> tuple[tuple, tuple]:
+    """(mean, std) with which ``name``'s images are normalised under DATA.NORMALIZE
+    ``normalize`` ('dataset': the dataset's own, 'clip': CLIP's)."""
+    return (CLIP_MEAN, CLIP_STD) if normalize == "clip" else _STATS[_canonical_name(name)]
 
 
 def dataset_classnames(name: str, root: str) -> list[str]:

@@ -8,7 +8,10 @@ epoch can be replayed exactly after a resume by calling ``set_epoch`` again.
 
 Training is counted in steps, not passes over the data (FixMatch and FineSSL train
 for a fixed number of iterations per epoch), so each sampler yields exactly
-``steps_per_epoch`` batches, cycling through fresh permutations of its set.
+``steps_per_epoch`` batches. By default (DATA.REPLAY) an epoch replays its first
+pass, as the released loop's per-epoch ``itertools.cycle`` does (docs/method.md §2):
+one permutation, its first floor(n / B) batches, each augmented once, repeated.
+With replay off, the batches run through fresh permutations of the set.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from finessl.data.datasets import RawDataset, load_dataset
+from finessl.data.datasets import CLIP_MEAN, CLIP_STD, RawDataset, load_dataset
 from finessl.data.splits import make_split, save_split, split_hash
 from finessl.data.transforms import ViewMaker
 from finessl.errors import UserError
@@ -42,15 +45,21 @@ def _stream_seed(seed: int, epoch: int, stream: int) -> int:
 class EpochSampler(Sampler):
     """Yields ``num_samples`` pairs ``(index, aug_seed)`` per epoch.
 
-    Indices are concatenated random permutations of ``range(n)``; ``stream`` keeps
-    the labeled (0) and unlabeled (1) samplers independent under one run seed.
+    ``replay`` False: indices are concatenated random permutations of ``range(n)``,
+    each with its own aug seed. ``replay`` True: the first floor(n / batch_size)
+    batches of one permutation, with one aug seed each, repeated in order; the views
+    are pure functions of (image, aug_seed), so every repeat carries identical
+    pixels. With fewer than ``batch_size`` samples (no full first pass) it falls
+    back to the concatenated permutations. Either way an epoch is a function of
+    (seed, epoch, stream) alone; ``stream`` keeps the labeled (0) and unlabeled (1)
+    samplers independent under one run seed.
     Sharded (``world`` > 1): every rank draws the same global sequence and keeps its
     contiguous share of each global batch of ``batch_size``, so rank r's r-th share
     of step t is exactly what a single process would see there.
     """
 
     def __init__(self, n: int, num_samples: int, seed: int, stream: int,
-                 batch_size: int = 1, rank: int = 0, world: int = 1):
+                 batch_size: int = 1, rank: int = 0, world: int = 1, replay: bool = False):
         if n <= 0:
             raise ValueError("EpochSampler needs a non-empty dataset")
         self.n = n
@@ -59,6 +68,10 @@ class EpochSampler(Sampler):
         self.stream = stream
         self.epoch = 0
         self.batch_size, self.rank, self.world = batch_size, rank, world
+        self.pass_len = (n // batch_size) * batch_size if replay else 0
+        if replay and not self.pass_len:
+            log.warning("%d samples are fewer than a batch of %d: no full pass to replay "
+                        "(DATA.REPLAY), each batch is drawn afresh", n, batch_size)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -69,12 +82,12 @@ class EpochSampler(Sampler):
     def __iter__(self) -> Iterator[tuple[int, int]]:
         generator = torch.Generator()
         generator.manual_seed(_stream_seed(self.seed, self.epoch, self.stream))
-        rounds = -(-self.num_samples // self.n)
+        drawn = self.pass_len or self.num_samples
+        rounds = -(-drawn // self.n)
         order = torch.cat([torch.randperm(self.n, generator=generator) for _ in range(rounds)])
-        aug_seeds = torch.randint(
-            0, _MAX_SEED, (self.num_samples,), generator=generator, dtype=torch.int64
-        )
-        pairs = list(zip(order[: self.num_samples].tolist(), aug_seeds.tolist()))
+        aug_seeds = torch.randint(0, _MAX_SEED, (drawn,), generator=generator, dtype=torch.int64)
+        first = list(zip(order[:drawn].tolist(), aug_seeds.tolist()))
+        pairs = [first[i % drawn] for i in range(self.num_samples)]
         if self.world > 1:
             share = self.batch_size // self.world
             pairs = [p for start in range(0, len(pairs), self.batch_size)
@@ -156,17 +169,27 @@ class DataBundle:
 
 def _split(raw: RawDataset, data, num_classes: int) -> tuple[list[int], list[int], dict]:
     """(labeled, unlabeled, split.json meta): the dataset's own split when it comes
-    with one (ImageFolder), else the DATA.NUM_L/NUM_U/IMB_L/IMB_U split."""
+    with one (ImageFolder), else NUM_L/IMB_L labeled images per class and, as
+    DATA.UNLABELED says (docs/method.md §2), an unlabeled pool of the first
+    NUM_L + NUM_U per class (``num_u``, IMB_U) or the whole train split (``all``);
+    ``dataset`` takes the dataset's own rule (Food-101: ``all``)."""
     if raw.fixed_split is not None:
-        log.info("%s comes split by its folders: DATA.NUM_L, NUM_U, IMB_L, IMB_U not used",
-                 raw.name)
+        log.info("%s comes split by its folders: DATA.NUM_L, NUM_U, IMB_L, IMB_U, "
+                 "UNLABELED not used", raw.name)
         labeled_idx, unlabeled_idx = raw.fixed_split
         return list(labeled_idx), list(unlabeled_idx), {"dataset": raw.name, **raw.split_meta}
+    pool = data.get("UNLABELED", "dataset")
+    pool = raw.unlabeled_pool if pool == "dataset" else pool
+    meta = {"dataset": raw.name, "NUM_L": data.NUM_L, "IMB_L": data.IMB_L, "UNLABELED": pool}
+    if pool == "all":
+        log.info("%s: the unlabeled set is the whole train split; DATA.NUM_U and IMB_U are "
+                 "not used (DATA.UNLABELED num_u uses them)", raw.name)
+    else:
+        meta.update(NUM_U=data.NUM_U, IMB_U=data.IMB_U)
     labeled_idx, unlabeled_idx = make_split(
-        raw.train_targets, num_classes, data.NUM_L, data.NUM_U, data.IMB_L, data.IMB_U
+        raw.train_targets, num_classes, data.NUM_L, data.NUM_U if pool == "num_u" else None,
+        data.IMB_L, data.IMB_U
     )
-    meta = {"dataset": raw.name, "NUM_L": data.NUM_L, "NUM_U": data.NUM_U,
-            "IMB_L": data.IMB_L, "IMB_U": data.IMB_U}
     return labeled_idx, unlabeled_idx, meta
 
 
@@ -185,8 +208,9 @@ def _num_test(raw: RawDataset, requested: int) -> int | None:
 
 
 def build_data(cfg, crop: int, output_dir: str | None) -> DataBundle:
-    """Load DATA.NAME, split it by DATA.NUM_L/NUM_U/IMB_L/IMB_U (or its folders), save
-    split.json, and keep the first DATA.NUM_TEST test images (0 = all)."""
+    """Load DATA.NAME, split it by DATA.NUM_L/NUM_U/IMB_L/IMB_U/UNLABELED (or its
+    folders), save split.json, keep the first DATA.NUM_TEST test images (0 = all), and
+    normalise with DATA.NORMALIZE's statistics; strong views cut out DATA.CUTOUT px."""
     data = cfg.DATA
     raw = load_dataset(data.NAME, data.DATAPATH, data.DOWNLOAD)
     num_classes = len(raw.classnames)
@@ -208,7 +232,9 @@ def build_data(cfg, crop: int, output_dir: str | None) -> DataBundle:
         digest = split_hash(labeled_idx, unlabeled_idx, meta.get("train_files"))
     log.info("split %s: %d labeled, %d unlabeled images", digest[:12],
              len(labeled_idx), len(unlabeled_idx))
-    views = ViewMaker(crop)
+    views = ViewMaker(crop, data.get("CUTOUT", 16))
+    clip = data.get("NORMALIZE", "dataset") == "clip"
+    mean, std = (CLIP_MEAN, CLIP_STD) if clip else (raw.mean, raw.std)
     return DataBundle(
         labeled=LabeledDataset(raw, labeled_idx, views),
         unlabeled=UnlabeledDataset(raw, unlabeled_idx, views),
@@ -219,8 +245,8 @@ def build_data(cfg, crop: int, output_dir: str | None) -> DataBundle:
         labeled_idx=labeled_idx,
         unlabeled_idx=unlabeled_idx,
         unlabeled_targets=torch.tensor([raw.train_targets[i] for i in unlabeled_idx]),
-        mean=tuple(raw.mean),
-        std=tuple(raw.std),
+        mean=tuple(mean),
+        std=tuple(std),
     )
 
 
@@ -234,19 +260,21 @@ def build_train_loaders(
     pin_memory: bool,
     rank: int = 0,
     world: int = 1,
+    replay: bool = True,
 ) -> tuple[DataLoader, DataLoader]:
     """Labeled loader (``batch_size``) and unlabeled loader (``mu * batch_size``).
 
     Both yield exactly ``steps_per_epoch`` batches; call :func:`set_epoch` on them
-    before each epoch. ``batch_size`` is global: with ``world`` ranks each loader
-    yields this rank's ``1 / world`` of every batch.
+    before each epoch. ``replay`` (DATA.REPLAY): each epoch repeats its first pass
+    (see :class:`EpochSampler`). ``batch_size`` is global: with ``world`` ranks each
+    loader yields this rank's ``1 / world`` of every batch.
     """
     loaders = []
     for stream, (dataset, size) in enumerate(
         [(bundle.labeled, batch_size), (bundle.unlabeled, mu * batch_size)]
     ):
         sampler = EpochSampler(len(dataset), steps_per_epoch * size, seed, stream,
-                               size, rank, world)
+                               size, rank, world, replay)
         loaders.append(DataLoader(
             dataset, batch_size=size // world, sampler=sampler, num_workers=num_workers,
             pin_memory=pin_memory, drop_last=True, persistent_workers=num_workers > 0,

@@ -34,7 +34,7 @@ def make_split(
     targets: Sequence[int],
     num_classes: int,
     num_l: int,
-    num_u: int,
+    num_u: int | None,
     imb_l: float,
     imb_u: float,
 ) -> tuple[list[int], list[int]]:
@@ -45,12 +45,14 @@ def make_split(
     images are also used without their labels. A class with fewer than
     ``l_k + u_k`` images gives all it has (CIFAR-100 N4 asks for 4 + 500 of 500,
     as the released configs do); too few for the labeled set is an error.
+    ``num_u`` None: the unlabeled set is the whole training set, in dataset order
+    (Food-101's released rule, docs/method.md §2; ``imb_u`` unused).
     """
     per_class: list[list[int]] = [[] for _ in range(num_classes)]
     for index, label in enumerate(targets):
         per_class[label].append(index)
     labeled_counts = class_counts(num_l, num_classes, imb_l)
-    unlabeled_counts = class_counts(num_u, num_classes, imb_u)
+    unlabeled_counts = class_counts(num_u or 0, num_classes, imb_u)
     labeled: list[int] = []
     unlabeled: list[int] = []
     for k, (l_k, u_k) in enumerate(zip(labeled_counts, unlabeled_counts)):
@@ -62,7 +64,7 @@ def make_split(
             )
         labeled += per_class[k][:l_k]
         unlabeled += per_class[k][: l_k + u_k]
-    return labeled, unlabeled
+    return labeled, list(range(len(targets))) if num_u is None else unlabeled
 
 
 def split_hash(labeled_idx: Sequence[int], unlabeled_idx: Sequence[int],

@@ -1,4 +1,5 @@
-"""Weak and strong views, each a pure function of (image, seed).
+"""Weak, strong and test views (docs/method.md §2), each a pure function of
+(image, seed).
 
 Every random choice draws from an explicit ``random.Random`` that the loader seeds
 per sample (see ``loaders.EpochSampler``), never from the global ``random``,
@@ -6,10 +7,14 @@ per sample (see ``loaders.EpochSampler``), never from the global ``random``,
 the number of workers or on which worker built it, and a resumed run sees exactly
 the same images as an uninterrupted one.
 
-The strong view is FixMatch's RandAugmentMC (Sohn et al. 2020; kekmodel's
-FixMatch-pytorch, which FineSSL uses): two ops drawn with replacement from the pool
-below, each with magnitude ``v = rng.randrange(1, 10)`` (1..9 out of 10, as
-``np.random.randint(1, 10)`` there) and applied with probability 0.5, then Cutout.
+weak: resize the shorter side to 256 (bilinear, torchvision's ``Resize(256)``
+rounding), reflect-pad 28, random 224 crop, horizontal flip (p = 0.5). test: resize
+to 224 x 224. strong: an independent weak draw, then FixMatch's RandAugmentMC (Sohn
+et al. 2020, kekmodel's FixMatch-pytorch, which FineSSL uses): two ops drawn with
+replacement from the pool below, each with magnitude ``v = rng.randrange(1, 10)``
+(1..9, as ``np.random.randint(1, 10)`` there) and applied with probability 0.5;
+then Cutout, always. Geometric ops resample nearest with black fill; every sign is
+a fair coin. Sizes in px are at the 224 px view.
 
 =============  ==========================================  =====================
 op             parameter                                   range over v = 1..9
@@ -23,11 +28,17 @@ Identity       --                                          --
 Posterize      bits 4 + int(4 v/10)                        4 .. 7
 Rotate         degrees int(30 v/10), random sign           +-3 .. +-27
 Sharpness      enhance factor 0.05 + 0.9 v/10              0.14 .. 0.86
-ShearX/ShearY  shear 0.3 v/10, random sign                 +-0.03 .. +-0.27
+ShearX/ShearY  shear 0.3 v/10 about the origin, rand. sign  +-0.03 .. +-0.27
 Solarize       threshold 256 - int(256 v/10)               231 .. 26
-TranslateX/Y   shift 0.3 v/10 of width/height, rand. sign  +-3% .. +-27%
-Cutout         grey (127) square, side uniform(0, 0.5)     0 .. 50% of the side
+TranslateX/Y   int(0.3 v/10 x side) px, random sign        +-6 .. +-60 px
+Cutout         grey (127) square of DATA.CUTOUT px (16),   17 x 17 px drawn
+               centre uniform over the view
 =============  ==========================================  =====================
+
+Cutout follows FixMatch's ``CutoutAbs``: x0 = int(max(0, cx - s/2)),
+x1 = int(min(w, x0 + s)), likewise y, and PIL's rectangle includes both corners, so
+a 16 px Cutout paints 17 x 17 px (fewer where it meets the right or bottom edge).
+``DATA.CUTOUT -1`` draws the side uniform(0, 0.5) x the image side instead, 0 skips it.
 """
 
 from __future__ import annotations
@@ -91,10 +102,13 @@ RANDAUGMENT_POOL: tuple[tuple[str, Op], ...] = (
 )
 
 
-def cutout(img: Image.Image, rng: random.Random) -> Image.Image:
-    """Paint a grey square of side uniform(0, 0.5) x image side at a random centre."""
+def cutout(img: Image.Image, rng: random.Random, size: int = 16) -> Image.Image:
+    """Paint a grey square of ``size`` px (-1: uniform(0, 0.5) x the image side; 0:
+    none) at a uniformly drawn centre, as FixMatch's CutoutAbs."""
+    if size == 0:
+        return img
     w, h = img.size
-    side = rng.uniform(0, 0.5) * min(w, h)
+    side = rng.uniform(0, 0.5) * min(w, h) if size < 0 else size
     cx, cy = rng.uniform(0, w), rng.uniform(0, h)
     x0, y0 = int(max(0, cx - side / 2)), int(max(0, cy - side / 2))
     x1, y1 = int(min(w, x0 + side)), int(min(h, y0 + side))
@@ -112,22 +126,13 @@ def rand_augment(img: Image.Image, rng: random.Random, num_ops: int = 2) -> Imag
     return img
 
 
-def weak(img: Image.Image, rng: random.Random, crop: int) -> Image.Image:
-    """Resize (shorter side crop*256/224), reflect-pad 12.5%, random crop, flip."""
-    return Image.fromarray(_crop_flip(padded(img, crop), rng, crop))
-
-
-def strong(img: Image.Image, rng: random.Random, crop: int) -> Image.Image:
-    """Weak view, then RandAugmentMC, then Cutout (FixMatch's strong augmentation)."""
-    return cutout(rand_augment(weak(img, rng, crop), rng), rng)
-
-
 def _resize_shorter(img: Image.Image, size: int) -> Image.Image:
+    """torchvision's ``Resize(size)`` on a PIL image: the longer side is truncated."""
     w, h = img.size
     if w <= h:
-        new = (size, max(1, round(h * size / w)))
+        new = (size, max(1, int(size * h / w)))
     else:
-        new = (max(1, round(w * size / h)), size)
+        new = (max(1, int(size * w / h)), size)
     return img.resize(new, _BILINEAR)
 
 
@@ -171,10 +176,11 @@ class ViewMaker:
     A labeled image gets one weak view; an unlabeled image gets a weak view (for the
     pseudo-label) and two independent strong views drawn one after the other from
     the same ``rng``. The resize and padding all views share are done once.
+    ``cutout`` is the strong views' Cutout side in px (DATA.CUTOUT; see ``cutout``).
     """
 
-    def __init__(self, crop: int):
-        self.crop = crop
+    def __init__(self, crop: int, cutout: int = 16):
+        self.crop, self.cutout = crop, cutout
 
     def labeled(self, img: Image.Image, rng: random.Random) -> torch.Tensor:
         return to_uint8_tensor(_crop_flip(padded(img, self.crop), rng, self.crop))
@@ -189,7 +195,7 @@ class ViewMaker:
 
     def _strong(self, base: np.ndarray, rng: random.Random) -> torch.Tensor:
         view = Image.fromarray(np.ascontiguousarray(_crop_flip(base, rng, self.crop)))
-        return to_uint8_tensor(np.asarray(cutout(rand_augment(view, rng), rng)))
+        return to_uint8_tensor(np.asarray(cutout(rand_augment(view, rng), rng, self.cutout)))
 
     def test(self, img: Image.Image) -> torch.Tensor:
         return test_transform(img, self.crop)

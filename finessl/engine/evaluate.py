@@ -11,7 +11,7 @@ from finessl.metrics import expected_calibration_error, per_class_accuracy, top1
 @torch.no_grad()
 def evaluate(model, loader, device: torch.device, precision, num_classes: int,
              dist: Dist = SINGLE, num_test: int | None = None) -> dict:
-    """Predictions of the main head (METHOD.md §3: inference uses f, not f_aux).
+    """Predictions of the main head (docs/method.md §3: inference uses f, not f_aux).
 
     Multi-process: each rank predicts its strided share (``build_test_loader``); the
     predictions are gathered, put back in test-set order and cut to ``num_test``.

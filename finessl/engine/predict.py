@@ -5,7 +5,7 @@ modules, dataset name) and ``checkpoint_last.pt`` (trained parameters, seed, cla
 names). The normalisation is a function of DATA.NAME (``dataset_stats``), so the
 training data is not needed; only a checkpoint that predates recorded class names
 sends us to DATA.DATAPATH for them. Prediction is the main head's, as in evaluation
-(METHOD.md §3: inference uses f, not f_aux), on the evaluation view of each image.
+(docs/method.md §3: inference uses f, not f_aux), on the evaluation view of each image.
 
 Every image file below the folder (any depth, :data:`~finessl.data.folder.IMAGE_EXTENSIONS`)
 gets one row of ``path,class,confidence``, path relative to the folder, in path order.
@@ -95,7 +95,7 @@ def _build(cfg, state: dict, classnames: list[str], model_dir: str):
     precision = Precision(cfg.prec, device)
     seed_everything(int(state["seed"]))  # a randomly initialised backbone comes out the same
     mean, std = dataset_stats(cfg.DATA.NAME)
-    model = build_model(cfg, classnames, device, precision.half_backbone, mean, std)
+    model = build_model(cfg, classnames, device, precision.fp16_params, mean, std)
     try:
         model.load_trainable_state_dict({k: v.to(device) for k, v in state["model"].items()})
     except (KeyError, RuntimeError) as e:

@@ -32,21 +32,28 @@ def select_device(cfg, dist: Dist = SINGLE) -> torch.device:
 
 
 class Precision:
-    """How the step runs: ``fp16`` casts the frozen backbone to half (the authors'
-    setting), ``amp`` autocasts (fp16 + grad scaler, or bf16), ``fp32`` does neither.
-    Without CUDA both half modes fall back to fp32 with a warning."""
+    """How parameters are stored and the step is computed (docs/method.md §4).
 
-    def __init__(self, prec: str, device: torch.device):
-        if prec != "fp32" and device.type != "cuda":
+    ``fp16``, the released setting: the CLIP tower is open_clip's fp16 model and every
+    trained tensor an fp16 parameter (:func:`~finessl.models.build_model`), with no
+    autocast and no gradient scaler, so SGD updates fp16 weights with unscaled fp16
+    gradients. ``amp``: fp32 weights, fp16 autocast and a gradient scaler, the
+    numerically sound mode. ``bf16``: fp32 weights, bf16 autocast. ``fp32``: neither.
+    ``cpu_fallback``: without CUDA every mode runs as fp32, with a warning (half
+    precision is slow on a CPU); False keeps the mode on any device.
+    """
+
+    def __init__(self, prec: str, device: torch.device, cpu_fallback: bool = True):
+        if cpu_fallback and prec != "fp32" and device.type != "cuda":
             log.warning("prec %s needs CUDA; running in fp32 on %s", prec, device.type)
             prec = "fp32"
+        if prec == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise UserError("prec bf16: this GPU has no bfloat16 support; use prec amp")
         self.mode = prec
         self.device = device
-        self.half_backbone = prec == "fp16"
-        self.amp_dtype = None
-        if prec == "amp":
-            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.fp16_params = prec == "fp16"
+        self.amp_dtype = {"amp": torch.float16, "bf16": torch.bfloat16}.get(prec)
+        self.scaler = torch.amp.GradScaler(device.type) if prec == "amp" else None
 
     def autocast(self):
         if self.amp_dtype is None:

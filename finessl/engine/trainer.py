@@ -38,23 +38,26 @@ class NullWriter:
 
 
 class Trainer:
-    """Builds data, model, algorithm and optimiser from ``cfg`` and runs them."""
+    """Builds data, model, algorithm and optimiser from ``cfg`` and runs them.
+
+    ``precision`` replaces the one ``cfg.prec`` gives on this device (tests run the
+    half-precision modes on a CPU with it)."""
 
     def __init__(self, cfg, run_dir: str | None, seed: int, write_split: bool = True,
-                 dist: Dist = SINGLE):
+                 dist: Dist = SINGLE, precision: Precision | None = None):
         self.cfg, self.run_dir, self.seed, self.dist = cfg, run_dir, seed, dist
         if cfg.DATA.BATCH_SIZE % dist.world:
             raise UserError(f"DATA.BATCH_SIZE {cfg.DATA.BATCH_SIZE} (the global batch) is not "
                             f"divisible by the {dist.world} processes")
         self.device = select_device(cfg, dist)
-        self.precision = Precision(cfg.prec, self.device)
+        self.precision = precision or Precision(cfg.prec, self.device)
         seed_everything(seed)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.data = build_data(cfg, input_size(cfg),
                                run_dir if write_split and dist.is_main else None)
         self.model = build_model(cfg, self.data.classnames, self.device,
-                                 self.precision.half_backbone, self.data.mean, self.data.std)
+                                 self.precision.fp16_params, self.data.mean, self.data.std)
         self.algorithm = build_algorithm(cfg, self.model, self.data.num_classes,
                                          len(self.data.unlabeled), self.device, dist)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -128,7 +131,7 @@ class Trainer:
         loaders = build_train_loaders(self.data, cfg.DATA.BATCH_SIZE, cfg.DATA.MU_U,
                                       cfg.total_steps, cfg.num_workers, self.seed,
                                       self.device.type == "cuda", self.dist.rank,
-                                      self.dist.world)
+                                      self.dist.world, cfg.DATA.REPLAY)
         if not self.algorithm.uses_unlabeled:
             loaders = loaders[:1]
         try:

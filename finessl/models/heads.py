@@ -1,4 +1,4 @@
-"""Cosine classifier heads: the main head f and the auxiliary head f_aux (METHOD.md §1)."""
+"""Cosine classifier heads: the main head f and the auxiliary head f_aux (docs/method.md §1)."""
 from __future__ import annotations
 
 import torch
@@ -22,6 +22,8 @@ class CosineHead(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(float(scale)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Computed in the parameters' dtype (fp16 under ``prec fp16``, as released)."""
+        x = x.to(self.weight.dtype)
         return self.logit_scale * F.normalize(x, dim=-1) @ F.normalize(self.weight, dim=-1).t()
 
 

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 class FineSSLModel(nn.Module):
     """Returns the main logits and the auxiliary logits of a batch of images.
 
-    The auxiliary head f_aux sees ``feat.detach()`` (METHOD.md §1): no gradient of
+    The auxiliary head f_aux sees ``feat.detach()`` (docs/method.md §1): no gradient of
     an aux loss reaches the PEFT parameters, which is what keeps the smoothed aux
     targets from flattening the main head's confidence (the "decoupled" of DLS).
     """
@@ -83,8 +83,14 @@ def input_size(cfg) -> int:
 
 def build_model(cfg, classnames: list[str], device: torch.device, half: bool,
                 mean=OPENAI_MEAN, std=OPENAI_STD) -> FineSSLModel:
-    """Frozen image tower (optionally fp16) + fine-tuning strategy + cosine heads on
-    ``device``; uint8 inputs are normalised with the dataset's ``mean`` / ``std``.
+    """Frozen image tower + fine-tuning strategy + cosine heads on ``device``; uint8
+    inputs are normalised with the dataset's ``mean`` / ``std``.
+
+    ``half`` is ``prec fp16`` as released (docs/method.md §4): a CLIP tower is
+    open_clip's own fp16 model (linear and conv weights fp16; LayerNorms, computing in
+    fp32, and the embeddings fp32), and every trained tensor (prompts, PEFT weights,
+    both heads with their logit scales, tuned tower weights) is an fp16 parameter. A
+    CNN tower is halved whole and stays frozen.
 
     CLIP ViTs go through :func:`~finessl.models.peft.build_vit_backbone`, CNNs (CLIP
     ResNets, timm models) through :func:`~finessl.models.cnn.build_cnn_backbone`; both
@@ -97,7 +103,8 @@ def build_model(cfg, classnames: list[str], device: torch.device, half: bool,
     if is_timm_name(cfg.backbone):
         visual = load_timm(cfg.backbone, cfg.pretrained, cfg.cache_dir)
     else:
-        clip_model = load_clip(cfg.backbone, cfg.pretrained, cfg.cache_dir)
+        clip_model = load_clip(cfg.backbone, cfg.pretrained, cfg.cache_dir,
+                               "fp16" if half else "fp32")
         clip_model.requires_grad_(False).eval()
         visual = clip_model.visual
     visual.requires_grad_(False)
@@ -113,10 +120,11 @@ def build_model(cfg, classnames: list[str], device: torch.device, half: bool,
         tokenizer = open_clip.get_tokenizer(resolve_model_name(cfg.backbone))
         text = class_text_embeddings(clip_model, tokenizer, classnames, cfg.template)
         weight = None if cfg.rand_init else text_init_weight(text, backbone.proj)
-    if half:
+    if half and clip_model is None:
         if any(p.requires_grad for p in visual.parameters()):
-            raise UserError("prec fp16 keeps the backbone's weights in half precision, so none "
-                            "of them can be trained (bias_tuning, bn_tuning, finetune); use prec amp")
+            raise UserError(f"prec fp16 halves the whole {cfg.backbone} tower, BatchNorms "
+                            f"included, so none of its weights can be trained (bias_tuning, "
+                            f"bn_tuning, finetune); use prec amp")
         visual.half()
     if cfg.algorithm == "zeroshot":
         head = ZeroShotHead(backbone.proj, text, clip_model.logit_scale.exp().item())
@@ -125,7 +133,12 @@ def build_model(cfg, classnames: list[str], device: torch.device, half: bool,
     aux_head = CosineHead(backbone.feat_dim, len(classnames))
     if isinstance(head, CosineHead):
         with torch.no_grad():
-            aux_head.weight.copy_(head.weight)  # f_aux starts as a copy of f (METHOD.md §1)
+            aux_head.weight.copy_(head.weight)  # f_aux starts as a copy of f (docs/method.md §1)
+    if half:  # the released trained tensors are fp16 parameters; the tower already is
+        added = [getattr(backbone, name, None) for name in ("peft", "ssf")]  # ViT / CNN
+        for module in [*added, head, aux_head]:
+            if isinstance(module, (nn.ModuleList, CosineHead)):
+                module.half()
     model = FineSSLModel(backbone, head, aux_head).to(device)
     if cfg.compile:
         backbone.compile()  # in place: parameter names, and so checkpoints, are unchanged

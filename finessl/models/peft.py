@@ -1,4 +1,4 @@
-"""The fine-tuning strategies of a CLIP ViT (METHOD.md §1), built from the config.
+"""The fine-tuning strategies of a CLIP ViT (docs/method.md §1), built from the config.
 
 Module strategies plug into :class:`~finessl.models.backbone.ViTBackbone`'s hooks,
 one file each: VPT (``peft_vpt``), LoRA (``peft_lora``), Adapter and AdaptFormer
@@ -26,15 +26,16 @@ __all__ = ["PEFT_MODULES", "VisualPrompts", "LoRA", "Adapter", "AdaptFormer", "S
            "build_peft", "unfreeze", "build_vit_backbone"]
 
 # Config switch -> builder(cfg, visual, first block). Built, and so called in each
-# hook, in this order: the Adapter sees the MLP output before AdaptFormer's branch
-# is added to it.
+# hook, in this order, the released one (docs/method.md §1): SSF scales the plain
+# in-projection before LoRA adds its update (steps 3-4); the Adapter acts on the MLP
+# output before AdaptFormer's branch is added (steps 10-11).
 PEFT_MODULES = {
     "vpt_deep": lambda cfg, visual, first: VisualPrompts.from_config(cfg, visual, first, True),
     "vpt_shallow": lambda cfg, visual, first: VisualPrompts.from_config(cfg, visual, first, False),
+    "ssf": SSF.from_config,
     "lora": LoRA.from_config,
     "adapter": Adapter.from_config,
     "adaptformer": AdaptFormer.from_config,
-    "ssf": SSF.from_config,
 }
 
 

@@ -1,5 +1,5 @@
 """Bottleneck branches on the MLP: Adapter (Houlsby et al., ICML 2019) after it and
-AdaptFormer (Chen et al., NeurIPS 2022) beside it (METHOD.md §1)."""
+AdaptFormer (Chen et al., NeurIPS 2022) beside it (docs/method.md §1)."""
 from __future__ import annotations
 
 import math
@@ -11,66 +11,78 @@ import torch.nn.functional as F
 from finessl.models.backbone import BlockwisePeft
 
 
-class Bottleneck(nn.Module):
-    """[LN ->] down -> ReLU -> dropout -> up, times ``scale``.
+def layer_norm_fp32(ln: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    """``ln(x)`` computed in fp32 whatever the dtypes of x and of ln's parameters (fp16
+    under ``prec fp16``), returned in x's dtype, as CLIP's own LayerNorms."""
+    return F.layer_norm(x.float(), ln.normalized_shape, ln.weight.float(), ln.bias.float(),
+                        ln.eps).to(x.dtype)
 
-    Init as AdaptFormer's "lora" option: down kaiming-uniform, up and both biases
-    zero, so the branch outputs exactly zero at the start. Computed in fp32-cast
-    parameters of the input's dtype; the LayerNorm in fp32, as CLIP's own.
+
+class Bottleneck(nn.Module):
+    """scale * up(dropout(ReLU(down(x)))), with a LayerNorm on the input (``ln 'in'``),
+    on the scaled output (``'out'``) or none (``'none'``).
+
+    Init as released: the down-projection kaiming (a = sqrt(5)), normal (Adapter: std
+    1/sqrt(3 width), 1/48 on ViT-B/16) or uniform (AdaptFormer: U(+-1/sqrt(width)));
+    up-projection and both biases zero, so the branch starts at exactly zero (with
+    ``ln 'out'`` too: LN(0) is its bias, zero). Parameters are cast to the input's dtype.
     """
 
     def __init__(self, width: int, dim: int, scale: float, dropout: float = 0.0,
-                 layer_norm: bool = False):
+                 ln: str = "in", normal_init: bool = False):
         super().__init__()
-        self.ln = nn.LayerNorm(width) if layer_norm else None
+        self.ln = None if ln == "none" else nn.LayerNorm(width)
+        self.ln_out = ln == "out"
         self.down, self.up = nn.Linear(width, dim), nn.Linear(dim, width)
-        nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
+        init = nn.init.kaiming_normal_ if normal_init else nn.init.kaiming_uniform_
+        init(self.down.weight, a=math.sqrt(5))
         for p in (self.down.bias, self.up.weight, self.up.bias):
             nn.init.zeros_(p)
         self.scale, self.dropout = scale, dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.ln is not None:
-            x = F.layer_norm(x.float(), self.ln.normalized_shape, self.ln.weight, self.ln.bias,
-                             self.ln.eps).to(x.dtype)
+        if self.ln is not None and not self.ln_out:
+            x = layer_norm_fp32(self.ln, x)
         h = F.relu(F.linear(x, self.down.weight.to(x.dtype), self.down.bias.to(x.dtype)))
         h = F.dropout(h, self.dropout, self.training)
-        return F.linear(h, self.up.weight.to(x.dtype), self.up.bias.to(x.dtype)) * self.scale
+        out = F.linear(h, self.up.weight.to(x.dtype), self.up.bias.to(x.dtype)) * self.scale
+        return layer_norm_fp32(self.ln, out) if self.ln_out else out
 
 
-class _BottleneckPeft(BlockwisePeft):
-    """A bottleneck per block from ``first`` on; ``dim_key`` names its width's config key."""
-
-    dim_key = ""
-
-    @classmethod
-    def from_config(cls, cfg, visual: nn.Module, first: int) -> _BottleneckPeft:
-        return cls(range(first, len(visual.transformer.resblocks)), visual.transformer.width,
-                   getattr(cfg, cls.dim_key))
-
-
-class Adapter(_BottleneckPeft):
-    """Sequential adapter after each MLP: h + 0.1 * up(ReLU(down(LN(h)))), with h the
-    MLP branch's output (bottleneck ``adapter_dim``)."""
-
-    dim_key = "adapter_dim"
+class Adapter(BlockwisePeft):
+    """Adapter after each MLP: h + 0.1 * up(ReLU(down(LN(h)))), with h the MLP branch's
+    output (bottleneck ``adapter_dim``)."""
 
     def __init__(self, blocks, width: int, dim: int, scale: float = 0.1):
-        super().__init__({i: Bottleneck(width, dim, scale, layer_norm=True) for i in blocks})
+        super().__init__({i: Bottleneck(width, dim, scale, normal_init=True) for i in blocks})
+
+    @classmethod
+    def from_config(cls, cfg, visual: nn.Module, first: int) -> Adapter:
+        return cls(range(first, len(visual.transformer.resblocks)), visual.transformer.width,
+                   cfg.adapter_dim)
 
     def mlp(self, i, x, h):
         return h + self.blocks[str(i)](h)
 
 
-class AdaptFormer(_BottleneckPeft):
-    """Parallel branch beside each MLP: h + 0.1 * up(dropout(ReLU(down(x)))), with x the
-    block's post-attention residual stream, i.e. the MLP's input before ``ln_2``
-    (AdaptFormer's "parallel" option, no LayerNorm; bottleneck ``ffn_num``, dropout 0.1)."""
+class AdaptFormer(BlockwisePeft):
+    """AdaptFormer's branch a = 0.1 * up(dropout(ReLU(down(LN(.))))) (bottleneck
+    ``ffn_num``, dropout 0.1, LayerNorm placed by ``ln_opt``), added to the MLP branch.
 
-    dim_key = "ffn_num"
+    ``ffn_opt 'parallel'``: a reads the block's post-attention residual stream (the
+    MLP's input before ``ln_2``); ``'sequential'``: a reads the MLP branch's output,
+    after the Adapter when both are on (built after it, docs/method.md §1 steps 8-11).
+    """
 
-    def __init__(self, blocks, width: int, dim: int, scale: float = 0.1, dropout: float = 0.1):
-        super().__init__({i: Bottleneck(width, dim, scale, dropout) for i in blocks})
+    def __init__(self, blocks, width: int, dim: int, scale: float = 0.1, dropout: float = 0.1,
+                 ln: str = "in", sequential: bool = False):
+        super().__init__({i: Bottleneck(width, dim, scale, dropout, ln) for i in blocks})
+        self.sequential = sequential
+
+    @classmethod
+    def from_config(cls, cfg, visual: nn.Module, first: int) -> AdaptFormer:
+        return cls(range(first, len(visual.transformer.resblocks)), visual.transformer.width,
+                   cfg.ffn_num, ln=cfg.ln_opt, sequential=cfg.ffn_opt == "sequential")
 
     def mlp(self, i, x, h):
-        return h + self.blocks[str(i)](x)
+        return h + self.blocks[str(i)](h if self.sequential else x)

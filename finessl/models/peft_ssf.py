@@ -1,4 +1,4 @@
-"""SSF: Scaling and Shifting your Features (Lian et al., NeurIPS 2022), METHOD.md §1."""
+"""SSF: Scaling and Shifting your Features (Lian et al., NeurIPS 2022), docs/method.md §1."""
 from __future__ import annotations
 
 import torch

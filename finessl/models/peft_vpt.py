@@ -1,4 +1,4 @@
-"""Visual Prompt Tuning (Jia et al., ECCV 2022), deep or shallow (METHOD.md §1)."""
+"""Visual Prompt Tuning (Jia et al., ECCV 2022), deep or shallow (docs/method.md §1)."""
 from __future__ import annotations
 
 import math
