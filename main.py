@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from finessl.config import load_config
+from finessl.plugins import load_config
 from finessl.errors import UserError
 from finessl.logs import setup_logging
 

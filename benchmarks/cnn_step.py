@@ -22,7 +22,8 @@ import time
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+if not __package__:  # run as a file (python benchmarks/cnn_step.py): the repository root
+    sys.path.insert(0, REPO)
 
 from finessl.algorithms import build_algorithm  # noqa: E402
 from finessl.config import load_config  # noqa: E402

@@ -23,7 +23,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if not __package__:  # run as a file (python benchmarks/data.py): the repository root
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from finessl.data.loaders import EpochSampler, UnlabeledDataset  # noqa: E402
 from finessl.data.transforms import cutout, rand_augment  # noqa: E402
 

@@ -1,7 +1,7 @@
 """The offline demo as an experiment: supervised, FixMatch and FineSSL on Fashion-MNIST
 with 4 labels per class (configs/demo/fashion_mnist_N4.yaml), 3 seeds each, printed as
 a mean +- std table of test top-1. Every run uses real ImageNet weights
-(EfficientNet-Lite0) and real data, both installed offline (see README).
+(EfficientNet-Lite0) and real data, both installed offline (see docs/demo.md).
 
     python benchmarks/fashion_mnist.py                      # 3 methods x seeds 1 2 3
     python benchmarks/fashion_mnist.py --seeds 1 --methods finessl
@@ -20,7 +20,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "demo", "fashion_mnist_N4.yaml")
-# Reference points measured on this machine (README): frozen-feature probes and baselines.
+# Reference points measured on this machine (docs/demo.md): frozen-feature probes and baselines.
 REFERENCE = [("class-mean classifier of the 40 labeled features", 0.59),
              ("linear probe, 40 labels", 0.62), ("linear probe, 250 labels", 0.77),
              ("linear probe, 1000 labels", 0.79)]

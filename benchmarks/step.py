@@ -1,5 +1,5 @@
 """Cost of one FineSSL training step: ours against the plain implementation of the
-same math (``plain_step.py``), measured in one run, printed as ratios.
+same math (``benchmarks/plain_step.py``), measured in one run, printed as ratios.
 
     python benchmarks/step.py                 # ViT-B/16 (random weights), 224 px, VPT-deep 50, B = 2 and 4
     python benchmarks/step.py --model ViT-B-32 --batch 2 --steps 2
@@ -22,7 +22,8 @@ import sys
 import threading
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if not __package__:  # run as a file (python benchmarks/step.py): the repository root
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _rss_bytes() -> int:
@@ -73,7 +74,7 @@ def build(model_name: str, batch: int, num_classes: int, device):
 
 def worker(impl: str, model_name: str, batch: int, steps: int) -> dict:
     import torch
-    from plain_step import plain_finessl_step
+    from benchmarks.plain_step import plain_finessl_step
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -4,6 +4,9 @@ Key names are the authors' (Gank0078/FineSSL ``utils/config.py``), so a YAML wri
 for the released code loads unchanged. Defaults are the released settings of
 docs/method.md §3-4 (the YAMLs under ``configs/peft/``), not the authors' code defaults.
 
+Plug-ins (datasets, PEFT methods, backbones, algorithms) declare their own keys beside
+their code with :func:`declare`; the tree gathers them when their modules are imported.
+
 Loading goes through :func:`load_config`, which turns every mistake a user can make
 (unknown key, wrong type, bad value) into a :class:`~finessl.errors.UserError`.
 """
@@ -13,11 +16,13 @@ import ast
 import difflib
 import logging
 import os
+from typing import Callable
 
 import yaml
 from yacs.config import CfgNode as CN
 
 from finessl.errors import UserError
+from finessl.registry import CONFIG_REGISTRIES, import_plugin
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +30,7 @@ _C = CN()
 
 # ---- data ---------------------------------------------------------------------------
 _C.DATA = CN()
-_C.DATA.NAME = "CIFAR100"  # dataset: CIFAR10, CIFAR100, FOOD101, FashionMNIST or ImageFolder (datasets/README.md)
+_C.DATA.NAME = "CIFAR100"  # dataset: a registered name: CIFAR10, CIFAR100, FOOD101, FashionMNIST, ImageFolder or your plug-in (datasets/README.md)
 _C.DATA.DATAPATH = "datasets/cifar-100"  # folder holding the dataset files (see datasets/README.md)
 _C.DATA.DOWNLOAD = True  # fetch the dataset when missing (only where a network exists)
 _C.DATA.NUMBER_CLASSES = -1  # number of classes; -1 takes it from the dataset
@@ -49,22 +54,6 @@ _C.cache_dir = ""  # where open_clip / Hugging Face cache weights ('' = their de
 _C.prec = "fp16"  # fp16 (the released: backbone and trained tensors are fp16 parameters, no grad scaler), amp (fp32 weights, fp16 autocast + grad scaler), bf16 (fp32 weights, bf16 autocast) or fp32
 _C.input_size = 0  # side of the views fed to the backbone; 0 = the model's own (224 for ViT-B/16)
 # ---- fine-tuning strategy (docs/method.md §1; none switched on = linear probe of the heads)
-_C.vpt_deep = False  # VPT-deep: new prompt tokens before every transformer block
-_C.vpt_shallow = False  # VPT-shallow: prompt tokens before the first block only
-_C.vpt_len = 50  # prompt tokens per block
-_C.lora = False  # LoRA on the q and v projections of every block
-_C.lora_dim = 8  # LoRA rank r (scaling 1/r)
-_C.adapter = False  # bottleneck adapter after each MLP
-_C.adapter_dim = 8  # adapter bottleneck width
-_C.adaptformer = False  # AdaptFormer: parallel bottleneck branch beside each MLP
-_C.ffn_num = 64  # AdaptFormer bottleneck width
-_C.ln_opt = "in"  # AdaptFormer LayerNorm: 'in' before the down-projection (released default), 'out' after the scaling, 'none'
-_C.ffn_opt = "parallel"  # AdaptFormer branch: 'parallel' beside the MLP (input: the block's residual stream), 'sequential' after it (input: the MLP output)
-_C.lora_init = "released"  # LoRA A init: 'released' U(+-1/sqrt(r)) (fan_in = r), 'standard' U(+-1/sqrt(width)) as in the LoRA paper's code
-_C.ssf = False  # SSF: learnable per-channel scale and shift (ViT: after qkv, out-proj, fc1, fc2; CNN: after convs)
-_C.bias_tuning = False  # BitFit: all backbone biases trainable
-_C.bn_tuning = False  # CNN backbones: BatchNorm affine parameters trainable
-_C.finetune = False  # full fine-tuning: every backbone weight trainable
 _C.partial = None  # PEFT modules (and BitFit / finetune) only in the last K blocks (None = all)
 _C.rand_init = True  # heads start random (True) or from CLIP text embeddings (False)
 _C.template = "a photo of a {}."  # text prompt for the text-initialised heads
@@ -85,20 +74,6 @@ _C.bms_form = "released"  # margin m(k): 'released' (1-b)/(1+b)*spread or 'paper
 _C.w_con = 3.0  # weight gamma of the unlabeled loss L_u
 _C.smoothing = 0.5  # label smoothing lambda of the aux head's unlabeled targets
 
-# ---- baselines' own hyperparameters (their papers' defaults) ------------------------
-_C.FLEXMATCH = CN()
-_C.FLEXMATCH.WARMUP = True  # threshold warm-up: normalise by max(max_c sigma(c), #unused)
-_C.FREEMATCH = CN()
-_C.FREEMATCH.EMA = 0.999  # momentum of the global / class-wise confidence EMAs
-_C.FREEMATCH.FAIRNESS = 0.01  # weight of the self-adaptive fairness loss
-_C.SOFTMATCH = CN()
-_C.SOFTMATCH.EMA = 0.999  # momentum of the confidence mean / variance and class-distribution EMAs
-_C.SOFTMATCH.N_SIGMA = 2.0  # width of the truncated Gaussian, in standard deviations
-_C.SOFTMATCH.ALIGN = True  # uniform alignment of the pseudo-label distribution
-_C.DEBIASPL = CN()
-_C.DEBIASPL.EMA = 0.999  # momentum of the mean-prediction EMA p_hat
-_C.DEBIASPL.TAU = 0.5  # strength of the debiasing and of the adaptive margin
-
 # ---- optimisation (docs/method.md §4) ----------------------------------------------------
 _C.num_epochs = 30  # epochs; the cosine schedule steps once per epoch
 _C.total_steps = 500  # optimizer steps per epoch
@@ -116,6 +91,7 @@ _C.eval_only = False  # evaluate the checkpoint in model_dir and exit
 _C.model_dir = None  # run folder evaluated by eval_only
 _C.gpu = None  # CUDA device index; None = cuda:0 when CUDA exists, else CPU
 _C.deterministic = False  # torch deterministic algorithms (slower on CUDA)
+_C.plugins = []  # your plug-in modules (module names or .py paths), imported before the rest of the config is read (docs/extending.md)
 
 # Keys of the authors' code that do nothing here: accepted, reported in one warning.
 INERT_KEYS = (
@@ -134,20 +110,61 @@ _CHOICES = {
     "prec": ("fp16", "fp32", "amp", "bf16"),
     "DATA.UNLABELED": ("dataset", "num_u", "all"),
     "DATA.NORMALIZE": ("dataset", "clip"),
-    "ln_opt": ("in", "out", "none"),
-    "ffn_opt": ("parallel", "sequential"),
-    "lora_init": ("released", "standard"),
     "bms_form": ("released", "paper"),
 }
 
-# The backbone names of OpenAI's CLIP release, mapped to open_clip's QuickGELU architectures
-# (OpenAI trained with QuickGELU, docs/method.md §1).
-BACKBONE_ALIASES = {"ViT-B/16": "ViT-B-16-quickgelu", "ViT-B/32": "ViT-B-32-quickgelu",
-                    "ViT-L/14": "ViT-L-14-quickgelu", "ViT-L/14@336px": "ViT-L-14-336-quickgelu"}
+_CHECKS: dict[str, Callable[[object], str | None]] = {}
+_DECLARED: dict[str, tuple[object, str]] = {}
+
+
+def positive(value) -> str | None:
+    """A ``check`` for :func:`declare`: the value must be > 0."""
+    return None if value > 0 else "must be positive"
+
+
+def momentum(value) -> str | None:
+    """A ``check`` for :func:`declare`: an EMA momentum in [0, 1)."""
+    return None if 0.0 <= value < 1.0 else "an EMA momentum must lie in [0, 1)"
+
+
+def declare(key: str, default, comment: str, choices: tuple | None = None,
+            check: Callable[[object], str | None] | None = None) -> None:
+    """Add a plug-in's own config key to the defaults tree, from beside its code.
+
+    ``key`` is dotted (``FLEXMATCH.WARMUP`` creates the node ``FLEXMATCH``); its type is
+    the default's. ``choices`` lists the values allowed; ``check(value)`` returns why a
+    value is wrong, or None. ``comment`` is the key's line in docs/configuration.md.
+    Declaring a key twice is allowed only with the same default (a module imported
+    again).
+    """
+    if key in _DECLARED:
+        if _DECLARED[key][0] != default:
+            raise ValueError(f"config key {key} declared twice with different defaults")
+        return
+    *parents, leaf = key.split(".")
+    node = _C
+    for p in parents:
+        if p not in node:
+            node[p] = CN()
+        node = node[p]
+    if leaf in node:
+        raise ValueError(f"config key {key} is already in the defaults tree")
+    node[leaf] = default
+    _DECLARED[key] = (default, comment)
+    if choices:
+        _CHOICES[key] = tuple(choices)
+    if check:
+        _CHECKS[key] = check
+
+
+def declared_keys() -> dict[str, tuple[object, str]]:
+    """Plug-ins' keys so far: dotted key -> (default, comment)."""
+    return dict(_DECLARED)
 
 
 def get_cfg_defaults() -> CN:
-    """A fresh copy of the defaults tree."""
+    """A fresh copy of the defaults tree: the keys of this file and those the imported
+    plug-ins declared (all built-in ones once :mod:`finessl.plugins` is imported)."""
     return _C.clone()
 
 
@@ -205,6 +222,10 @@ def _coerce(key: str, default, value, source: str):
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
+    elif isinstance(default, list):  # a list of strings; one string is a list of one
+        value = [value] if isinstance(value, str) else value
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return list(value)
     raise UserError(f"{key}: expected {type(default).__name__}, got {value!r} ({source})")
 
 
@@ -246,11 +267,9 @@ def _merge(cfg: CN, pairs: list[tuple[str, object]], source: str, seen_inert: li
 
 
 def _validate(cfg: CN) -> None:
-    from finessl.algorithms import ALGORITHMS  # the registry is the list of choices
-    if cfg.algorithm not in ALGORITHMS:
-        raise UserError(f"algorithm: {cfg.algorithm!r} is not one of {', '.join(sorted(ALGORITHMS))}")
-    positive = ("DATA.NUM_L", "DATA.BATCH_SIZE", "DATA.MU_U", "num_epochs", "total_steps",
-                "vpt_len", "lora_dim", "adapter_dim", "ffn_num")
+    for key, registry in CONFIG_REGISTRIES.items():  # plug-in names: one line, the choices
+        registry.get(_get(cfg, key))
+    positive = ("DATA.NUM_L", "DATA.BATCH_SIZE", "DATA.MU_U", "num_epochs", "total_steps")
     for key in positive:
         if _get(cfg, key) <= 0:
             raise UserError(f"{key}: must be positive, got {_get(cfg, key)}")
@@ -263,9 +282,10 @@ def _validate(cfg: CN) -> None:
     for key in ("DATA.IMB_L", "DATA.IMB_U"):
         if _get(cfg, key) < 1.0:
             raise UserError(f"{key}: imbalance ratio must be >= 1, got {_get(cfg, key)}")
-    for key in ("FREEMATCH.EMA", "SOFTMATCH.EMA", "DEBIASPL.EMA"):
-        if not 0.0 <= _get(cfg, key) < 1.0:
-            raise UserError(f"{key}: an EMA momentum must lie in [0, 1), got {_get(cfg, key)}")
+    for key, check in _CHECKS.items():
+        problem = check(_get(cfg, key))
+        if problem:
+            raise UserError(f"{key}: {problem}, got {_get(cfg, key)}")
     for key in ("th", "th_min"):
         if not 0.0 <= _get(cfg, key) <= 1.0:
             raise UserError(f"{key}: a confidence threshold must lie in [0, 1], got {_get(cfg, key)}")
@@ -282,29 +302,46 @@ def _validate(cfg: CN) -> None:
         raise UserError(f"template: needs a '{{}}' for the class name, got {cfg.template!r}")
 
 
+def _read_yaml(cfg_file: str) -> dict:
+    if not os.path.isfile(cfg_file):
+        raise UserError(f"config file not found: {cfg_file}")
+    try:
+        with open(cfg_file) as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{cfg_file}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{cfg_file}: expected a mapping of config keys at the top level")
+    return data
+
+
 def load_config(cfg_file: str | None = None, opts: list[str] | None = None) -> CN:
     """Defaults <- YAML file <- ``KEY VALUE`` pairs, validated and frozen.
 
+    The ``plugins`` the file and the pairs name are imported first, so the keys they
+    declare can be set. The built-in plug-ins' keys are in the tree once their packages
+    are imported: :func:`finessl.plugins.load_config` does both and checks the names.
     Raises :class:`UserError` naming the offending key, file or value.
     """
-    cfg = get_cfg_defaults()
-    seen_inert: list[str] = []
+    sources = []
     if cfg_file:
-        if not os.path.isfile(cfg_file):
-            raise UserError(f"config file not found: {cfg_file}")
-        try:
-            with open(cfg_file) as f:
-                data = yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:
-            raise UserError(f"{cfg_file}: not valid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise UserError(f"{cfg_file}: expected a mapping of config keys at the top level")
-        _merge(cfg, _flatten(data), cfg_file, seen_inert)
+        sources.append((_flatten(_read_yaml(cfg_file)), cfg_file))
     opts = list(opts or [])
     if len(opts) % 2:
         raise UserError(f"command-line overrides come in KEY VALUE pairs; '{opts[-1]}' has no value")
-    pairs = [(opts[i], _parse_cli_value(opts[i + 1])) for i in range(0, len(opts), 2)]
-    _merge(cfg, pairs, "command line", seen_inert)
+    sources.append(([(opts[i], _parse_cli_value(opts[i + 1])) for i in range(0, len(opts), 2)],
+                    "command line"))
+    plugins: list[str] = []
+    for pairs, source in sources:
+        for key, value in pairs:
+            if key == "plugins":
+                plugins = _coerce(key, [], value, source)
+    for spec in plugins:
+        import_plugin(spec)
+    cfg = get_cfg_defaults()
+    seen_inert: list[str] = []
+    for pairs, source in sources:
+        _merge(cfg, pairs, source, seen_inert)
     _validate(cfg)
     if seen_inert:
         log.warning("config keys with no effect in FineSSL, accepted for compatibility: %s",

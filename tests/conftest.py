@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+import finessl.plugins  # noqa: F401  (every built-in plug-in's config keys in the tree)
 from fakedata import write_fake_cifar
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

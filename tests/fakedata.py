@@ -1,5 +1,5 @@
-"""Small CIFAR-10/100 look-alikes in the real on-disk pickle format, and a small
-Food-101 in torchvision's on-disk layout.
+"""Small CIFAR-10/100 look-alikes in the real on-disk pickle format, a small
+Food-101 in torchvision's on-disk layout, and a small ImageFolder.
 
 The real loader (``finessl.data.datasets``) reads them unchanged, so tests exercise
 the same code as a real run. Each class is a distinct colour with stripes of its
@@ -171,4 +171,54 @@ def write_fake_food101(root: str, names=FOOD101_NAMES, train_per_class: int = 5,
             json.dump(record, f)
     with open(os.path.join(folder, "meta", "classes.txt"), "w") as f:
         f.write("\n".join(sorted(names)) + "\n")
+    return root
+
+
+# ImageFolder (DATA.NAME ImageFolder): folder names; class names read "apple pie", ...
+FOLDER_CLASSES = ["apple_pie", "bus", "cat"]
+FOLDER_LABELED_PER_CLASS, FOLDER_UNLABELED, FOLDER_TEST_PER_CLASS = 4, 12, 3
+TRUNCATED = os.path.join("labeled", "bus", "broken.jpg")
+NOT_AN_IMAGE = os.path.join("unlabeled", "deep", "er", "notes.png")
+
+
+def _folder_image(k: int, rng: np.random.Generator) -> Image.Image:
+    pixels = class_pattern(k, len(FOLDER_CLASSES)) + rng.normal(0, 10, (32, 32, 3))
+    return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
+
+
+def write_image_folder(root: str, bad_files: bool = True, seed: int = 0) -> str:
+    """A tiny ImageFolder: nested, mixed formats and extension cases, one truncated
+    JPEG and one text file named .png (``bad_files``), and files to be ignored."""
+    rng = np.random.default_rng(seed)
+    exts = [".png", ".JPG", ".jpeg", ".bmp"]
+
+    def save(rel: str, k: int) -> None:
+        path = os.path.join(root, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        _folder_image(k, rng).save(path, format={"jpg": "JPEG", "jpeg": "JPEG"}.get(
+            rel.rsplit(".", 1)[1].lower(), None))
+
+    for k, name in enumerate(FOLDER_CLASSES):
+        for j in range(FOLDER_LABELED_PER_CLASS):
+            sub = "sub" if j % 2 else ""  # any depth below the class folder
+            save(os.path.join("labeled", name, sub, f"{j}{exts[j % 4]}"), k)
+        for j in range(FOLDER_TEST_PER_CLASS):
+            save(os.path.join("test", name, f"t{j}.png"), k)
+    for j in range(FOLDER_UNLABELED):
+        depth = ["a", "b", "c"][: j % 4]
+        save(os.path.join("unlabeled", *depth, f"u{j}{exts[j % 4]}"), j % len(FOLDER_CLASSES))
+    with open(os.path.join(root, "unlabeled", "README.txt"), "w") as f:
+        f.write("not an image extension: ignored silently\n")
+    with open(os.path.join(root, "unlabeled", ".hidden.jpg"), "w") as f:
+        f.write("hidden: ignored silently\n")
+    if bad_files:
+        big = Image.fromarray(rng.integers(0, 255, (96, 96, 3), dtype=np.uint8))
+        big.save(os.path.join(root, TRUNCATED), format="JPEG")
+        with open(os.path.join(root, TRUNCATED), "rb") as f:
+            data = f.read()
+        with open(os.path.join(root, TRUNCATED), "wb") as f:
+            f.write(data[: len(data) // 2])
+        os.makedirs(os.path.dirname(os.path.join(root, NOT_AN_IMAGE)), exist_ok=True)
+        with open(os.path.join(root, NOT_AN_IMAGE), "w") as f:
+            f.write("this is text, not a PNG\n")
     return root

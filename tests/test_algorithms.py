@@ -10,7 +10,7 @@ import torch
 from finessl.algorithms import ALGORITHMS, build_algorithm
 from finessl.algorithms.pseudo_labeling import PseudoLabeling, PseudoLabels
 from finessl.config import get_cfg_defaults
-from test_losses import TableModel, _ce, _images
+from helpers import TableModel, ce, id_images
 
 L = math.log
 CPU = torch.device("cpu")
@@ -37,8 +37,8 @@ def _log_probs(rows):
 
 
 def _batch(x, y, u_w, u_s1, u_s2, u_idx, u_true):
-    return {"x": _images(x), "y": torch.tensor(y), "u_w": _images(u_w),
-            "u_s1": _images(u_s1), "u_s2": _images(u_s2),
+    return {"x": id_images(x), "y": torch.tensor(y), "u_w": id_images(u_w),
+            "u_s1": id_images(u_s1), "u_s2": id_images(u_s2),
             "u_idx": torch.tensor(u_idx), "u_true": torch.tensor(u_true)}
 
 
@@ -53,10 +53,10 @@ def test_fixmatch_masks_by_confidence_on_both_strong_views():
     ])
     algo = _build("fixmatch", main)
     loss, logs = algo.train_step(_batch([0], [0], [1, 2], [3, 4], [5, 6], [0, 1], [0, 2]))
-    loss_u = (_ce([1.0, 0.0, 0.0], 0) + _ce([0.5, 0.0, 0.0], 0)) / 4
+    loss_u = (ce([1.0, 0.0, 0.0], 0) + ce([0.5, 0.0, 0.0], 0)) / 4
     assert logs["pseudo/mask_rate"].item() == 0.5
     assert logs["loss/u"].item() == pytest.approx(loss_u, rel=1e-5)
-    assert loss.item() == pytest.approx(_ce([2.0, 0.0, 0.0], 0) + 3.0 * loss_u, rel=1e-5)
+    assert loss.item() == pytest.approx(ce([2.0, 0.0, 0.0], 0) + 3.0 * loss_u, rel=1e-5)
 
 
 def test_pseudolabel_learns_the_weak_views_own_hard_labels():
@@ -64,10 +64,10 @@ def test_pseudolabel_learns_the_weak_views_own_hard_labels():
                          [0.0, 0.0, 9.0], [0.0, 0.0, 9.0]])  # strong views: never used
     algo = _build("pseudolabel", main)
     loss, logs = algo.train_step(_batch([0], [0], [1, 2], [3, 3], [4, 4], [0, 1], [0, 1]))
-    loss_u = _ce([L(8.0), 0.0, 0.0], 0) / 2  # u0 kept (conf .8), u1 dropped (conf .5)
+    loss_u = ce([L(8.0), 0.0, 0.0], 0) / 2  # u0 kept (conf .8), u1 dropped (conf .5)
     assert logs["pseudo/mask_rate"].item() == 0.5
     assert logs["loss/u"].item() == pytest.approx(loss_u, rel=1e-5)
-    assert loss.item() == pytest.approx(_ce([2.0, 0.0, 0.0], 0) + 3.0 * loss_u, rel=1e-5)
+    assert loss.item() == pytest.approx(ce([2.0, 0.0, 0.0], 0) + 3.0 * loss_u, rel=1e-5)
 
 
 # ---- FlexMatch ----------------------------------------------------------------------
@@ -261,10 +261,10 @@ def test_debiaspl_debiased_pseudo_labels_and_adaptive_margin_loss():
 
     def shifted(z):
         return [zi + mi for zi, mi in zip(z, margin)]
-    loss_u = (_ce(shifted([1.0, 0.0, 0.0]), 1) + _ce(shifted([0.0, 1.0, 0.0]), 2)
-              + _ce(shifted([0.5, 0.5, 0.0]), 1) + _ce(shifted([0.0, 0.0, 1.0]), 2)) / 4
+    loss_u = (ce(shifted([1.0, 0.0, 0.0]), 1) + ce(shifted([0.0, 1.0, 0.0]), 2)
+              + ce(shifted([0.5, 0.5, 0.0]), 1) + ce(shifted([0.0, 0.0, 1.0]), 2)) / 4
     assert logs["loss/u"].item() == pytest.approx(loss_u, rel=1e-5)
-    assert loss.item() == pytest.approx(_ce([2.0, 0.0, 0.0], 0) + 3.0 * loss_u, rel=1e-5)
+    assert loss.item() == pytest.approx(ce([2.0, 0.0, 0.0], 0) + 3.0 * loss_u, rel=1e-5)
 
 
 def test_debiaspl_keeps_raw_label_without_bias():
@@ -343,11 +343,11 @@ def test_flexmatch_with_balanced_margins_and_decoupled_smoothing():
     m = [0.0, (0.5 / 1.5) * 8, 8.0]
     loss, logs = algo.train_step(_batch([0], [1], [1, 2], [3, 4], [5, 6], [3, 1], [0, 2]))
 
-    loss_x = _ce([2.0 + m[1], 0.0, 0.0 + m[1]], 1)
-    loss_x_aux = _ce([0.0, 1.0, 0.0], 1)
+    loss_x = ce([2.0 + m[1], 0.0, 0.0 + m[1]], 1)
+    loss_x_aux = ce([0.0, 1.0, 0.0], 1)
     strong = [([1.0, 0.0, 0.0], 0, 0.6), ([m[1], 1.0, m[1]], 1, 0.5),
               ([0.5, 0.0, 0.0], 0, 0.6), ([m[1], 0.0, 1.0 + m[1]], 1, 0.5)]
-    loss_u = sum(_ce(z, t) * w for z, t, w in strong) / 4
+    loss_u = sum(ce(z, t) * w for z, t, w in strong) / 4
 
     def soft_ce(z, p):
         lse = L(sum(math.exp(v) for v in z))

@@ -23,6 +23,7 @@ def test_every_paper_method_is_registered_and_unknown_names_are_refused():
         load_config(None, ["algorithm", "mymatch"])
 
 
+@pytest.mark.slow  # main.py in a subprocess
 @pytest.mark.parametrize("algorithm", TRAINED)
 def test_each_algorithm_learns_through_main(algorithm, cifar_root, tmp_path):
     out = str(tmp_path / algorithm)
@@ -34,6 +35,7 @@ def test_each_algorithm_learns_through_main(algorithm, cifar_root, tmp_path):
     assert result["last_top1"] >= 0.3, result["last_top1"]  # 10 classes: chance is 0.1
 
 
+@pytest.mark.slow  # main.py in a subprocess
 def test_zero_shot_only_evaluates(cifar_root, tmp_path):
     out = str(tmp_path / "zs")
     code, _, err = run_main(tiny_args(cifar_root, out, algorithm="zeroshot"))

@@ -14,6 +14,8 @@ from finessl.config import load_config
 
 CIFAR100_N4 = os.path.join(REPO, "configs", "peft", "cifar100_N4.yaml")
 
+pytestmark = pytest.mark.slow  # every test runs main.py in a subprocess
+
 
 def assert_user_error(rc: int, stderr: str, *needles: str, only_line: bool = False) -> str:
     """Exit 2, exactly one ``error:`` line (the last thing on stderr), no traceback.

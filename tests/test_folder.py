@@ -9,60 +9,13 @@ import os
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from yacs.config import CfgNode
 
-from fakedata import class_pattern
+from fakedata import (FOLDER_CLASSES as CLASSES, FOLDER_LABELED_PER_CLASS as LABELED_PER_CLASS,
+                      FOLDER_TEST_PER_CLASS as TEST_PER_CLASS, FOLDER_UNLABELED as UNLABELED,
+                      NOT_AN_IMAGE, TRUNCATED, write_image_folder)
 from finessl.data import datasets, folder, loaders
 from finessl.errors import UserError
-
-CLASSES = ["apple_pie", "bus", "cat"]  # folder names; class names read "apple pie", ...
-LABELED_PER_CLASS, UNLABELED, TEST_PER_CLASS = 4, 12, 3
-TRUNCATED = os.path.join("labeled", "bus", "broken.jpg")
-NOT_AN_IMAGE = os.path.join("unlabeled", "deep", "er", "notes.png")
-
-
-def _image(k: int, rng: np.random.Generator) -> Image.Image:
-    pixels = class_pattern(k, len(CLASSES)) + rng.normal(0, 10, (32, 32, 3))
-    return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
-
-
-def write_image_folder(root: str, bad_files: bool = True, seed: int = 0) -> str:
-    """A tiny ImageFolder: nested, mixed formats and extension cases, one truncated
-    JPEG and one text file named .png (``bad_files``), and files to be ignored."""
-    rng = np.random.default_rng(seed)
-    exts = [".png", ".JPG", ".jpeg", ".bmp"]
-
-    def save(rel: str, k: int) -> None:
-        path = os.path.join(root, rel)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        _image(k, rng).save(path, format={"jpg": "JPEG", "jpeg": "JPEG"}.get(
-            rel.rsplit(".", 1)[1].lower(), None))
-
-    for k, name in enumerate(CLASSES):
-        for j in range(LABELED_PER_CLASS):
-            sub = "sub" if j % 2 else ""  # any depth below the class folder
-            save(os.path.join("labeled", name, sub, f"{j}{exts[j % 4]}"), k)
-        for j in range(TEST_PER_CLASS):
-            save(os.path.join("test", name, f"t{j}.png"), k)
-    for j in range(UNLABELED):
-        depth = ["a", "b", "c"][: j % 4]
-        save(os.path.join("unlabeled", *depth, f"u{j}{exts[j % 4]}"), j % len(CLASSES))
-    with open(os.path.join(root, "unlabeled", "README.txt"), "w") as f:
-        f.write("not an image extension: ignored silently\n")
-    with open(os.path.join(root, "unlabeled", ".hidden.jpg"), "w") as f:
-        f.write("hidden: ignored silently\n")
-    if bad_files:
-        big = Image.fromarray(rng.integers(0, 255, (96, 96, 3), dtype=np.uint8))
-        big.save(os.path.join(root, TRUNCATED), format="JPEG")
-        with open(os.path.join(root, TRUNCATED), "rb") as f:
-            data = f.read()
-        with open(os.path.join(root, TRUNCATED), "wb") as f:
-            f.write(data[: len(data) // 2])
-        os.makedirs(os.path.dirname(os.path.join(root, NOT_AN_IMAGE)), exist_ok=True)
-        with open(os.path.join(root, NOT_AN_IMAGE), "w") as f:
-            f.write("this is text, not a PNG\n")
-    return root
 
 
 @pytest.fixture(scope="module")

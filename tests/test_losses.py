@@ -11,6 +11,7 @@ from finessl.algorithms import build_algorithm
 from finessl.config import get_cfg_defaults
 from finessl.losses import (add_margin, balanced_margin, learning_pace, smoothed_targets,
                             soft_cross_entropy)
+from helpers import TableModel, ce, id_images
 
 
 def test_learning_pace_counts_confident_pseudo_labels_per_class():
@@ -58,44 +59,6 @@ def test_soft_cross_entropy_by_hand():
     assert loss.item() == pytest.approx(-0.5 * math.log(0.25) - 0.5 * math.log(0.75))
 
 
-class Lookup(nn.Module):
-    """A head that returns a fixed row of logits per one-hot feature."""
-
-    def __init__(self, table):
-        super().__init__()
-        self.table = table
-        self.shift = nn.Parameter(torch.zeros(()))
-
-    def forward(self, feat):
-        return feat @ self.table + self.shift
-
-
-class TableModel(nn.Module):
-    """Fixed (main, aux) logits, looked up by the image id stored in pixel [0, 0, 0]."""
-
-    def __init__(self, main, aux):
-        super().__init__()
-        self.num_ids = main.shape[0]
-        self.head, self.aux_head = Lookup(main), Lookup(aux)
-
-    def backbone(self, images):
-        return nn.functional.one_hot(images[:, 0, 0, 0].long(), self.num_ids).float()
-
-    def forward(self, images, detach_aux=True):
-        feat = self.backbone(images)
-        return self.head(feat), self.aux_head(feat.detach() if detach_aux else feat)
-
-
-def _images(ids):
-    x = torch.zeros(len(ids), 3, 2, 2)
-    x[:, 0, 0, 0] = torch.tensor(ids, dtype=torch.float)
-    return x
-
-
-def _ce(z, t):
-    return -z[t] + math.log(sum(math.exp(v) for v in z))
-
-
 def test_finessl_step_matches_hand_computation():
     """One step of docs/method.md §3 on 3 classes, 1 labeled and 2 unlabeled images."""
     L = math.log
@@ -118,17 +81,17 @@ def test_finessl_step_matches_hand_computation():
     algo = build_algorithm(cfg, TableModel(main, aux), 3, 4, torch.device("cpu"))
     algo.selected.copy_(torch.tensor([0, 0, 1, -1]))  # pace [1, 1/2, 0] -> spread 8
     m = [0.0, (0.5 / 1.5) * 8, 8.0]
-    batch = {"x": _images([0]), "y": torch.tensor([0]), "u_w": _images([1, 2]),
-             "u_s1": _images([3, 4]), "u_s2": _images([5, 6]),
+    batch = {"x": id_images([0]), "y": torch.tensor([0]), "u_w": id_images([1, 2]),
+             "u_s1": id_images([3, 4]), "u_s2": id_images([5, 6]),
              "u_idx": torch.tensor([3, 1]), "u_true": torch.tensor([0, 2])}
     loss, logs = algo.train_step(batch)
 
-    loss_x = _ce([2.0, m[0], m[0]], 0)
-    loss_x_aux = _ce([0.0, 1.0, 0.0], 0)
+    loss_x = ce([2.0, m[0], m[0]], 0)
+    loss_x_aux = ce([0.0, 1.0, 0.0], 0)
     # pseudo-labels: u0 -> 0 (conf .8), u1 -> 1 (conf .5); weights = aux conf .6, .5
     strong = [([1.0, 0.0, 0.0], 0, 0.6), ([m[1], 1.0, m[1]], 1, 0.5),
               ([0.5, 0.0, 0.0], 0, 0.6), ([m[1], 0.0, 1.0 + m[1]], 1, 0.5)]
-    loss_u = sum(_ce(z, t) * w for z, t, w in strong) / 4
+    loss_u = sum(ce(z, t) * w for z, t, w in strong) / 4
     soft0 = [0.5, 0.25, 0.25]  # smoothed target of u0's pseudo-label 0; u1 is masked out
     def soft_ce(z, p):
         lse = math.log(sum(math.exp(v) for v in z))

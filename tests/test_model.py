@@ -139,7 +139,7 @@ def test_local_weights_file_loads_exactly(tmp_path):
 def test_zero_shot_head_reproduces_clip_image_text_logits():
     torch.manual_seed(0)
     cfg = tiny_cfg(algorithm="zeroshot")
-    model = build_model(cfg, CLASSES, torch.device("cpu"), half=False)
+    model = build_model(cfg, CLASSES, torch.device("cpu"), half=False, zero_shot=True)
     torch.manual_seed(0)  # the same random CLIP as inside build_model
     clip = load_clip(TINY_VIT, "none").eval()
     import open_clip

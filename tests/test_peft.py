@@ -11,15 +11,14 @@ import torch
 import torch.nn.functional as F
 
 import finessl.models.backbone as backbone_mod
+from benchmarks.plain_step import plain_features, plain_finessl_step
 from conftest import TINY_VIT, tiny_args
 from finessl.config import get_cfg_defaults, load_config
 from finessl.engine.trainer import Trainer
 from finessl.errors import UserError
 from finessl.models import build_model
 from finessl.models.backbone import ViTBackbone
-# test_step_equivalence puts benchmarks/ (plain_step.py) on the path
-from test_step_equivalence import _setup, _update, plain_finessl_step
-from plain_step import plain_features  # noqa: E402
+from helpers import setup_tiny_step, sgd_update
 
 CLASSES = ["cat", "dog", "frog"]
 SWITCHES = {
@@ -308,7 +307,7 @@ def test_vpt_deep_and_lora_compose_also_under_gradient_checkpointing():
 @pytest.mark.parametrize("strategy", MODULES + ["bias_tuning", "finetune"])
 def test_same_loss_and_update_as_the_plain_step(strategy):
     def setup():
-        cfg, model, algorithm, batch = _setup(strategy)
+        cfg, model, algorithm, batch = setup_tiny_step(strategy)
         perturb(model.backbone.peft)
         for module in model.backbone.peft.modules():
             if hasattr(module, "dropout"):
@@ -316,10 +315,10 @@ def test_same_loss_and_update_as_the_plain_step(strategy):
         return cfg, model, algorithm, batch
     cfg, model, algorithm, batch = setup()
     loss, _ = algorithm.train_step(batch)
-    ours = _update(model, loss)
+    ours = sgd_update(model, loss)
     cfg, model, algorithm, batch = setup()
     plain_loss = plain_finessl_step(model, algorithm.selected, batch, cfg, 5)
-    plain = _update(model, plain_loss)
+    plain = sgd_update(model, plain_loss)
     assert loss.item() == pytest.approx(plain_loss.item(), abs=1e-5)
     for a, b in zip(ours, plain):
         assert torch.allclose(a, b, atol=1e-5, rtol=0)

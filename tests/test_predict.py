@@ -10,11 +10,13 @@ import pytest
 import torch
 
 from conftest import run_main, tiny_args
+from fakedata import NOT_AN_IMAGE, TRUNCATED, write_image_folder
 from finessl.engine.predict import predict
 from finessl.errors import UserError
-from test_folder import NOT_AN_IMAGE, TRUNCATED, write_image_folder
 
 CLASSNAMES = ["apple pie", "bus", "cat"]
+
+pytestmark = pytest.mark.slow  # every test runs main.py in a subprocess
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,8 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUMMARIZE = os.path.join(REPO, "scripts", "summarize.py")
 
+pytestmark = pytest.mark.slow  # every test runs a script in a subprocess
+
 FAKE_PYTHON = f"""#!{sys.executable}
 # Stand-in for 'python main.py ARGS': records ARGS, then finishes the run folder
 # (results.json) unless the folder contains $FAKE_FAIL, where it exits 1.

@@ -26,6 +26,7 @@ def finished_run(cifar_root, tmp_path_factory):
     return out, err
 
 
+@pytest.mark.slow  # main.py in a subprocess
 def test_run_learns_well_above_chance(finished_run):
     out, err = finished_run
     state = torch.load(os.path.join(out, "checkpoint_last.pt"), weights_only=False)
@@ -36,6 +37,7 @@ def test_run_learns_well_above_chance(finished_run):
     assert last_line.startswith("best top-1") and f"last top-1 {100 * top1[-1]:.2f}%" in last_line
 
 
+@pytest.mark.slow  # main.py in a subprocess
 def test_run_folder_holds_config_split_log_and_checkpoint(finished_run):
     out, _ = finished_run
     cfg = load_config(os.path.join(out, "config.yaml"))
@@ -53,6 +55,7 @@ def test_run_folder_holds_config_split_log_and_checkpoint(finished_run):
     assert not glob.glob(os.path.join(out, ".tmp-*"))
 
 
+@pytest.mark.slow  # main.py in a subprocess
 def test_tensorboard_has_every_loss_term_and_diagnostic(finished_run):
     out, _ = finished_run
     events = EventAccumulator(os.path.join(out, "tensorboard"))
@@ -68,6 +71,7 @@ def test_tensorboard_has_every_loss_term_and_diagnostic(finished_run):
     assert "pseudo/class" in events.Tags()["histograms"]
 
 
+@pytest.mark.slow  # main.py in a subprocess
 def test_eval_only_reproduces_the_last_top1(finished_run, cifar_root):
     out, _ = finished_run
     state = torch.load(os.path.join(out, "checkpoint_last.pt"), weights_only=False)
@@ -77,6 +81,7 @@ def test_eval_only_reproduces_the_last_top1(finished_run, cifar_root):
     assert f"test top-1 {100 * state['history'][-1]['top1']:.2f}%" in err
 
 
+@pytest.mark.slow  # main.py in a subprocess
 def test_kill_mid_epoch_two_then_resume_is_bit_identical(cifar_root, tmp_path):
     settings = dict(num_epochs=3, total_steps=60, seed=5, print_freq=10)
     reference = str(tmp_path / "reference")

@@ -4,12 +4,9 @@ To add one, copy ``fixmatch.py`` to ``mymatch.py``, change its ``pseudo_label`` 
 and register it as ``@register("mymatch")``: every module of this package is
 imported here, so ``algorithm mymatch`` works with no other edit.
 """
-import importlib
-import pkgutil
-
 from finessl.algorithms.base import ALGORITHMS, Algorithm, build_algorithm, register
+from finessl.registry import import_package_modules
 
-for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")
+import_package_modules(__name__, __path__)
 
 __all__ = ["ALGORITHMS", "Algorithm", "build_algorithm", "register"]

@@ -4,18 +4,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from finessl.engine.distributed import SINGLE, Dist
+from finessl.distributed import SINGLE, Dist
+from finessl.registry import Registry
 
-ALGORITHMS: dict[str, type["Algorithm"]] = {}
-
-
-def register(name: str):
-    """Class decorator: make an algorithm buildable as ``algorithm <name>``."""
-    def wrap(cls):
-        ALGORITHMS[name] = cls
-        cls.name = name
-        return cls
-    return wrap
+ALGORITHMS = Registry("algorithm", "algorithm")
+register = ALGORITHMS.register  # class decorator: ``@register("mymatch")``
 
 
 class Algorithm:
@@ -32,6 +25,7 @@ class Algorithm:
     dist: Dist = SINGLE  # set by build_algorithm; all-gathers for multi-process runs
     uses_unlabeled = True  # False: the loop feeds labeled batches only (no ``u_*`` keys)
     trains = True  # False: nothing to train, the run only evaluates (zero-shot CLIP)
+    zero_shot_head = False  # True: the main head is CLIP's text classifier (build_model)
 
     def __init__(self, cfg, model: nn.Module, num_classes: int, num_unlabeled: int,
                  device: torch.device):
@@ -60,6 +54,6 @@ class Algorithm:
 
 def build_algorithm(cfg, model, num_classes, num_unlabeled, device,
                     dist: Dist = SINGLE) -> Algorithm:
-    algorithm = ALGORITHMS[cfg.algorithm](cfg, model, num_classes, num_unlabeled, device)
+    algorithm = ALGORITHMS.get(cfg.algorithm)(cfg, model, num_classes, num_unlabeled, device)
     algorithm.dist = dist
     return algorithm

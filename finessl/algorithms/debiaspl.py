@@ -21,6 +21,12 @@ import torch
 from finessl.algorithms.base import register
 from finessl.algorithms.fixmatch import FixMatch
 from finessl.algorithms.pseudo_labeling import PseudoLabels
+from finessl.config import declare, momentum
+
+
+# Hyperparameters, the paper's (USB's) defaults.
+declare("DEBIASPL.EMA", 0.999, "momentum of the mean-prediction EMA p_hat", check=momentum)
+declare("DEBIASPL.TAU", 0.5, "strength of the debiasing and of the adaptive margin")
 
 
 @register("debiaspl")

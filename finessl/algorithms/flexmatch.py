@@ -26,6 +26,7 @@ import torch
 from finessl.algorithms.base import register
 from finessl.algorithms.fixmatch import FixMatch
 from finessl.algorithms.pseudo_labeling import PseudoLabels
+from finessl.config import declare
 
 
 def flexible_thresholds(selected_label: torch.Tensor, num_classes: int, tau: float,
@@ -36,6 +37,10 @@ def flexible_thresholds(selected_label: torch.Tensor, num_classes: int, tau: flo
     norm = torch.maximum(sigma.max(), unused) if warmup else sigma.max()
     beta = sigma / norm.clamp(min=1.0)  # empty memory: sigma = 0 -> beta = 0
     return tau * beta / (2.0 - beta)
+
+
+# Hyperparameters, the paper's (USB's) defaults.
+declare("FLEXMATCH.WARMUP", True, "threshold warm-up: normalise by max(max_c sigma(c), #unused)")
 
 
 @register("flexmatch")

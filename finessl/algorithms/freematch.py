@@ -27,6 +27,7 @@ import torch
 from finessl.algorithms.base import register
 from finessl.algorithms.fixmatch import FixMatch
 from finessl.algorithms.pseudo_labeling import PseudoLabels
+from finessl.config import declare, momentum
 
 
 def _inverse_or_zero(x: torch.Tensor) -> torch.Tensor:
@@ -45,6 +46,11 @@ def fairness_loss(logits_s: torch.Tensor, p_model: torch.Tensor,
     mean = probs.mean(dim=0) * _inverse_or_zero(hist).detach()
     mean = mean / mean.sum()
     return (target * torch.log(mean + 1e-12)).sum()
+
+
+# Hyperparameters, the paper's (USB's) defaults.
+declare("FREEMATCH.EMA", 0.999, "momentum of the global / class-wise confidence EMAs", check=momentum)
+declare("FREEMATCH.FAIRNESS", 0.01, "weight of the self-adaptive fairness loss")
 
 
 @register("freematch")

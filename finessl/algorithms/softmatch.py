@@ -27,6 +27,13 @@ import torch
 from finessl.algorithms.base import register
 from finessl.algorithms.fixmatch import FixMatch
 from finessl.algorithms.pseudo_labeling import PseudoLabels
+from finessl.config import declare, momentum
+
+
+# Hyperparameters, the paper's (USB's) defaults.
+declare("SOFTMATCH.EMA", 0.999, "momentum of the confidence mean / variance and class-distribution EMAs", check=momentum)
+declare("SOFTMATCH.N_SIGMA", 2.0, "width of the truncated Gaussian, in standard deviations")
+declare("SOFTMATCH.ALIGN", True, "uniform alignment of the pseudo-label distribution")
 
 
 @register("softmatch")

@@ -12,6 +12,6 @@ class Supervised(Algorithm):
     uses_unlabeled = False
 
     def train_step(self, batch):
-        logits = self.model.head(self.model.backbone(batch["x"])).float()
+        logits = self.model.classify(batch["x"])
         loss = F.cross_entropy(logits, batch["y"])
         return loss, {"loss/total": loss.detach(), "loss/x": loss.detach()}

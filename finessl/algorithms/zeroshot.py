@@ -11,3 +11,4 @@ from finessl.algorithms.base import Algorithm, register
 class ZeroShot(Algorithm):
     uses_unlabeled = False
     trains = False
+    zero_shot_head = True

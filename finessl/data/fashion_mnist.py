@@ -1,4 +1,5 @@
-"""Fashion-MNIST (Xiao et al. 2017) read straight from its four IDX files.
+"""Fashion-MNIST (Xiao et al. 2017, ``DATA.NAME FashionMNIST``) read straight from its
+four IDX files.
 
 The files are looked for, gzipped or not, in DATA.DATAPATH itself (the layout of
 Debian's ``dataset-fashion-mnist``: ``/usr/share/datasets/fashion-mnist``) and in
@@ -9,6 +10,7 @@ for, so the training set takes 47 MB of memory, not three times that.
 The 28x28 grey images are repeated over three channels for CLIP, so the
 normalisation is the grey statistics of the training set repeated: mean 0.2860,
 std 0.3530 (pixel values in [0, 1]; computed over all 60000 training images).
+Unlabeled pool: the first NUM_L + NUM_U images per class.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from finessl.data.datasets import ArrayImages, RawDataset, dataset_stats
+from finessl.data.base import ArrayImages, Dataset, RawDataset, one_line, register
 from finessl.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -88,7 +90,7 @@ def _download(root: str) -> str:
     try:
         FashionMNIST(root, train=True, download=True)
     except Exception as exc:  # no network, read-only folder: both end as one UserError
-        return " ".join(f"{type(exc).__name__}: {exc}".split())
+        return one_line(exc)
     return ""
 
 
@@ -111,24 +113,28 @@ def _locate(root: str, download: bool) -> dict[tuple[str, str], str]:
     return paths
 
 
-def load_fashion_mnist(root: str, download: bool) -> RawDataset:
-    """The 60000 training and 10000 test images, in the files' order."""
-    paths = _locate(root, download)
-    arrays = {key: read_idx(path, key[1]) for key, path in paths.items()}
-    for split in ("train", "test"):
-        images, labels = arrays[(split, "images")], arrays[(split, "labels")]
-        if len(images) != len(labels) or labels.max(initial=0) >= len(CLASSNAMES):
-            raise UserError(f"{paths[(split, 'images')]} and {paths[(split, 'labels')]}: "
-                            f"{len(images)} images but {len(labels)} labels (max "
-                            f"{labels.max(initial=0)}); reinstall Fashion-MNIST")
-    mean, std = dataset_stats("FashionMNIST")
-    return RawDataset(
-        name="Fashion-MNIST",
-        train_targets=arrays[("train", "labels")].tolist(),
-        test_targets=arrays[("test", "labels")].tolist(),
-        classnames=list(CLASSNAMES),
-        mean=mean,
-        std=std,
-        train_images=GreyImages(arrays[("train", "images")]),
-        test_images=GreyImages(arrays[("test", "images")]),
-    )
+@register("FashionMNIST")
+class FashionMNIST(Dataset):
+    title = "Fashion-MNIST"
+    stats = ((0.2860,) * 3, (0.3530,) * 3)  # grey statistics, see the module docstring
+
+    def load(self, root: str, download: bool) -> RawDataset:
+        """The 60000 training and 10000 test images, in the files' order."""
+        paths = _locate(root, download)
+        arrays = {key: read_idx(path, key[1]) for key, path in paths.items()}
+        for split in ("train", "test"):
+            images, labels = arrays[(split, "images")], arrays[(split, "labels")]
+            if len(images) != len(labels) or labels.max(initial=0) >= len(CLASSNAMES):
+                raise UserError(f"{paths[(split, 'images')]} and {paths[(split, 'labels')]}: "
+                                f"{len(images)} images but {len(labels)} labels (max "
+                                f"{labels.max(initial=0)}); reinstall Fashion-MNIST")
+        return self.raw(
+            train_targets=arrays[("train", "labels")].tolist(),
+            test_targets=arrays[("test", "labels")].tolist(),
+            classnames=list(CLASSNAMES),
+            train_images=GreyImages(arrays[("train", "images")]),
+            test_images=GreyImages(arrays[("test", "images")]),
+        )
+
+    def classnames(self, root: str) -> list[str]:
+        return list(CLASSNAMES)  # fixed: no file needed

@@ -1,4 +1,4 @@
-"""Your own images as a FineSSL dataset (``DATA.NAME ImageFolder``).
+"""Your own images as a FineSSL dataset (``DATA.NAME ImageFolder``, or ``folder``).
 
 ``DATA.DATAPATH`` holds three folders::
 
@@ -26,6 +26,8 @@ files and folders (``.name``) are ignored. Bad files never stop a run:
   or a file changed during the run), is logged once and replaced by the next image
   of the same split and label (:class:`CheckedFileImages`), so labels stay right and
   batches stay the same on every rerun.
+
+Images are normalised with CLIP's own mean and std.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from collections.abc import Sequence
 
 from PIL import Image
 
-from finessl.data.datasets import FileImages, RawDataset, dataset_stats
+from finessl.data.base import FileImages, Dataset, RawDataset, one_line, register
 from finessl.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -85,7 +87,7 @@ def check_image(path: str) -> str:
                 img.draft("RGB", (img.width // 8 or 1, img.height // 8 or 1))
                 img.load()
     except Exception as e:  # PIL raises many types for bad files; all mean "skip it"
-        return " ".join(f"{type(e).__name__}: {e}".split())
+        return one_line(e)
     return ""
 
 
@@ -143,7 +145,7 @@ class CheckedFileImages(FileImages):
                 return open_rgb(self.paths[j])
             except Exception as e:  # any decoding failure: substitute, never crash
                 self._bad.add(j)
-                self._report.add(self.paths[j], " ".join(f"{type(e).__name__}: {e}".split()))
+                self._report.add(self.paths[j], one_line(e))
         raise RuntimeError(f"no readable image left with target {self.targets[i]} "
                            f"(first: {self.paths[i]})")
 
@@ -178,53 +180,57 @@ def _relative(paths: Sequence[str], root: str) -> list[str]:
     return [os.path.relpath(p, root) for p in paths]
 
 
-def load_image_folder(root: str) -> RawDataset:
-    """Scan and check the three folders under ``root``; see the module docstring."""
-    classnames_of(root)  # the layout errors, before the slow part
-    labeled_dir, test_dir = os.path.join(root, "labeled"), os.path.join(root, "test")
-    unlabeled_dir = os.path.join(root, "unlabeled")
-    if not os.path.isdir(test_dir):
-        raise UserError(f"ImageFolder: no test folder {test_dir}; every run is evaluated, "
-                        f"so put labelled test images in test/<class>/ (classes as in labeled/)")
-    classes = _class_folders(labeled_dir)
-    strangers = sorted(set(_class_folders(test_dir)) - set(classes))
-    if strangers:
-        raise UserError(f"ImageFolder: {test_dir} has class folders that {labeled_dir} lacks: "
-                        f"{', '.join(strangers)}")
-    report = UnreadableLog()
-    labeled, labels = _labelled(labeled_dir, classes, report)
-    if os.path.isdir(unlabeled_dir):
-        unlabeled = readable(list_images(unlabeled_dir), report)
-    else:
-        log.warning("ImageFolder: no %s; the unlabeled set is the labeled images only",
-                    unlabeled_dir)
-        unlabeled = []
-    test, test_labels = _labelled(test_dir, classes, report)
-    if report.paths:
-        log.warning("ImageFolder: skipped %d unreadable image file(s) under %s",
-                    len(report.paths), root)
-    for what, files in (("labeled", labeled), ("test", test)):
-        if not files:
-            raise UserError(f"ImageFolder: no readable images in {root}/{what}/<class>/ "
-                            f"(extensions: {' '.join(IMAGE_EXTENSIONS)})")
-    present = set(labels)
-    empty = [c for k, c in enumerate(classes) if k not in present]
-    if empty:
-        log.warning("ImageFolder: no labeled images for class(es) %s", ", ".join(empty))
-    train = labeled + unlabeled
-    train_targets = labels + [UNKNOWN] * len(unlabeled)
-    mean, std = dataset_stats("ImageFolder")
-    return RawDataset(
-        name="ImageFolder",
-        train_targets=train_targets,
-        test_targets=test_labels,
-        classnames=[c.replace("_", " ") for c in classes],
-        mean=mean,
-        std=std,
-        train_images=CheckedFileImages(train, train_targets),
-        test_images=CheckedFileImages(test, test_labels),
-        fixed_split=(list(range(len(labeled))), list(range(len(train)))),
-        split_meta={"root": root, "train_files": _relative(train, root),
-                    "test_files": _relative(test, root),
-                    "unreadable": _relative(report.paths, root)},
-    )
+@register("ImageFolder", "folder")
+class ImageFolder(Dataset):
+    title = "ImageFolder"  # stats: CLIP's (the default)
+
+    def load(self, root: str, download: bool) -> RawDataset:
+        """Scan and check the three folders under ``root``; see the module docstring."""
+        classnames_of(root)  # the layout errors, before the slow part
+        labeled_dir, test_dir = os.path.join(root, "labeled"), os.path.join(root, "test")
+        unlabeled_dir = os.path.join(root, "unlabeled")
+        if not os.path.isdir(test_dir):
+            raise UserError(f"ImageFolder: no test folder {test_dir}; every run is evaluated, "
+                            f"so put labelled test images in test/<class>/ (classes as in "
+                            f"labeled/)")
+        classes = _class_folders(labeled_dir)
+        strangers = sorted(set(_class_folders(test_dir)) - set(classes))
+        if strangers:
+            raise UserError(f"ImageFolder: {test_dir} has class folders that {labeled_dir} "
+                            f"lacks: {', '.join(strangers)}")
+        report = UnreadableLog()
+        labeled, labels = _labelled(labeled_dir, classes, report)
+        if os.path.isdir(unlabeled_dir):
+            unlabeled = readable(list_images(unlabeled_dir), report)
+        else:
+            log.warning("ImageFolder: no %s; the unlabeled set is the labeled images only",
+                        unlabeled_dir)
+            unlabeled = []
+        test, test_labels = _labelled(test_dir, classes, report)
+        if report.paths:
+            log.warning("ImageFolder: skipped %d unreadable image file(s) under %s",
+                        len(report.paths), root)
+        for what, files in (("labeled", labeled), ("test", test)):
+            if not files:
+                raise UserError(f"ImageFolder: no readable images in {root}/{what}/<class>/ "
+                                f"(extensions: {' '.join(IMAGE_EXTENSIONS)})")
+        present = set(labels)
+        empty = [c for k, c in enumerate(classes) if k not in present]
+        if empty:
+            log.warning("ImageFolder: no labeled images for class(es) %s", ", ".join(empty))
+        train = labeled + unlabeled
+        train_targets = labels + [UNKNOWN] * len(unlabeled)
+        return self.raw(
+            train_targets=train_targets,
+            test_targets=test_labels,
+            classnames=[c.replace("_", " ") for c in classes],
+            train_images=CheckedFileImages(train, train_targets),
+            test_images=CheckedFileImages(test, test_labels),
+            fixed_split=(list(range(len(labeled))), list(range(len(train)))),
+            split_meta={"root": root, "train_files": _relative(train, root),
+                        "test_files": _relative(test, root),
+                        "unreadable": _relative(report.paths, root)},
+        )
+
+    def classnames(self, root: str) -> list[str]:
+        return classnames_of(root)  # the folder names: no image opened

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from finessl.data.datasets import CLIP_MEAN, CLIP_STD, RawDataset, load_dataset
+from finessl.data.base import CLIP_MEAN, CLIP_STD, RawDataset
+from finessl.data.datasets import load_dataset
 from finessl.data.splits import make_split, save_split, split_hash
 from finessl.data.transforms import ViewMaker
 from finessl.errors import UserError
@@ -172,7 +173,7 @@ def _split(raw: RawDataset, data, num_classes: int) -> tuple[list[int], list[int
     with one (ImageFolder), else NUM_L/IMB_L labeled images per class and, as
     DATA.UNLABELED says (docs/method.md §2), an unlabeled pool of the first
     NUM_L + NUM_U per class (``num_u``, IMB_U) or the whole train split (``all``);
-    ``dataset`` takes the dataset's own rule (Food-101: ``all``)."""
+    ``dataset`` takes the dataset's own rule (its ``unlabeled_pool``; Food-101: ``all``)."""
     if raw.fixed_split is not None:
         log.info("%s comes split by its folders: DATA.NUM_L, NUM_U, IMB_L, IMB_U, "
                  "UNLABELED not used", raw.name)
@@ -212,7 +213,7 @@ def build_data(cfg, crop: int, output_dir: str | None) -> DataBundle:
     folders), save split.json, keep the first DATA.NUM_TEST test images (0 = all), and
     normalise with DATA.NORMALIZE's statistics; strong views cut out DATA.CUTOUT px."""
     data = cfg.DATA
-    raw = load_dataset(data.NAME, data.DATAPATH, data.DOWNLOAD)
+    raw = load_dataset(data.NAME, data.DATAPATH, data.DOWNLOAD, cfg)
     num_classes = len(raw.classnames)
     if data.NUMBER_CLASSES > 0 and data.NUMBER_CLASSES != num_classes:
         raise UserError(

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from finessl.engine.distributed import SINGLE, Dist
+from finessl.distributed import SINGLE, Dist
 from finessl.metrics import expected_calibration_error, per_class_accuracy, top1
 
 
@@ -21,7 +21,7 @@ def evaluate(model, loader, device: torch.device, precision, num_classes: int,
     confs, preds, targets = [], [], []
     for images, labels in loader:
         with precision.autocast():
-            logits = model.head(model.backbone(images.to(device, non_blocking=True)))
+            logits = model.classify(images.to(device, non_blocking=True))
         conf, pred = F.softmax(logits.float(), dim=-1).max(dim=-1)
         confs.append(conf)
         preds.append(pred)

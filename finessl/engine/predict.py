@@ -22,11 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from finessl.config import load_config
+from finessl.plugins import load_config
 from finessl.data.datasets import dataset_classnames, dataset_stats
 from finessl.data.folder import IMAGE_EXTENSIONS, UnreadableLog, list_images, open_rgb, readable
 from finessl.data.transforms import test_transform
-from finessl.engine.checkpoint import LAST, seed_everything
+from finessl.algorithms import ALGORITHMS
+from finessl.engine.checkpoint import LAST, MODEL_KEYS, read_checkpoint, seed_everything
 from finessl.engine.setup import Precision, select_device
 from finessl.errors import UserError
 from finessl.io import atomic_write_text
@@ -66,16 +67,7 @@ def _load_run(model_dir: str, cfg_file: str | None, opts: list[str]):
         raise UserError(f"predict: no {cfg_file}; --model-dir must be a run folder "
                         f"(config.yaml and {LAST}), or pass --cfg")
     cfg = load_config(cfg_file, opts)
-    path = os.path.join(model_dir, LAST)
-    if not os.path.isfile(path):
-        raise UserError(f"predict: no checkpoint {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated or foreign file
-        raise UserError(f"{path} is not a FineSSL checkpoint ({type(e).__name__})") from None
-    if not isinstance(state, dict) or not {"model", "seed"} <= state.keys():
-        raise UserError(f"{path} is not a FineSSL checkpoint (no model or seed)")
-    return cfg, state
+    return cfg, read_checkpoint(model_dir, MODEL_KEYS)
 
 
 def _classnames(cfg, state: dict, model_dir: str) -> list[str]:
@@ -84,7 +76,7 @@ def _classnames(cfg, state: dict, model_dir: str) -> list[str]:
     log.info("%s records no class names; reading them from %s (DATA.DATAPATH)",
              model_dir, cfg.DATA.DATAPATH)
     try:
-        return dataset_classnames(cfg.DATA.NAME, cfg.DATA.DATAPATH)
+        return dataset_classnames(cfg.DATA.NAME, cfg.DATA.DATAPATH, cfg)
     except UserError as e:
         raise UserError(f"predict: the checkpoint in {model_dir} records no class names, and "
                         f"DATA.DATAPATH cannot give them ({e}); pass DATA.DATAPATH PATH") from None
@@ -94,8 +86,9 @@ def _build(cfg, state: dict, classnames: list[str], model_dir: str):
     device = select_device(cfg)
     precision = Precision(cfg.prec, device)
     seed_everything(int(state["seed"]))  # a randomly initialised backbone comes out the same
-    mean, std = dataset_stats(cfg.DATA.NAME)
-    model = build_model(cfg, classnames, device, precision.fp16_params, mean, std)
+    mean, std = dataset_stats(cfg.DATA.NAME, cfg.DATA.NORMALIZE)
+    model = build_model(cfg, classnames, device, precision.fp16_params, mean, std,
+                        ALGORITHMS.get(cfg.algorithm).zero_shot_head)
     try:
         model.load_trainable_state_dict({k: v.to(device) for k, v in state["model"].items()})
     except (KeyError, RuntimeError) as e:
@@ -129,7 +122,7 @@ def predict(model_dir: str, images: str, output: str, cfg_file: str | None = Non
         if batch is None:
             continue
         with precision.autocast():
-            logits = model.head(model.backbone(batch.to(device, non_blocking=True)))
+            logits = model.classify(batch.to(device, non_blocking=True))
         confidence, label = F.softmax(logits.float(), dim=-1).max(dim=-1)
         rows += [(os.path.relpath(paths[i], images), classnames[k], c)
                  for i, k, c in zip(indices, label.tolist(), confidence.tolist())]

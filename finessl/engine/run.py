@@ -7,8 +7,8 @@ import os
 
 import torch
 
-from finessl.engine.checkpoint import saved_seed
-from finessl.engine.distributed import Dist, init_distributed
+from finessl.engine.checkpoint import MODEL_KEYS, RESUME_KEYS, read_checkpoint
+from finessl.distributed import Dist, init_distributed
 from finessl.engine.setup import draw_seed, prepare_run_dir, save_run_config, select_device
 from finessl.engine.trainer import Trainer
 from finessl.errors import UserError
@@ -53,9 +53,10 @@ def _train(cfg, dist: Dist) -> dict:
     seed = dist.broadcast(draw_seed(cfg))
     run_dir = _rank0_run_dir(cfg, seed, dist)
     setup_logging(run_dir if dist.is_main else None, quiet=not dist.is_main)
-    if cfg.resume:
-        trainer = Trainer(cfg, run_dir, saved_seed(run_dir), write_split=False, dist=dist)
-        trainer.load(run_dir)
+    if cfg.resume:  # the checkpoint is read once; the trainer is rebuilt under its seed
+        state = read_checkpoint(run_dir, RESUME_KEYS)
+        trainer = Trainer(cfg, run_dir, int(state["seed"]), write_split=False, dist=dist)
+        trainer.load_state(state, run_dir)
     else:
         log.info("run folder %s (seed %d, %d process%s)", run_dir, seed, dist.world,
                  "es" if dist.enabled else "")
@@ -74,8 +75,9 @@ def _train(cfg, dist: Dist) -> dict:
 def evaluate(cfg) -> dict:
     """``eval_only True model_dir DIR``: test top-1 of a saved run."""
     setup_logging()
-    trainer = Trainer(cfg, None, saved_seed(cfg.model_dir), write_split=False)
-    trainer.load(cfg.model_dir, full=False)
+    state = read_checkpoint(cfg.model_dir, MODEL_KEYS)
+    trainer = Trainer(cfg, None, int(state["seed"]), write_split=False)
+    trainer.load_state(state, cfg.model_dir, full=False)
     result = trainer.evaluate()
     log.info("test top-1 %.2f%%  ECE %.4f  (%s)", 100 * result["top1"], result["ece"],
              cfg.model_dir)

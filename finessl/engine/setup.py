@@ -9,7 +9,7 @@ import secrets
 import torch
 
 from finessl.engine.checkpoint import LAST
-from finessl.engine.distributed import SINGLE, Dist
+from finessl.distributed import SINGLE, Dist
 from finessl.io import atomic_write_text
 from finessl.errors import UserError
 

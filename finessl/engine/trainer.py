@@ -10,15 +10,17 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from finessl.algorithms import build_algorithm
+from finessl.algorithms import ALGORITHMS, build_algorithm
 from finessl.data import build_data, build_test_loader, build_train_loaders
-from finessl.engine.distributed import SINGLE, Dist
-from finessl.engine.checkpoint import LAST, rng_state, seed_everything, set_rng_state
-from finessl.io import atomic_save
+from finessl.distributed import SINGLE, Dist
+from finessl.engine.checkpoint import (LAST, MODEL_KEYS, RESUME_KEYS, read_checkpoint,
+                                       rng_state, seed_everything, set_rng_state,
+                                       write_checkpoint)
 from finessl.engine.setup import Precision, select_device
 from finessl.errors import UserError
 from finessl.logs import PROGRESS
 from finessl.engine.evaluate import evaluate
+from finessl.engine.optim import build_optimizer
 from finessl.metrics import distribution_entropy, top1
 from finessl.models import build_model
 from finessl.models.model import input_size
@@ -57,15 +59,13 @@ class Trainer:
         self.data = build_data(cfg, input_size(cfg),
                                run_dir if write_split and dist.is_main else None)
         self.model = build_model(cfg, self.data.classnames, self.device,
-                                 self.precision.fp16_params, self.data.mean, self.data.std)
+                                 self.precision.fp16_params, self.data.mean, self.data.std,
+                                 ALGORITHMS.get(cfg.algorithm).zero_shot_head)
         self.algorithm = build_algorithm(cfg, self.model, self.data.num_classes,
                                          len(self.data.unlabeled), self.device, dist)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if self.algorithm.trains:
-            self.optim = torch.optim.SGD(self.params, lr=cfg.lr, momentum=cfg.momentum,
-                                         weight_decay=cfg.weight_decay)
-            self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.optim,
-                                                                    float(cfg.num_epochs))
+            self.optim, self.sched = build_optimizer(cfg, self.params)
         self.start_epoch, self.global_step = 0, 0
         self.history: list[dict] = []
         self._test_loader = None
@@ -92,19 +92,20 @@ class Trainer:
             "rng": rng_state(), "history": self.history, "config": self.cfg.dump(),
             "classnames": self.data.classnames,
         }
-        atomic_save(state, os.path.join(self.run_dir, LAST))
-        freq = self.cfg.checkpoint_freq
-        if freq > 0 and epoch % freq == 0:
-            atomic_save(state, os.path.join(self.run_dir, f"checkpoint_epoch{epoch}.pt"))
+        write_checkpoint(state, self.run_dir, epoch, self.cfg.checkpoint_freq)
 
     def load(self, run_dir: str, full: bool = True) -> None:
+        """Restore the run saved in ``run_dir``: everything (``full``, a resume) or the
+        trained parameters only (evaluation)."""
+        keys = RESUME_KEYS if full else MODEL_KEYS
+        self.load_state(read_checkpoint(run_dir, keys, self.device), run_dir, full)
+
+    def load_state(self, state: dict, run_dir: str, full: bool = True) -> None:
+        """Restore a state :func:`read_checkpoint` returned (read once per resume)."""
         path = os.path.join(run_dir, LAST)
-        if not os.path.isfile(path):
-            raise UserError(f"no checkpoint {path}")
         try:
-            state = torch.load(path, map_location=self.device, weights_only=False)
             self.model.load_trainable_state_dict(state["model"])
-        except (KeyError, RuntimeError, EOFError) as e:
+        except (KeyError, RuntimeError) as e:
             raise UserError(f"{path} does not fit this config ({str(e)[:160]}); "
                             f"use the config the run was trained with") from None
         if not full:

@@ -21,8 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from finessl.config import BACKBONE_ALIASES
 from finessl.errors import UserError
+from finessl.models.tower import ImageTower
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,10 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIP's own input normalisat
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 OPENAI_INT_KEYS = ("input_resolution", "context_length", "vocab_size")
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+# The backbone names of OpenAI's CLIP release, mapped to open_clip's QuickGELU
+# architectures (OpenAI trained with QuickGELU, docs/method.md §1).
+BACKBONE_ALIASES = {"ViT-B/16": "ViT-B-16-quickgelu", "ViT-B/32": "ViT-B-32-quickgelu",
+                    "ViT-L/14": "ViT-L-14-quickgelu", "ViT-L/14@336px": "ViT-L-14-336-quickgelu"}
 
 
 def resolve_model_name(backbone: str) -> str:
@@ -282,7 +286,7 @@ class BlockwisePeft(PeftModule):
         return str(i) in self.blocks
 
 
-class ViTBackbone(nn.Module):
+class ViTBackbone(ImageTower):
     """Frozen CLIP ViT image tower returning the pre-projection CLS feature.
 
     Feature = ``ln_post`` of the class token after the last block, *before* the
@@ -291,13 +295,11 @@ class ViTBackbone(nn.Module):
 
     def __init__(self, visual: nn.Module, peft: list[PeftModule] | None = None,
                  mean=OPENAI_MEAN, std=OPENAI_STD):
-        super().__init__()
         if not hasattr(visual, "transformer") or getattr(visual, "attn_pool", None) is not None \
                 or getattr(visual, "pool_type", "tok") != "tok":
             raise UserError("backbone: only CLIP ViT image towers with class-token pooling "
                             "are supported")
-        self.visual = visual
-        self.visual.requires_grad_(False)
+        super().__init__(visual, mean, std)
         self.peft = nn.ModuleList(peft or [])
         self.width = self.feat_dim = visual.transformer.width
         self.proj = visual.proj  # pre-projection feature -> CLIP's joint space
@@ -305,9 +307,20 @@ class ViTBackbone(nn.Module):
         self.patch_size = tuple(visual.conv1.kernel_size)
         self.image_size = tuple(visual.image_size)
         self.grad_checkpointing = False
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255)
         self.plan_hooks()
+
+    def weight_scope(self, partial: int | None) -> list[tuple[str, nn.Parameter]]:
+        """Every weight that computes the feature: all but ``proj``, which maps it into
+        CLIP's joint space and is read only by text init and zero-shot; with
+        ``partial K`` the last K blocks and ``ln_post``, the final LayerNorm above them."""
+        visual = self.visual
+        if partial is None:
+            return [(n, p) for n, p in visual.named_parameters() if n != "proj"]
+        blocks = visual.transformer.resblocks
+        scope = [(f"transformer.resblocks.{i}.{n}", p)
+                 for i in range(len(blocks) - partial, len(blocks))
+                 for n, p in blocks[i].named_parameters()]
+        return scope + [(f"ln_post.{n}", p) for n, p in visual.ln_post.named_parameters()]
 
     def plan_hooks(self) -> None:
         """Which PEFT module is called where, worked out once (call again after
@@ -322,13 +335,6 @@ class ViTBackbone(nn.Module):
             hooks = {name: tuple(m for m in active if m.overrides(name))
                      for name in IN_BLOCK_HOOKS}
             self._block_hooks.append((BlockHooks(i, **hooks),) if any(hooks.values()) else ())
-
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 images (as the loaders send them) -> normalised floats, on the device;
-        float images are taken as already normalised."""
-        if images.dtype != torch.uint8:
-            return images
-        return (images.float() - self.mean) / self.std
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Exact CLIP math, minus the outputs nobody reads: the last block computes the

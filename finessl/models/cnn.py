@@ -26,32 +26,21 @@ from open_clip.modified_resnet import ModifiedResNet
 from finessl.errors import UserError
 from finessl.models.backbone import OPENAI_MEAN, OPENAI_STD
 from finessl.models.cnn_weights import TIMM_ALIASES, load_timm
+from finessl.models.families import (BACKBONES, BackboneFamily, OpenClipFamily,
+                                     check_supported, open_clip_vision_cfg)
+from finessl.models.methods import CNN_FAMILIES, WeightStrategy, peft_method
+from finessl.models.peft_ssf import scale_shift_convs
+from finessl.models.tower import ImageTower, train_tower_weights
 
-__all__ = ["TIMM_ALIASES", "load_timm", "CNNBackbone", "ConvSSF", "build_cnn_backbone"]
+__all__ = ["TIMM_ALIASES", "load_timm", "CNNBackbone", "build_cnn_backbone"]
 
 log = logging.getLogger(__name__)
 
-VIT_ONLY = ("vpt_deep", "vpt_shallow", "lora", "adapter", "adaptformer", "partial")
 
 
-class ConvSSF(nn.Module):
-    """SSF (Lian et al., NeurIPS 2022) on one conv: ``y = scale * conv(x) + shift``
-    per output channel, scale ~ N(1, 0.02), shift ~ N(0, 0.02) (docs/method.md §1).
-
-    Applied as a forward hook of the conv, so the tower's modules and key names stay
-    untouched; the hook is a bound method, so ``copy.deepcopy`` of the backbone hooks
-    the copy's convs to the copy's parameters.
-    """
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.scale = nn.Parameter(torch.empty(channels).normal_(1.0, 0.02))
-        self.shift = nn.Parameter(torch.empty(channels).normal_(0.0, 0.02))
-
-    def hook(self, conv: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
-        shape = (1, -1) + (1,) * (output.dim() - 2)
-        return (output * self.scale.to(output.dtype).view(shape)
-                + self.shift.to(output.dtype).view(shape))
+@peft_method("bn_tuning", "CNN backbones: BatchNorm affine parameters trainable", CNN_FAMILIES)
+class BatchNormTuning(WeightStrategy):
+    """The affine weight and bias of every BatchNorm layer (:class:`CNNBackbone`)."""
 
 
 _BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
@@ -62,7 +51,7 @@ def _batchnorms(module: nn.Module) -> list[nn.Module]:
     return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
-class CNNBackbone(nn.Module):
+class CNNBackbone(ImageTower):
     """A CNN image tower returning its pooled feature (B, ``feat_dim``), float32.
 
     timm models (built with ``num_classes=0``) give the globally pooled feature; CLIP
@@ -74,22 +63,17 @@ class CNNBackbone(nn.Module):
                  image_size: tuple[int, int] = (224, 224), bn_tuning: bool = False,
                  bias_tuning: bool = False, ssf: bool = False, finetune: bool = False,
                  bn_batch_stats: bool | None = None, channels_last: bool = True):
-        super().__init__()
+        super().__init__(visual, mean, std)
         # NHWC weights and activations: oneDNN's (and cuDNN's) fast convolution layout;
         # the demo's training step runs about 2x faster on CPU (benchmarks/cnn_step.py).
         # ``.to(device)``, ``.half()`` and checkpoint loading all keep the layout.
-        self.visual = visual
         self.set_channels_last(channels_last)
-        self.visual.requires_grad_(False)
         self.feat_dim = cnn_feat_dim(visual)
         self.proj = None  # features are used as is (see the class docstring)
         self.image_size = tuple(image_size)
         self.finetune = finetune
         self.bn_batch_stats = finetune if bn_batch_stats is None else bn_batch_stats
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255)
-        if finetune:
-            visual.requires_grad_(True)
+        train_tower_weights(self, bias_tuning, finetune)
         if bn_tuning:
             norms = _batchnorms(visual)
             if not norms:
@@ -98,14 +82,7 @@ class CNNBackbone(nn.Module):
                 for p in (m.weight, m.bias):
                     if p is not None:
                         p.requires_grad_(True)
-        if bias_tuning:
-            for name, p in visual.named_parameters():
-                if name.rsplit(".", 1)[-1] == "bias":
-                    p.requires_grad_(True)
-        convs = [m for m in visual.modules() if isinstance(m, nn.Conv2d)] if ssf else []
-        self.ssf = nn.ModuleList(ConvSSF(conv.out_channels) for conv in convs)
-        for conv, module in zip(convs, self.ssf):
-            conv.register_forward_hook(module.hook)
+        self.ssf = scale_shift_convs(visual) if ssf else nn.ModuleList()
         self._grad_checkpointing = False
         self.train(self.training)
 
@@ -147,12 +124,9 @@ class CNNBackbone(nn.Module):
         return {n: b for n, b in self.named_buffers()
                 if n.startswith("visual.") and n.rsplit(".", 1)[-1] in _BN_STATS}
 
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 images (as the loaders send them) -> normalised floats, on the device;
-        float images are taken as already normalised (as ``ViTBackbone.normalize``)."""
-        if images.dtype != torch.uint8:
-            return images
-        return (images.float() - self.mean) / self.std
+    def weight_scope(self, partial: int | None) -> list[tuple[str, nn.Parameter]]:
+        """Every weight of the tower (a CNN has no ``partial``)."""
+        return list(self.visual.named_parameters())
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         dtype = next(self.visual.parameters()).dtype  # fp16 towers under prec fp16
@@ -174,10 +148,10 @@ def build_cnn_backbone(cfg, visual: nn.Module, mean, std) -> CNNBackbone:
 
     ``mean`` / ``std`` are the dataset's, as for ViTs (also for ImageNet CNNs).
     """
-    for key in VIT_ONLY:
-        if getattr(cfg, key, None) not in (None, False):
-            raise UserError(f"{key}: a ViT-only strategy; {cfg.backbone} is a CNN "
-                            f"(use bn_tuning, bias_tuning, ssf or finetune)")
+    check_supported(cfg, ClipResNet if isinstance(visual, ModifiedResNet) else TimmCNN)
+    if cfg.partial is not None:
+        raise UserError(f"partial: a ViT-only strategy (the last K blocks); {cfg.backbone} "
+                        f"is a CNN")
     if isinstance(visual, ModifiedResNet):
         size = visual.image_size
         if cfg.input_size and cfg.input_size != size:
@@ -193,3 +167,43 @@ def build_cnn_backbone(cfg, visual: nn.Module, mean, std) -> CNNBackbone:
     log.info("CNN %s: %s, %d trainable backbone parameters", cfg.backbone,
              " + ".join(chosen) or "linear probe", n_train)
     return backbone
+
+
+@BACKBONES.register("clip_resnet")
+class ClipResNet(OpenClipFamily):
+    """open_clip's CLIP ResNets (``RN50``, ...): a CNN tower with CLIP's text tower."""
+
+    label, priority = "CNN", 20
+
+    @classmethod
+    def claims(cls, backbone):
+        if TimmCNN.claims(backbone):
+            return False
+        return isinstance(open_clip_vision_cfg(backbone).get("layers"), (list, tuple))
+
+    @classmethod
+    def input_size(cls, cfg):  # a size that differs is refused by build_cnn_backbone
+        return cfg.input_size or cls.native_size(cfg)
+
+    @classmethod
+    def build(cls, cfg, visual, mean, std):
+        return build_cnn_backbone(cfg, visual, mean, std)
+
+
+@BACKBONES.register("timm_cnn")
+class TimmCNN(BackboneFamily):
+    """timm CNNs (``timm:<model>``, ``efficientnet_lite0``), weights from local files."""
+
+    label, priority = "CNN", 10
+
+    @classmethod
+    def claims(cls, backbone):
+        return backbone.startswith("timm:") or backbone in TIMM_ALIASES
+
+    @classmethod
+    def load(cls, cfg, half):
+        return load_timm(cfg.backbone, cfg.pretrained, cfg.cache_dir), None
+
+    @classmethod
+    def build(cls, cfg, visual, mean, std):
+        return build_cnn_backbone(cfg, visual, mean, std)

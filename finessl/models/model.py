@@ -8,7 +8,8 @@ import torch
 import torch.nn as nn
 
 from finessl.errors import UserError
-from finessl.models.backbone import OPENAI_MEAN, OPENAI_STD, load_clip, resolve_model_name
+from finessl.models.backbone import OPENAI_MEAN, OPENAI_STD, resolve_model_name
+from finessl.models.families import family_of
 from finessl.models.heads import CosineHead, ZeroShotHead, class_text_embeddings, text_init_weight
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,11 @@ class FineSSLModel(nn.Module):
         aux_in = feat.detach() if detach_aux else feat
         return self.head(feat).float(), self.aux_head(aux_in).float()
 
+    def classify(self, images: torch.Tensor) -> torch.Tensor:
+        """The main head's logits (float): what evaluation, prediction and a
+        main-head-only loss use (docs/method.md §3: inference uses f, not f_aux)."""
+        return self.head(self.backbone(images)).float()
+
     def _trained_buffers(self) -> dict[str, torch.Tensor]:
         """Buffers training changes (a fine-tuned CNN's BatchNorm statistics)."""
         trained = getattr(self.backbone, "trained_buffers", dict)()
@@ -61,28 +67,13 @@ class FineSSLModel(nn.Module):
                 targets[n].copy_(v)
 
 
-def is_timm_name(backbone: str) -> bool:
-    """timm CNNs are named ``timm:<model>`` (or an alias such as ``efficientnet_lite0``)."""
-    from finessl.models.cnn import TIMM_ALIASES
-    return backbone.startswith("timm:") or backbone in TIMM_ALIASES
-
-
 def input_size(cfg) -> int:
     """Side of the views: ``input_size``, else the model's own (CLIP config; 224 for timm)."""
-    if is_timm_name(cfg.backbone):
-        return cfg.input_size or 224
-    model_cfg = open_clip.get_model_config(resolve_model_name(cfg.backbone))
-    size = model_cfg["vision_cfg"]["image_size"]
-    size = size if isinstance(size, int) else size[0]
-    is_vit = "layers" not in model_cfg["vision_cfg"] or isinstance(
-        model_cfg["vision_cfg"]["layers"], int)
-    if cfg.input_size and cfg.input_size != size and is_vit:
-        raise UserError(f"input_size: {cfg.backbone} takes {size} px inputs, got {cfg.input_size}")
-    return cfg.input_size or size
+    return family_of(cfg.backbone).input_size(cfg)
 
 
 def build_model(cfg, classnames: list[str], device: torch.device, half: bool,
-                mean=OPENAI_MEAN, std=OPENAI_STD) -> FineSSLModel:
+                mean=OPENAI_MEAN, std=OPENAI_STD, zero_shot: bool = False) -> FineSSLModel:
     """Frozen image tower + fine-tuning strategy + cosine heads on ``device``; uint8
     inputs are normalised with the dataset's ``mean`` / ``std``.
 
@@ -92,31 +83,24 @@ def build_model(cfg, classnames: list[str], device: torch.device, half: bool,
     both heads with their logit scales, tuned tower weights) is an fp16 parameter. A
     CNN tower is halved whole and stays frozen.
 
-    CLIP ViTs go through :func:`~finessl.models.peft.build_vit_backbone`, CNNs (CLIP
-    ResNets, timm models) through :func:`~finessl.models.cnn.build_cnn_backbone`; both
-    return a module mapping images to a ``feat_dim`` feature, with ``proj`` the matrix
-    into CLIP's joint space when there is one (text init, zero-shot).
+    The backbone's family (:func:`~finessl.models.families.family_of`: open_clip ViT,
+    CLIP ResNet, timm CNN) loads the tower and wraps it with the strategies switched on,
+    into an :class:`~finessl.models.tower.ImageTower` mapping images to a ``feat_dim``
+    feature, with ``proj`` the matrix into CLIP's joint space when there is one (text
+    init, zero-shot).
+
+    ``zero_shot``: the main head is CLIP's text classifier (an algorithm that asks for
+    it says so, ``Algorithm.zero_shot_head``), not a trained cosine head.
     """
-    from finessl.models.cnn import build_cnn_backbone, load_timm
-    from finessl.models.peft import build_vit_backbone
-    clip_model = None
-    if is_timm_name(cfg.backbone):
-        visual = load_timm(cfg.backbone, cfg.pretrained, cfg.cache_dir)
-    else:
-        clip_model = load_clip(cfg.backbone, cfg.pretrained, cfg.cache_dir,
-                               "fp16" if half else "fp32")
-        clip_model.requires_grad_(False).eval()
-        visual = clip_model.visual
+    family = family_of(cfg.backbone)
+    visual, clip_model = family.load(cfg, half)
     visual.requires_grad_(False)
-    if hasattr(visual, "transformer"):
-        backbone = build_vit_backbone(cfg, visual, mean, std)
-    else:
-        backbone = build_cnn_backbone(cfg, visual, mean, std)
+    backbone = family.build(cfg, visual, mean, std)
     text = weight = None
-    if not cfg.rand_init or cfg.algorithm == "zeroshot":
+    if not cfg.rand_init or zero_shot:
         if clip_model is None:
-            raise UserError(f"rand_init False and algorithm zeroshot need a CLIP backbone with "
-                            f"a text tower; {cfg.backbone} has none")
+            raise UserError(f"rand_init False and algorithm {cfg.algorithm} need a CLIP "
+                            f"backbone with a text tower; {cfg.backbone} has none")
         tokenizer = open_clip.get_tokenizer(resolve_model_name(cfg.backbone))
         text = class_text_embeddings(clip_model, tokenizer, classnames, cfg.template)
         weight = None if cfg.rand_init else text_init_weight(text, backbone.proj)
@@ -126,7 +110,7 @@ def build_model(cfg, classnames: list[str], device: torch.device, half: bool,
                             f"included, so none of its weights can be trained (bias_tuning, "
                             f"bn_tuning, finetune); use prec amp")
         visual.half()
-    if cfg.algorithm == "zeroshot":
+    if zero_shot:
         head = ZeroShotHead(backbone.proj, text, clip_model.logit_scale.exp().item())
     else:
         head = CosineHead(backbone.feat_dim, len(classnames), weight)

@@ -17,26 +17,28 @@ import torch.nn as nn
 
 from finessl.errors import UserError
 from finessl.models.backbone import PeftModule, ViTBackbone
+from finessl.models.families import BACKBONES, OpenClipFamily, check_supported
+from finessl.models.methods import (ALL_FAMILIES, PEFT_METHODS, WeightStrategy, peft_method,
+                                    switched_on)
 from finessl.models.peft_adapter import AdaptFormer, Adapter
 from finessl.models.peft_lora import LoRA
 from finessl.models.peft_ssf import SSF
 from finessl.models.peft_vpt import VisualPrompts
+from finessl.models.tower import train_tower_weights
 
-__all__ = ["PEFT_MODULES", "VisualPrompts", "LoRA", "Adapter", "AdaptFormer", "SSF",
-           "build_peft", "unfreeze", "build_vit_backbone"]
+__all__ = ["PEFT_METHODS", "VisualPrompts", "LoRA", "Adapter", "AdaptFormer", "SSF",
+           "build_peft", "build_vit_backbone"]
 
-# Config switch -> builder(cfg, visual, first block). Built, and so called in each
-# hook, in this order, the released one (docs/method.md §1): SSF scales the plain
-# in-projection before LoRA adds its update (steps 3-4); the Adapter acts on the MLP
-# output before AdaptFormer's branch is added (steps 10-11).
-PEFT_MODULES = {
-    "vpt_deep": lambda cfg, visual, first: VisualPrompts.from_config(cfg, visual, first, True),
-    "vpt_shallow": lambda cfg, visual, first: VisualPrompts.from_config(cfg, visual, first, False),
-    "ssf": SSF.from_config,
-    "lora": LoRA.from_config,
-    "adapter": Adapter.from_config,
-    "adaptformer": AdaptFormer.from_config,
-}
+@peft_method("bias_tuning", "BitFit: all backbone biases trainable", ALL_FAMILIES)
+class BitFit(WeightStrategy):
+    """BitFit (Ben Zaken et al., ACL 2022): every bias of the tower
+    (:func:`~finessl.models.tower.train_tower_weights`)."""
+
+
+@peft_method("finetune", "full fine-tuning: every backbone weight trainable", ALL_FAMILIES)
+class FullFineTuning(WeightStrategy):
+    """Every weight that computes the feature
+    (:func:`~finessl.models.tower.train_tower_weights`)."""
 
 
 def first_tuned_block(cfg, num_blocks: int) -> int:
@@ -49,36 +51,43 @@ def first_tuned_block(cfg, num_blocks: int) -> int:
 
 
 def build_peft(cfg, visual: nn.Module) -> list[PeftModule]:
-    """The PEFT modules the config switches on."""
+    """The PEFT modules the config switches on, in the released order of their hooks
+    (docs/method.md §1): SSF scales the plain in-projection before LoRA adds its update
+    (steps 3-4); the Adapter acts on the MLP output before AdaptFormer's branch is
+    added (steps 10-11)."""
     first = first_tuned_block(cfg, len(visual.transformer.resblocks))
-    return [build(cfg, visual, first) for key, build in PEFT_MODULES.items() if cfg[key]]
-
-
-def unfreeze(cfg, visual: nn.Module) -> None:
-    """BitFit (Ben Zaken et al., ACL 2022): every bias term, LayerNorm biases included
-    as in the paper; full fine-tuning: every weight that computes the feature (all but
-    ``proj``, which maps the feature into CLIP's joint space and is read only by text
-    init and zero-shot). With ``partial K``: the last K blocks and ``ln_post`` only."""
-    if not (cfg.bias_tuning or cfg.finetune):
-        return
-    blocks = visual.transformer.resblocks
-    first = first_tuned_block(cfg, len(blocks))
-    if cfg.partial is None:
-        params = [(n, p) for n, p in visual.named_parameters() if n != "proj"]
-    else:
-        params = [(n, p) for i in range(first, len(blocks)) for n, p in blocks[i].named_parameters()]
-        params += list(visual.ln_post.named_parameters())
-    for name, p in params:
-        if cfg.finetune or name.endswith("bias"):
-            p.requires_grad_(True)
+    return [cls.from_config(cfg, visual, first) for cls in switched_on(cfg)
+            if issubclass(cls, PeftModule)]
 
 
 def build_vit_backbone(cfg, visual: nn.Module, mean, std) -> ViTBackbone:
     """CLIP ViT image tower (frozen) with the fine-tuning strategy ``cfg`` asks for."""
-    if cfg.bn_tuning:
-        raise UserError(f"bn_tuning: {cfg.backbone} is a ViT, it has no BatchNorm layers "
-                        f"(use bias_tuning, ssf, lora, ...)")
+    check_supported(cfg, ClipViT)
     backbone = ViTBackbone(visual, build_peft(cfg, visual), mean, std)
-    unfreeze(cfg, visual)
+    first_tuned_block(cfg, backbone.num_blocks)  # a partial K beyond the blocks: an error
+    train_tower_weights(backbone, cfg.bias_tuning, cfg.finetune, cfg.partial)
     backbone.grad_checkpointing = cfg.grad_checkpointing
     return backbone
+
+
+@BACKBONES.register("clip_vit")
+class ClipViT(OpenClipFamily):
+    """open_clip ViTs: any open_clip name no other family claims (asked last)."""
+
+    label, priority = "ViT", 90
+
+    @classmethod
+    def claims(cls, backbone):
+        return True
+
+    @classmethod
+    def input_size(cls, cfg):
+        size = cls.native_size(cfg)
+        if cfg.input_size and cfg.input_size != size:
+            raise UserError(f"input_size: {cfg.backbone} takes {size} px inputs, got "
+                            f"{cfg.input_size}")
+        return size
+
+    @classmethod
+    def build(cls, cfg, visual, mean, std):
+        return build_vit_backbone(cfg, visual, mean, std)

@@ -8,7 +8,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from finessl.config import declare, positive
 from finessl.models.backbone import BlockwisePeft
+from finessl.models.methods import VIT_FAMILIES, peft_method
+
+declare("adapter_dim", 8, "adapter bottleneck width", check=positive)
+declare("ffn_num", 64, "AdaptFormer bottleneck width", check=positive)
+declare("ln_opt", "in", "AdaptFormer LayerNorm: 'in' before the down-projection (released "
+        "default), 'out' after the scaling, 'none'", choices=("in", "out", "none"))
+declare("ffn_opt", "parallel", "AdaptFormer branch: 'parallel' beside the MLP (input: the "
+        "block's residual stream), 'sequential' after it (input: the MLP output)",
+        choices=("parallel", "sequential"))
 
 
 def layer_norm_fp32(ln: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
@@ -49,6 +59,7 @@ class Bottleneck(nn.Module):
         return layer_norm_fp32(self.ln, out) if self.ln_out else out
 
 
+@peft_method("adapter", "bottleneck adapter after each MLP", VIT_FAMILIES, order=30)
 class Adapter(BlockwisePeft):
     """Adapter after each MLP: h + 0.1 * up(ReLU(down(LN(h)))), with h the MLP branch's
     output (bottleneck ``adapter_dim``)."""
@@ -65,6 +76,8 @@ class Adapter(BlockwisePeft):
         return h + self.blocks[str(i)](h)
 
 
+@peft_method("adaptformer", "AdaptFormer: parallel bottleneck branch beside each MLP", VIT_FAMILIES,
+             order=40)
 class AdaptFormer(BlockwisePeft):
     """AdaptFormer's branch a = 0.1 * up(dropout(ReLU(down(LN(.))))) (bottleneck
     ``ffn_num``, dropout 0.1, LayerNorm placed by ``ln_opt``), added to the MLP branch.

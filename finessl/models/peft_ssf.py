@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 
 from finessl.models.backbone import BlockwisePeft
+from finessl.models.methods import ALL_FAMILIES, peft_method
 
 
 class ScaleShift(nn.Module):
@@ -17,14 +18,34 @@ class ScaleShift(nn.Module):
         self.shift = nn.Parameter(torch.empty(dim).normal_(0.0, 0.02))
 
     def forward(self, h: torch.Tensor, start: int = 0) -> torch.Tensor:
-        """Channels ``start : start + h.shape[-1]`` of this layer's output."""
+        """Channels ``start : start + h.shape[-1]`` of this layer's output (channels last)."""
         end = start + h.shape[-1]
         return h * self.scale[start:end].to(h.dtype) + self.shift[start:end].to(h.dtype)
 
+    def hook(self, conv: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
+        """As a forward hook of a conv: its output, channels on dim 1. A bound method,
+        so ``copy.deepcopy`` of a tower hooks the copy's convs to the copy's parameters."""
+        shape = (1, -1) + (1,) * (output.dim() - 2)
+        return (output * self.scale.to(output.dtype).view(shape)
+                + self.shift.to(output.dtype).view(shape))
 
+
+def scale_shift_convs(visual: nn.Module) -> nn.ModuleList:
+    """SSF on a CNN: a :class:`ScaleShift` after every conv of ``visual``, applied as a
+    forward hook, so the tower's modules and key names stay untouched."""
+    convs = [m for m in visual.modules() if isinstance(m, nn.Conv2d)]
+    modules = nn.ModuleList(ScaleShift(conv.out_channels) for conv in convs)
+    for conv, module in zip(convs, modules):
+        conv.register_forward_hook(module.hook)
+    return modules
+
+
+@peft_method("ssf", "SSF: learnable per-channel scale and shift (ViT: after qkv, out-proj, fc1, "
+             "fc2; CNN: after convs)", ALL_FAMILIES, order=10)
 class SSF(BlockwisePeft):
-    """Scale and shift after the attention in-projection (q, k, v: 3 x width
-    channels), the attention out-projection, and the MLP's fc1 and fc2."""
+    """SSF on a ViT: scale and shift after the attention in-projection (q, k, v: 3 x
+    width channels), the attention out-projection, and the MLP's fc1 and fc2. On a CNN
+    the tower places them after its convs (:func:`scale_shift_convs`)."""
 
     def __init__(self, blocks, width: int, mlp_width: int):
         super().__init__({i: nn.ModuleDict({

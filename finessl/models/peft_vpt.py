@@ -6,7 +6,11 @@ import math
 import torch
 import torch.nn as nn
 
+from finessl.config import declare, positive
 from finessl.models.backbone import PeftModule
+from finessl.models.methods import VIT_FAMILIES, peft_method
+
+declare("vpt_len", 50, "prompt tokens per block", check=positive)
 
 
 class VisualPrompts(PeftModule):
@@ -27,10 +31,14 @@ class VisualPrompts(PeftModule):
         self.first = first
         self.prompts = nn.Parameter(torch.empty(depth, length, width).uniform_(-v, v))
 
+    deep = True  # what ``from_config`` builds by default (set by the registered subclasses)
+
     @classmethod
-    def from_config(cls, cfg, visual: nn.Module, first: int, deep: bool) -> VisualPrompts:
-        return cls(len(visual.transformer.resblocks), visual.transformer.width, cfg.vpt_len,
-                   tuple(visual.conv1.kernel_size), deep=deep, first=first)
+    def from_config(cls, cfg, visual: nn.Module, first: int,
+                    deep: bool | None = None) -> VisualPrompts:
+        return VisualPrompts(len(visual.transformer.resblocks), visual.transformer.width, cfg.vpt_len,
+                   tuple(visual.conv1.kernel_size), deep=cls.deep if deep is None else deep,
+                   first=first)
 
     def drops_extra_tokens(self, i: int) -> bool:
         """Deep: block i+1 replaces block i's prompts; shallow: they are carried on."""
@@ -42,3 +50,19 @@ class VisualPrompts(PeftModule):
             return x
         prompts = self.prompts[j].to(x.dtype).expand(x.shape[0], -1, -1)
         return torch.cat([x[:, :n_keep], prompts], dim=1)
+
+
+@peft_method("vpt_deep", "VPT-deep: new prompt tokens before every transformer block",
+             VIT_FAMILIES, order=0)
+class DeepPrompts(VisualPrompts):
+    """The ``vpt_deep`` switch: builds deep :class:`VisualPrompts`."""
+
+    deep = True
+
+
+@peft_method("vpt_shallow", "VPT-shallow: prompt tokens before the first block only",
+             VIT_FAMILIES, order=0)
+class ShallowPrompts(VisualPrompts):
+    """The ``vpt_shallow`` switch: builds shallow :class:`VisualPrompts`."""
+
+    deep = False

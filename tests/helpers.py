@@ -1,0 +1,84 @@
+"""Plain helper functions and classes shared by several test modules (fixtures live in
+conftest.py, fake data sets in fakedata.py). Test modules import from here, never from
+each other."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from conftest import TINY_VIT
+from finessl.algorithms import build_algorithm
+from finessl.config import get_cfg_defaults
+from finessl.models import build_model
+
+
+# ---- a model of fixed logits (test_losses, test_algorithms) --------------------------
+class Lookup(nn.Module):
+    """A head that returns a fixed row of logits per one-hot feature."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.table = table
+        self.shift = nn.Parameter(torch.zeros(()))
+
+    def forward(self, feat):
+        return feat @ self.table + self.shift
+
+
+class TableModel(nn.Module):
+    """Fixed (main, aux) logits, looked up by the image id stored in pixel [0, 0, 0]."""
+
+    def __init__(self, main, aux):
+        super().__init__()
+        self.num_ids = main.shape[0]
+        self.head, self.aux_head = Lookup(main), Lookup(aux)
+
+    def backbone(self, images):
+        return nn.functional.one_hot(images[:, 0, 0, 0].long(), self.num_ids).float()
+
+    def forward(self, images, detach_aux=True):
+        feat = self.backbone(images)
+        return self.head(feat), self.aux_head(feat.detach() if detach_aux else feat)
+
+
+def id_images(ids):
+    """Images a TableModel reads as the given ids."""
+    x = torch.zeros(len(ids), 3, 2, 2)
+    x[:, 0, 0, 0] = torch.tensor(ids, dtype=torch.float)
+    return x
+
+
+def ce(z, t):
+    """Cross-entropy of the logits ``z`` (a list) against class ``t``, by hand."""
+    return -z[t] + math.log(sum(math.exp(v) for v in z))
+
+
+# ---- one step of the tiny ViT (test_step_equivalence, test_peft) ---------------------
+def setup_tiny_step(vpt: str):
+    """(cfg, model, algorithm, batch) for one FineSSL step of the tiny ViT with the
+    strategy switch ``vpt`` on, 5 classes, 10 unlabeled images and nonzero margins."""
+    cfg = get_cfg_defaults()
+    cfg.backbone, cfg.pretrained, cfg.vpt_len = TINY_VIT, "none", 4
+    setattr(cfg, vpt, True)
+    torch.manual_seed(0)
+    model = build_model(cfg, [f"c{i}" for i in range(5)], torch.device("cpu"), half=False)
+    algorithm = build_algorithm(cfg, model, 5, 10, torch.device("cpu"))
+    algorithm.selected.copy_(torch.tensor([0, 0, 1, 2, -1, -1, 3, 0, -1, -1]))  # margins != 0
+    g = torch.Generator().manual_seed(1)
+    images = lambda: torch.randn(3, 3, 32, 32, generator=g)  # noqa: E731
+    batch = {"x": images(), "y": torch.tensor([0, 3, 4]), "u_w": images(), "u_s1": images(),
+             "u_s2": images(), "u_idx": torch.tensor([4, 5, 8]), "u_true": torch.tensor([0, 1, 2])}
+    return cfg, model, algorithm, batch
+
+
+def sgd_update(model, loss):
+    """Backpropagate ``loss``, take one SGD step; the change of each trainable parameter."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    before = [p.detach().clone() for p in params]
+    optim = torch.optim.SGD(params, lr=0.03, momentum=0.9, weight_decay=5e-4)
+    optim.zero_grad()
+    loss.backward()
+    optim.step()
+    return [p.detach() - b for p, b in zip(params, before)]

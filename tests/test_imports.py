@@ -1,0 +1,101 @@
+"""The package's floors run one way: errors / io / logs (and the other leaf helpers) ->
+config -> data, models -> algorithms -> plugins -> engine -> main.py. A module never
+imports from a floor above its own, data and models do not import each other, and no
+two modules import each other in a circle, whether the import sits at the top of the
+file or inside a function."""
+from __future__ import annotations
+
+import ast
+import os
+
+from conftest import REPO
+
+PACKAGE = os.path.join(REPO, "finessl")
+FLOORS = {  # the first dotted part below finessl -> floor
+    "errors": 0, "io": 0, "logs": 0, "registry": 0, "distributed": 0, "metrics": 0,
+    "config": 1, "data": 2, "models": 2, "losses": 2, "algorithms": 3, "plugins": 4,
+    "engine": 5,
+}
+
+
+def modules() -> dict[str, str]:
+    """dotted module name -> file path, for every module of the package."""
+    found = {}
+    for folder, _, files in os.walk(PACKAGE):
+        for name in files:
+            if name.endswith(".py"):
+                rel = os.path.relpath(os.path.join(folder, name), REPO)[:-3].split(os.sep)
+                if rel[-1] == "__init__":
+                    rel = rel[:-1]
+                found[".".join(rel)] = os.path.join(folder, name)
+    return found
+
+
+def imports_of(path: str, known: set[str]) -> set[str]:
+    """The package modules a file imports, anywhere in it."""
+    out = set()
+    for node in ast.walk(ast.parse(open(path).read())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        for name in names:
+            while name and name not in known:
+                name = name.rpartition(".")[0]
+            if name and name != "finessl":
+                out.add(name)
+    return out
+
+
+def floor(module: str) -> int:
+    return FLOORS[module.split(".")[1]]
+
+
+def graph() -> dict[str, set[str]]:
+    found = modules()
+    return {m: imports_of(path, set(found)) - {m} for m, path in found.items() if m != "finessl"}
+
+
+def test_every_module_has_a_floor():
+    assert all(m.split(".")[1] in FLOORS for m in graph())
+
+
+def test_no_module_imports_from_a_floor_above_or_across_data_and_models():
+    upward = [(m, i) for m, deps in graph().items() for i in deps if floor(i) > floor(m)]
+    assert upward == []
+    across = [(m, i) for m, deps in graph().items() for i in deps
+              if {m.split(".")[1], i.split(".")[1]} == {"data", "models"}]
+    assert across == []
+
+
+def test_no_import_cycles():
+    edges = graph()
+    for m in edges:  # a package's __init__ may gather its own modules
+        if os.path.basename(modules()[m]) == "__init__.py":
+            edges[m] = {i for i in edges[m] if not i.startswith(m + ".")}
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(m, stack):
+        state[m] = 1
+        for i in sorted(edges.get(m, ())):
+            if state.get(i) == 1:
+                cycles.append(stack[stack.index(i):] + [i])
+            elif i not in state:
+                visit(i, stack + [i])
+        state[m] = 2
+
+    for m in sorted(edges):
+        if m not in state:
+            visit(m, [m])
+    assert cycles == []
+
+
+def test_the_test_sees_an_upward_import(tmp_path):
+    """The checker is not vacuous: config importing an algorithm is caught."""
+    path = tmp_path / "config.py"
+    path.write_text("from finessl.algorithms.base import ALGORITHMS\n")
+    deps = imports_of(str(path), set(modules()))
+    assert "finessl.algorithms.base" in deps
+    assert any(floor(i) > floor("finessl.config") for i in deps)
