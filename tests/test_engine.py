@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from finessl.engine.checkpoint import rng_state, set_rng_state
-from finessl.engine.setup import Precision
+from finessl.engine.device import Precision
 from finessl.io import atomic_save, atomic_write_text
 from finessl.metrics import distribution_entropy, expected_calibration_error, top1
 

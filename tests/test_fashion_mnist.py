@@ -14,7 +14,7 @@ from yacs.config import CfgNode
 
 from finessl.data import datasets, fashion_mnist, loaders
 from finessl.engine.evaluate import evaluate
-from finessl.engine.setup import Precision
+from finessl.engine.device import Precision
 from finessl.errors import UserError
 
 REAL = "/usr/share/datasets/fashion-mnist"

@@ -11,7 +11,7 @@ from open_clip.transformer import LayerNormFp32
 
 from conftest import tiny_args
 from finessl.config import load_config
-from finessl.engine.setup import Precision
+from finessl.engine.device import Precision
 from finessl.engine.trainer import Trainer
 
 CPU = torch.device("cpu")

@@ -28,7 +28,7 @@ from finessl.data.folder import IMAGE_EXTENSIONS, UnreadableLog, list_images, op
 from finessl.data.transforms import test_transform
 from finessl.algorithms import ALGORITHMS
 from finessl.engine.checkpoint import LAST, MODEL_KEYS, read_checkpoint, seed_everything
-from finessl.engine.setup import Precision, select_device
+from finessl.engine.device import Precision, select_device
 from finessl.errors import UserError
 from finessl.io import atomic_write_text
 from finessl.models import build_model

@@ -9,7 +9,8 @@ import torch
 
 from finessl.engine.checkpoint import MODEL_KEYS, RESUME_KEYS, read_checkpoint
 from finessl.distributed import Dist, init_distributed
-from finessl.engine.setup import draw_seed, prepare_run_dir, save_run_config, select_device
+from finessl.engine.device import select_device
+from finessl.engine.rundir import draw_seed, prepare_run_dir, save_run_config
 from finessl.engine.trainer import Trainer
 from finessl.errors import UserError
 from finessl.io import atomic_write_text

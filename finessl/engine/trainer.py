@@ -16,7 +16,7 @@ from finessl.distributed import SINGLE, Dist
 from finessl.engine.checkpoint import (LAST, MODEL_KEYS, RESUME_KEYS, read_checkpoint,
                                        rng_state, seed_everything, set_rng_state,
                                        write_checkpoint)
-from finessl.engine.setup import Precision, select_device
+from finessl.engine.device import Precision, select_device
 from finessl.errors import UserError
 from finessl.logs import PROGRESS
 from finessl.engine.evaluate import evaluate
