@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import difflib
 import logging
+import math
 import os
 from typing import Callable
 
@@ -84,7 +85,8 @@ _C.seed = None  # random seed; None draws one and records it in the run's config
 
 # ---- run ----------------------------------------------------------------------------
 _C.output_dir = None  # run folder; None = out/<DATA.NAME>/N<NUM_L>/seed<seed>
-_C.resume = None  # run folder to continue from its last checkpoint
+_C.resume = None  # run folder to continue from its last checkpoint; its config.yaml is the base, and only runtime keys may differ (docs/running.md#resume)
+_C.allow_extend = False  # with resume: num_epochs N above the run's own continues it to N epochs, the cosine schedule recomputed for N from the current epoch on (docs/running.md#resume)
 _C.checkpoint_freq = 0  # also keep a checkpoint every K epochs (0 = only the last)
 _C.print_freq = 10  # write a progress line to log.txt every K steps
 _C.eval_only = False  # evaluate the checkpoint in model_dir and exit
@@ -113,6 +115,21 @@ _CHOICES = {
     "bms_form": ("released", "paper"),
 }
 
+# ---- resume (docs/running.md#resume) ------------------------------------------------------
+RUN_CONFIG = "config.yaml"  # a run folder's record of the config it trains with
+# The one allow-list: keys a resumed run (``resume RUN``) may set to other values than
+# RUN/config.yaml's. They change how the run executes (workers, logging, where the
+# files go, which device, kernels, memory), never what it trains. Every other key
+# shapes training and must keep the run's value; three follow rules of their own:
+# ``seed`` None means the run's seed, ``plugins`` may be respelled or reordered but
+# must name the same modules, and ``num_epochs`` may grow with ``allow_extend True``.
+RESUME_RUNTIME_KEYS = (
+    "num_workers", "print_freq", "checkpoint_freq", "gpu", "deterministic", "compile",
+    "grad_checkpointing", "cache_dir", "DATA.DOWNLOAD", "output_dir", "resume",
+    "model_dir", "eval_only", "allow_extend",
+)
+_INT_RANGE = 2**63  # ints must fit a signed 64-bit integer (torch's seeds and sizes)
+
 _CHECKS: dict[str, Callable[[object], str | None]] = {}
 _DECLARED: dict[str, tuple[object, str]] = {}
 
@@ -120,6 +137,11 @@ _DECLARED: dict[str, tuple[object, str]] = {}
 def positive(value) -> str | None:
     """A ``check`` for :func:`declare`: the value must be > 0."""
     return None if value > 0 else "must be positive"
+
+
+def non_negative(value) -> str | None:
+    """A ``check`` for :func:`declare`: the value must be >= 0 (a loss weight)."""
+    return None if value >= 0 else "must be >= 0"
 
 
 def momentum(value) -> str | None:
@@ -191,13 +213,54 @@ def _parse_cli_value(text: str):
     """``True`` -> bool, ``0.5`` -> float, ``out/x`` -> str (yacs' literal_eval rule)."""
     try:
         return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+    except Exception:  # ValueError, SyntaxError; RecursionError or MemoryError when deep
         return text
+
+
+def _show(value) -> str:
+    """A value in a one-line message: strings quoted (so a newline shows as \\n), long
+    values cut."""
+    text = repr(value) if isinstance(value, str) else str(value)
+    text = " ".join(text.split()) if "\n" in text else text
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def show_path(path: str) -> str:
+    """A path in a one-line message: as it is, or quoted when it holds a newline or
+    another unprintable character."""
+    return path if path.isprintable() else repr(path)
+
+
+def _checked(key: str, value, source: str):
+    """``value`` (already of the key's type) refused when no run could use it: an int
+    beyond 64 bits, a float that is not finite, a string holding a NUL character."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not -_INT_RANGE <= value < _INT_RANGE:
+            raise UserError(f"{key}: {value} is out of range (|value| < 2**63) ({source})")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{key}: expected a finite number, got {value} ({source})")
+    elif isinstance(value, str) and "\0" in value:
+        raise UserError(f"{key}: {_show(value)} holds a NUL character ({source})")
+    elif isinstance(value, list):
+        for item in value:
+            _checked(key, item, source)
+    return value
 
 
 def _coerce(key: str, default, value, source: str):
     if isinstance(value, str) and not isinstance(default, str):
         value = _parse_cli_value(value)  # YAML reads 5e-4 as a string; yacs evaluates it
+    return _checked(key, _coerce_type(key, default, value, source), source)
+
+
+def _to_float(key: str, value, source: str) -> float:
+    try:
+        return float(value)
+    except OverflowError:
+        raise UserError(f"{key}: {_show(value)} is too large for a float ({source})") from None
+
+
+def _coerce_type(key: str, default, value, source: str):
     if key in _NONE_TYPES:
         if value is None:
             return None
@@ -206,14 +269,14 @@ def _coerce(key: str, default, value, source: str):
             if str in _NONE_TYPES[key]:
                 return str(value)
             raise UserError(f"{key}: expected {_NONE_TYPES[key][0].__name__} or null, "
-                            f"got {value!r} ({source})")
+                            f"got {_show(value)} ({source})")
         return value
     if isinstance(default, bool):
         if isinstance(value, bool):
             return value
     elif isinstance(default, float):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            return _to_float(key, value, source)
     elif isinstance(default, int):
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -226,7 +289,7 @@ def _coerce(key: str, default, value, source: str):
         value = [value] if isinstance(value, str) else value
         if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
             return list(value)
-    raise UserError(f"{key}: expected {type(default).__name__}, got {value!r} ({source})")
+    raise UserError(f"{key}: expected {type(default).__name__}, got {_show(value)} ({source})")
 
 
 def _set(cfg: CN, key: str, value) -> None:
@@ -259,26 +322,35 @@ def _merge(cfg: CN, pairs: list[tuple[str, object]], source: str, seen_inert: li
         if key not in known:
             close = difflib.get_close_matches(key, known + list(passive), n=1, cutoff=0.5)
             hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise UserError(f"unknown config key '{key}' ({source}){hint}")
+            raise UserError(f"unknown config key {_show(key)} ({source}){hint}")
         value = _coerce(key, _get(cfg, key), value, source)
         if key in _CHOICES and value not in _CHOICES[key]:
-            raise UserError(f"{key}: {value!r} is not one of {', '.join(_CHOICES[key])} ({source})")
+            raise UserError(f"{key}: {_show(value)} is not one of {', '.join(_CHOICES[key])} "
+                            f"({source})")
         _set(cfg, key, value)
 
 
 def _validate(cfg: CN) -> None:
     for key, registry in CONFIG_REGISTRIES.items():  # plug-in names: one line, the choices
         registry.get(_get(cfg, key))
-    positive = ("DATA.NUM_L", "DATA.BATCH_SIZE", "DATA.MU_U", "num_epochs", "total_steps")
+    positive = ("DATA.NUM_L", "DATA.BATCH_SIZE", "DATA.MU_U", "num_epochs", "total_steps",
+                "print_freq")
     for key in positive:
         if _get(cfg, key) <= 0:
             raise UserError(f"{key}: must be positive, got {_get(cfg, key)}")
     if cfg.partial is not None and cfg.partial <= 0:
         raise UserError(f"partial: the number of last blocks must be positive, got {cfg.partial}")
+    # w_con and alpha: the unlabeled loss weight and the margin scale (a negative one
+    # would reward the loss it weighs); seed: torch, numpy and random take it as is.
     for key in ("DATA.NUM_U", "DATA.NUM_TEST", "num_workers", "checkpoint_freq", "lr",
-                "weight_decay", "input_size"):
+                "weight_decay", "input_size", "w_con", "alpha"):
         if _get(cfg, key) < 0:
             raise UserError(f"{key}: must be >= 0, got {_get(cfg, key)}")
+    for key in ("seed", "gpu"):
+        if _get(cfg, key) is not None and _get(cfg, key) < 0:
+            raise UserError(f"{key}: must be >= 0 (or null), got {_get(cfg, key)}")
+    if not 0.0 <= cfg.momentum < 1.0:
+        raise UserError(f"momentum: SGD momentum must lie in [0, 1), got {cfg.momentum}")
     for key in ("DATA.IMB_L", "DATA.IMB_U"):
         if _get(cfg, key) < 1.0:
             raise UserError(f"{key}: imbalance ratio must be >= 1, got {_get(cfg, key)}")
@@ -299,24 +371,115 @@ def _validate(cfg: CN) -> None:
     if cfg.eval_only and not cfg.model_dir:
         raise UserError("eval_only True needs model_dir DIR (a run folder with a checkpoint)")
     if "{}" not in cfg.template:
-        raise UserError(f"template: needs a '{{}}' for the class name, got {cfg.template!r}")
+        raise UserError(f"template: needs a '{{}}' for the class name, got {_show(cfg.template)}")
+    try:
+        cfg.template.format("class name")
+    except (IndexError, KeyError, ValueError) as e:
+        raise UserError(f"template: {_show(cfg.template)} is not a format string with one "
+                        f"'{{}}' ({type(e).__name__}: {_show(str(e))}); write other braces "
+                        f"as '{{{{' and '}}}}'") from None
+    if cfg.allow_extend and not cfg.resume:
+        raise UserError("allow_extend True only applies to resume RUN (to continue a run "
+                        "past its num_epochs); drop it for a fresh run")
 
 
 def _read_yaml(cfg_file: str) -> dict:
+    name = show_path(cfg_file)
+    if os.path.isdir(cfg_file):
+        raise UserError(f"config file {name} is a folder, not a YAML file")
     if not os.path.isfile(cfg_file):
-        raise UserError(f"config file not found: {cfg_file}")
+        raise UserError(f"config file not found: {name}")
     try:
-        with open(cfg_file) as f:
+        with open(cfg_file, "rb") as f:  # bytes: YAML finds the encoding, bad bytes are its error
             data = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise UserError(f"{name}: cannot be read ({e.strerror})") from None
     except yaml.YAMLError as e:
-        raise UserError(f"{cfg_file}: not valid YAML ({str(e).splitlines()[0]})") from None
+        lines = str(e).strip().splitlines()
+        raise UserError(f"{name}: not valid YAML ({lines[0] if lines else type(e).__name__})"
+                        ) from None
+    except Exception as e:  # a number YAML cannot build, nesting too deep, ...
+        raise UserError(f"{name}: not valid YAML ({type(e).__name__})") from None
     if not isinstance(data, dict):
-        raise UserError(f"{cfg_file}: expected a mapping of config keys at the top level")
+        raise UserError(f"{name}: expected a mapping of config keys at the top level")
     return data
+
+
+def _import_plugins(specs: list[str], source: str) -> None:
+    for spec in specs:
+        if spec.endswith(".py"):
+            if not os.path.isfile(spec):
+                raise UserError(f"plugins: no file {_show(spec)} ({source})")
+        elif not all(part.isidentifier() for part in spec.split(".")):
+            raise UserError(f"plugins: {_show(spec)} is neither a .py file nor a module name "
+                            f"({source})")
+        import_plugin(spec)
+
+
+def _plugin_set(specs: list[str]) -> set[str]:
+    """The modules a ``plugins`` list names: files by real path, modules by name."""
+    return {os.path.realpath(s) if s.endswith(".py") else s for s in specs}
+
+
+def _last_value(sources, key: str):
+    """The value the last source gives ``key`` (None when none does), unchecked."""
+    value = None
+    for pairs, _ in sources:
+        for k, v in pairs:
+            if k == key:
+                value = v
+    return value
+
+
+def _run_config_pairs(run_dir: str) -> tuple[list[tuple[str, object]], str]:
+    """The flattened RUN/config.yaml a resume starts from, and its path."""
+    path, run_name = os.path.join(run_dir, RUN_CONFIG), show_path(run_dir)
+    if not os.path.isdir(run_dir):
+        raise UserError(f"resume: {run_name} is not a folder (give the run folder to continue)")
+    if not os.path.lexists(path):  # a run folder holds config.yaml and checkpoint_last.pt
+        raise UserError(f"resume: no {RUN_CONFIG} in {run_name}, so no run to continue (a run "
+                        f"folder holds {RUN_CONFIG} and checkpoint_last.pt; a resume starts "
+                        f"from the run's own config)")
+    pairs = [(k, v) for k, v in _flatten(_read_yaml(path)) if k not in ("resume", "output_dir")]
+    return pairs, show_path(path)
+
+
+def _resume_changes(stored: CN, cfg: CN, run_dir: str) -> None:
+    """Refuse, in one line naming each, the keys that shape training and differ from the
+    run's config.yaml (every key but :data:`RESUME_RUNTIME_KEYS`, with the rules there)."""
+    changed = []
+    for key in all_keys(cfg):
+        if key in RESUME_RUNTIME_KEYS:
+            continue
+        old, new = _get(stored, key), _get(cfg, key)
+        if key == "plugins" and _plugin_set(old) == _plugin_set(new):
+            continue
+        if key == "num_epochs" and cfg.allow_extend and new > old:
+            continue  # an extension: recorded in config.yaml when the run starts
+        if old != new:
+            changed.append((key, old, new))
+    if not changed:
+        return
+    listed = ", ".join(f"{k} ({_show(old)} -> {_show(new)})" for k, old, new in changed)
+    hint = ""
+    if any(k == "num_epochs" for k, _, _ in changed):
+        old = stored.num_epochs
+        hint = (f"; to train longer add allow_extend True with num_epochs above {old}"
+                if not cfg.allow_extend else
+                f"; allow_extend only raises num_epochs (the run's is {old})")
+    run_name = show_path(run_dir)
+    raise UserError(f"resume: {run_name} differs from its {RUN_CONFIG} in {listed}; resume "
+                    f"with the run's own config ('resume {run_name}' alone continues it as it "
+                    f"was) or start a new run in another output_dir{hint}")
 
 
 def load_config(cfg_file: str | None = None, opts: list[str] | None = None) -> CN:
     """Defaults <- YAML file <- ``KEY VALUE`` pairs, validated and frozen.
+
+    With ``resume RUN`` (from either), RUN/config.yaml comes between the defaults and
+    the file: a resume starts from the run's own config, and any key outside
+    :data:`RESUME_RUNTIME_KEYS` that this invocation changes is refused in one line
+    naming each (``num_epochs`` may grow with ``allow_extend True``).
 
     The ``plugins`` the file and the pairs name are imported first, so the keys they
     declare can be set. The built-in plug-ins' keys are in the tree once their packages
@@ -325,24 +488,39 @@ def load_config(cfg_file: str | None = None, opts: list[str] | None = None) -> C
     """
     sources = []
     if cfg_file:
-        sources.append((_flatten(_read_yaml(cfg_file)), cfg_file))
+        sources.append((_flatten(_read_yaml(cfg_file)), show_path(cfg_file)))
     opts = list(opts or [])
     if len(opts) % 2:
-        raise UserError(f"command-line overrides come in KEY VALUE pairs; '{opts[-1]}' has no value")
+        raise UserError(f"command-line overrides come in KEY VALUE pairs; {_show(opts[-1])} "
+                        f"has no value")
     sources.append(([(opts[i], _parse_cli_value(opts[i + 1])) for i in range(0, len(opts), 2)],
                     "command line"))
-    plugins: list[str] = []
-    for pairs, source in sources:
-        for key, value in pairs:
-            if key == "plugins":
-                plugins = _coerce(key, [], value, source)
-    for spec in plugins:
-        import_plugin(spec)
+    resume = _coerce("resume", None, _last_value(sources, "resume"), "the resume key")
+    stored_source = _run_config_pairs(resume) if resume else None
+    # The plug-ins the run's config.yaml names (its keys must merge), then the ones
+    # this invocation names, the last mention winning.
+    for layer in ([[stored_source]] if stored_source else []) + [sources]:
+        plugins: tuple[list[str], str] = ([], "")
+        for pairs, source in layer:
+            for key, value in pairs:
+                if key == "plugins":
+                    plugins = (_coerce(key, [], value, source), source)
+        _import_plugins(*plugins)
     cfg = get_cfg_defaults()
     seen_inert: list[str] = []
+    stored = None
+    if stored_source:  # a resume starts from the run's config.yaml
+        _merge(cfg, *stored_source, seen_inert)
+        stored = cfg.clone()
     for pairs, source in sources:
         _merge(cfg, pairs, source, seen_inert)
+    if stored is not None:
+        if cfg.seed is None:  # seed null (a YAML's default): the run's own seed
+            cfg.seed = stored.seed
+        cfg.output_dir = resume  # a resumed run writes into its own folder
     _validate(cfg)
+    if stored is not None:
+        _resume_changes(stored, cfg, resume)
     if seen_inert:
         log.warning("config keys with no effect in FineSSL, accepted for compatibility: %s",
                     ", ".join(seen_inert))

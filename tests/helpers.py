@@ -82,3 +82,29 @@ def sgd_update(model, loss):
     loss.backward()
     optim.step()
     return [p.detach() - b for p, b in zip(params, before)]
+
+
+# ---- faults: precision stand-ins and an old-format checkpoint (test_faults) ----------
+def fake_precision(scaler: bool = False):
+    """What StepGuard reads of a Precision: ``scaler`` (amp) or none (fp32)."""
+    from types import SimpleNamespace
+    return SimpleNamespace(scaler=object() if scaler else None, mode="amp" if scaler else "fp32")
+
+
+def old_format_state():
+    """A checkpoint as FineSSL wrote it before checkpoints were plain data: the RNG state
+    holds np.random.get_state()'s raw tuple (a uint32 array), the history a numpy float.
+    Also the first draws of numpy and Python after restoring that state."""
+    import random
+
+    import numpy as np
+    random.seed(7)
+    np.random.seed(7)
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    draws = {"numpy": np.random.rand(), "python": random.random()}
+    state = {"epoch": 1, "global_step": 10, "seed": 1, "model": {"w": torch.arange(3.0)},
+             "optimizer": {}, "scheduler": {}, "algorithm": {},
+             "rng": {"python": python_state, "torch": torch.get_rng_state(),
+                     "numpy": numpy_state},
+             "history": [{"top1": np.float64(0.5), "epoch": 1}]}
+    return state, draws

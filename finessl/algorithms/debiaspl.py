@@ -21,12 +21,12 @@ import torch
 from finessl.algorithms.base import register
 from finessl.algorithms.fixmatch import FixMatch
 from finessl.algorithms.pseudo_labeling import PseudoLabels
-from finessl.config import declare, momentum
+from finessl.config import declare, momentum, non_negative
 
 
 # Hyperparameters, the paper's (USB's) defaults.
 declare("DEBIASPL.EMA", 0.999, "momentum of the mean-prediction EMA p_hat", check=momentum)
-declare("DEBIASPL.TAU", 0.5, "strength of the debiasing and of the adaptive margin")
+declare("DEBIASPL.TAU", 0.5, "strength of the debiasing and of the adaptive margin", check=non_negative)
 
 
 @register("debiaspl")

@@ -27,7 +27,7 @@ import torch
 from finessl.algorithms.base import register
 from finessl.algorithms.fixmatch import FixMatch
 from finessl.algorithms.pseudo_labeling import PseudoLabels
-from finessl.config import declare, momentum
+from finessl.config import declare, momentum, non_negative
 
 
 def _inverse_or_zero(x: torch.Tensor) -> torch.Tensor:
@@ -50,7 +50,7 @@ def fairness_loss(logits_s: torch.Tensor, p_model: torch.Tensor,
 
 # Hyperparameters, the paper's (USB's) defaults.
 declare("FREEMATCH.EMA", 0.999, "momentum of the global / class-wise confidence EMAs", check=momentum)
-declare("FREEMATCH.FAIRNESS", 0.01, "weight of the self-adaptive fairness loss")
+declare("FREEMATCH.FAIRNESS", 0.01, "weight of the self-adaptive fairness loss", check=non_negative)
 
 
 @register("freematch")

@@ -27,6 +27,11 @@ files and folders (``.name``) are ignored. Bad files never stop a run:
   of the same split and label (:class:`CheckedFileImages`), so labels stay right and
   batches stay the same on every rerun.
 
+A class of ``labeled/`` whose every file is unreadable is an error (one line naming
+the class and the file): training would otherwise go on without a class it was asked
+to learn. 16-bit images (PNG or TIFF grey, Pillow's modes ``I;16*`` and ``I``) are
+scaled to 8 bits by their range (value / 257), not clipped (:func:`open_rgb`).
+
 Images are normalised with CLIP's own mean and std.
 """
 
@@ -36,6 +41,7 @@ import logging
 import os
 from collections.abc import Sequence
 
+import numpy as np
 from PIL import Image
 
 from finessl.data.base import FileImages, Dataset, RawDataset, one_line, register
@@ -91,9 +97,27 @@ def check_image(path: str) -> str:
     return ""
 
 
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")  # Pillow's 16-bit grey
+
+
+def _grey_to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit grey (``I;16*``, or ``I`` holding values above 255) as 8-bit ``L``, scaled
+    by the 16-bit range: round(value / 257), so 65535 is 255. Pillow's own conversion
+    clips at 255 instead, which turns a 16-bit image almost white. Mode ``I`` with values
+    in 0..255 is 8-bit data already and is kept as it is."""
+    values = np.asarray(img)
+    if img.mode == "I" and values.size and 0 <= values.min() and values.max() <= 255:
+        return Image.fromarray(values.astype(np.uint8), "L")
+    scaled = np.rint(values.astype(np.float64) / 257.0)
+    return Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), "L")
+
+
 def open_rgb(path: str) -> Image.Image:
-    """The decoded image at ``path`` as RGB (transparent palettes via RGBA)."""
+    """The decoded image at ``path`` as RGB (transparent palettes via RGBA, 16-bit grey
+    scaled to 8 bits by :func:`_grey_to_8bit`)."""
     with Image.open(path) as img:
+        if img.mode in SIXTEEN_BIT_MODES or img.mode == "I":
+            return _grey_to_8bit(img).convert("RGB")
         if img.mode == "P" and "transparency" in img.info:
             img = img.convert("RGBA")
         return img.convert("RGB")
@@ -103,10 +127,11 @@ class UnreadableLog:
     """Logs unreadable files by path, the first ``limit`` of them, and counts all."""
 
     def __init__(self, limit: int = MAX_LISTED):
-        self.limit, self.paths = limit, []
+        self.limit, self.paths, self.reasons = limit, [], []
 
     def add(self, path: str, reason: str) -> None:
         self.paths.append(path)
+        self.reasons.append(reason)
         if len(self.paths) <= self.limit:
             log.warning("unreadable image skipped: %s (%s)", path, reason)
         elif len(self.paths) == self.limit + 1:
@@ -154,12 +179,25 @@ def _class_folders(folder: str) -> list[str]:
     return sorted(d.name for d in os.scandir(folder) if d.is_dir() and _visible(d.name))
 
 
-def _labelled(folder: str, classes: list[str], report: UnreadableLog):
-    """Readable (paths, targets) of ``folder/<class>/...`` for the given classes."""
+def _labelled(folder: str, classes: list[str], report: UnreadableLog,
+              every_class: bool = False):
+    """Readable (paths, targets) of ``folder/<class>/...`` for the given classes.
+
+    ``every_class``: a class whose image files are all unreadable is a UserError naming
+    the class and its first file (the labeled set must not silently lose a class)."""
     paths, targets = [], []
     for k, name in enumerate(classes):
         class_dir = os.path.join(folder, name)
-        found = readable(list_images(class_dir), report) if os.path.isdir(class_dir) else []
+        files = list_images(class_dir) if os.path.isdir(class_dir) else []
+        first_bad = len(report.paths)
+        found = readable(files, report)
+        if every_class and files and not found:
+            bad, why = report.paths[first_bad], report.reasons[first_bad]
+            more = len(files) - 1
+            also = f" (and {more} more unreadable file(s))" if more else ""
+            raise UserError(f"ImageFolder: class {name!r} has no readable labeled image: "
+                            f"{bad} is unreadable ({why}){also}; replace it, add a readable "
+                            f"image to {class_dir}, or remove that class folder")
         paths += found
         targets += [k] * len(found)
     return paths, targets
@@ -199,7 +237,7 @@ class ImageFolder(Dataset):
             raise UserError(f"ImageFolder: {test_dir} has class folders that {labeled_dir} "
                             f"lacks: {', '.join(strangers)}")
         report = UnreadableLog()
-        labeled, labels = _labelled(labeled_dir, classes, report)
+        labeled, labels = _labelled(labeled_dir, classes, report, every_class=True)
         if os.path.isdir(unlabeled_dir):
             unlabeled = readable(list_images(unlabeled_dir), report)
         else:

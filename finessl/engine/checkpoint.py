@@ -3,54 +3,162 @@ make resume exact.
 
 A checkpoint holds tensors and plain data only (numbers, strings, lists, dicts: the
 RNG states are stored that way too), so it is read with ``torch.load(weights_only=True)``
-and a file that would run code on loading is refused.
+and a file that would run code on loading is refused. Checkpoints written before
+that (numpy arrays in the RNG state) are named as such, with the command that
+converts them (:mod:`finessl.engine.repair`).
+
+Writing rotates: the previous ``checkpoint_last.pt`` becomes ``checkpoint_prev.pt``
+(a hard link, then a rename), so the last good state is on disk at every instant and
+a damaged last checkpoint still leaves the one before it.
 """
 from __future__ import annotations
 
 import os
 import pickle
+import pickletools
 import random
+import re
 
 import numpy as np
 import torch
 
 from finessl.errors import UserError
-from finessl.io import atomic_save
+from finessl.io import WriteError, atomic_save
 
 LAST = "checkpoint_last.pt"
+PREV = "checkpoint_prev.pt"  # what checkpoint_last.pt held before the last write
 # What each use of a checkpoint reads from it.
 RESUME_KEYS = ("epoch", "global_step", "seed", "model", "optimizer", "scheduler", "algorithm",
                "rng", "history")
 MODEL_KEYS = ("seed", "model")
+# What an older FineSSL's np.random.get_state() tuple put into a checkpoint.
+OLD_FORMAT_GLOBALS = re.compile(r"^numpy(\._core|\.core)?\.(multiarray\._reconstruct|ndarray|"
+                                r"dtype|dtypes\.\w+|multiarray\.scalar)$")
+
+
+def where(state: dict) -> str:
+    """'epoch E' for the end of an epoch, 'epoch E step S' for a mid-epoch checkpoint
+    (E epochs done, S steps into the next)."""
+    step = state.get("step", 0)
+    return f"epoch {state['epoch']}" + (f" step {step}" if step else "")
 
 
 def write_checkpoint(state: dict, run_dir: str, epoch: int, keep_every: int = 0) -> None:
-    """``checkpoint_last.pt`` (and ``checkpoint_epoch<E>.pt`` every ``keep_every``
-    epochs), each written atomically: a crash never leaves a half-written file."""
-    atomic_save(state, os.path.join(run_dir, LAST))
-    if keep_every > 0 and epoch % keep_every == 0:
-        atomic_save(state, os.path.join(run_dir, f"checkpoint_epoch{epoch}.pt"))
-
-
-def read_checkpoint(run_dir: str, keys: tuple[str, ...] = MODEL_KEYS,
-                    map_location="cpu") -> dict:
-    """The state saved in ``run_dir``, read once, with every entry of ``keys`` present
-    (:data:`RESUME_KEYS` to resume, :data:`MODEL_KEYS` to evaluate or predict)."""
+    """``checkpoint_last.pt``, the one it replaces kept as ``checkpoint_prev.pt`` (and
+    ``checkpoint_epoch<E>.pt`` every ``keep_every`` epochs), each written atomically: a
+    crash never leaves a half-written file. A failed write (a full disk) is one line
+    naming the file; the files already there are as they were."""
     path = os.path.join(run_dir, LAST)
-    if not os.path.isfile(path):
-        raise UserError(f"no checkpoint {path}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        atomic_save(state, path, keep_previous=os.path.join(run_dir, PREV))
+        if keep_every > 0 and epoch % keep_every == 0:
+            atomic_save(state, os.path.join(run_dir, f"checkpoint_epoch{epoch}.pt"))
+    except WriteError as e:
+        raise UserError(f"{e}; the checkpoints already in {run_dir} are intact: make room, then "
+                        f"continue with 'resume {run_dir}'") from None
+
+
+def _scan_globals(path: str) -> list[str]:
+    """The classes and functions a plain pickle names, read without running it."""
+    names, strings = [], []
+    try:
+        with open(path, "rb") as f:
+            for op, arg, _ in pickletools.genops(f):
+                if op.name in ("GLOBAL", "INST"):
+                    names.append(arg.replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(f"{strings[-2]}.{strings[-1]}")
+                if isinstance(arg, str):
+                    strings.append(arg)
+    except Exception:  # what could be read is all there is
+        pass
+    return [n for n in names if not n.startswith(("torch.", "collections.OrderedDict"))]
+
+
+def unsafe_globals(path: str, error: Exception) -> list[str]:
+    """The classes and functions a checkpoint names that a weights-only load refuses."""
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # not a zip checkpoint: the error names the first one, or a scan finds them
+        return re.findall(r"GLOBAL ([\w.]+)", str(error))[:1] or _scan_globals(path)
+
+
+def is_old_format(names: list[str]) -> bool:
+    """True when the only objects beyond tensors and plain data are numpy's arrays:
+    a checkpoint of an older FineSSL."""
+    return bool(names) and all(OLD_FORMAT_GLOBALS.match(n) for n in names)
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    first = text.splitlines()[0].split(". ")[0][:120] if text else ""
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
+
+
+def load_file(path: str, map_location="cpu"):
+    """``torch.load(path, weights_only=True)``, its failures as one line each."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
-        raise UserError(f"{path} holds objects other than tensors and plain data, which "
-                        f"could run code when loaded: refused ({first})") from None
+        names = unsafe_globals(path, e) if "weights only" in str(e).lower() else []
+        if not names:  # garbage, a truncated pickle: nothing that names code, yet unreadable
+            raise Damaged(path, e) from None
+        if is_old_format(names):
+            run_dir = os.path.dirname(path) or "."
+            raise UserError(f"{path} is a checkpoint of an older FineSSL: its RNG state holds "
+                            f"numpy arrays, which only a load that could also run code reads. "
+                            f"If you trust the file, convert it once with 'python main.py "
+                            f"convert-checkpoint {run_dir} --trust'") from None
+        raise UserError(f"{path} names {', '.join(names[:3])}, which could run code when "
+                        f"loaded: refused (a FineSSL checkpoint holds tensors and plain data "
+                        f"only)") from None
     except Exception as e:  # truncated or foreign file
-        raise UserError(f"{path} is not a FineSSL checkpoint ({type(e).__name__})") from None
+        raise Damaged(path, e) from None
+
+
+class Damaged(UserError):
+    """A checkpoint file that cannot be read at all (truncated, garbage)."""
+
+    def __init__(self, path: str, error: Exception):
+        self.path = path
+        super().__init__(f"{path} is damaged or not a FineSSL checkpoint ({_first_line(error)})")
+
+
+def _offer_previous(run_dir: str, damaged: Damaged) -> UserError:
+    """The error for a damaged checkpoint_last.pt: with the way back to checkpoint_prev.pt
+    when that one is intact."""
+    prev = os.path.join(run_dir, PREV)
+    if not os.path.isfile(prev):
+        return damaged
+    try:
+        state = load_file(prev)
+        _check_keys(prev, state, RESUME_KEYS)
+    except UserError:
+        return UserError(f"{damaged}; {PREV} is not intact either")
+    return UserError(f"{damaged}; {PREV} ({where(state)}) is intact: 'python main.py "
+                     f"restore-checkpoint {run_dir}' makes it the last checkpoint (keeping "
+                     f"the damaged file as {LAST}.damaged), then resume")
+
+
+def _check_keys(path: str, state, keys: tuple[str, ...]) -> None:
     missing = [k for k in keys if not isinstance(state, dict) or k not in state]
     if missing:
         raise UserError(f"{path} is not a complete FineSSL checkpoint (no "
                         f"{', '.join(missing)})")
+
+
+def read_checkpoint(run_dir: str, keys: tuple[str, ...] = MODEL_KEYS,
+                    map_location="cpu", name: str = LAST) -> dict:
+    """The state saved in ``run_dir``, read once, with every entry of ``keys`` present
+    (:data:`RESUME_KEYS` to resume, :data:`MODEL_KEYS` to evaluate or predict)."""
+    path = os.path.join(run_dir, name)
+    if not os.path.isfile(path):
+        raise UserError(f"no checkpoint {path}")
+    try:
+        state = load_file(path, map_location)
+    except Damaged as e:
+        raise (_offer_previous(run_dir, e) if name == LAST else e) from None
+    _check_keys(path, state, keys)
     return state
 
 

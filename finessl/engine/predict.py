@@ -23,12 +23,14 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from finessl.plugins import load_config
+from finessl.data.base import one_line
 from finessl.data.datasets import dataset_classnames, dataset_stats
 from finessl.data.folder import IMAGE_EXTENSIONS, UnreadableLog, list_images, open_rgb, readable
 from finessl.data.transforms import test_transform
 from finessl.algorithms import ALGORITHMS
 from finessl.engine.checkpoint import LAST, MODEL_KEYS, read_checkpoint, seed_everything
 from finessl.engine.device import Precision, select_device
+from finessl.engine.rundir import checkpoint_seed
 from finessl.errors import UserError
 from finessl.io import atomic_write_text
 from finessl.models import build_model
@@ -71,8 +73,12 @@ def _load_run(model_dir: str, cfg_file: str | None, opts: list[str]):
 
 
 def _classnames(cfg, state: dict, model_dir: str) -> list[str]:
-    if state.get("classnames"):
-        return list(state["classnames"])
+    names = state.get("classnames")
+    if names is not None and not (isinstance(names, (list, tuple, str)) and len(names) == 0):
+        if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+            raise UserError(f"{os.path.join(model_dir, LAST)} is not a FineSSL checkpoint (its "
+                            f"classnames are a {type(names).__name__}, not a list of names)")
+        return list(names)
     log.info("%s records no class names; reading them from %s (DATA.DATAPATH)",
              model_dir, cfg.DATA.DATAPATH)
     try:
@@ -85,7 +91,7 @@ def _classnames(cfg, state: dict, model_dir: str) -> list[str]:
 def _build(cfg, state: dict, classnames: list[str], model_dir: str):
     device = select_device(cfg)
     precision = Precision(cfg.prec, device)
-    seed_everything(int(state["seed"]))  # a randomly initialised backbone comes out the same
+    seed_everything(checkpoint_seed(state, model_dir))  # a randomly initialised backbone comes out the same
     mean, std = dataset_stats(cfg.DATA.NAME, cfg.DATA.NORMALIZE)
     model = build_model(cfg, classnames, device, precision.fp16_params, mean, std,
                         ALGORITHMS.get(cfg.algorithm).zero_shot_head)
@@ -93,8 +99,28 @@ def _build(cfg, state: dict, classnames: list[str], model_dir: str):
         model.load_trainable_state_dict({k: v.to(device) for k, v in state["model"].items()})
     except (KeyError, RuntimeError) as e:
         raise UserError(f"{os.path.join(model_dir, LAST)} does not fit its config and "
-                        f"{len(classnames)} class names ({str(e)[:160]})") from None
+                        f"{len(classnames)} class names ({one_line(e)[:160]})") from None
+    except (AttributeError, TypeError, ValueError) as e:  # not a dict of tensors
+        raise UserError(f"{os.path.join(model_dir, LAST)} is not a FineSSL checkpoint (its "
+                        f"model entry: {one_line(e)[:160]})") from None
     return model.eval(), device, precision
+
+
+def _check_output(output: str) -> None:
+    """A one-line error, before any work, when ``output`` cannot be a file: it is a
+    folder, or the nearest existing parent of it is a file (or not writable)."""
+    if os.path.isdir(output):
+        raise UserError(f"predict: --output {output} is a folder; give the CSV's file path, "
+                        f"e.g. {os.path.join(output, 'predictions.csv')}")
+    parent = os.path.dirname(os.path.abspath(output))
+    while not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        what = "a file, not a folder" if os.path.isfile(parent) else "not a folder"
+        raise UserError(f"predict: --output {output} cannot be written: {parent} is {what}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"predict: --output {output} cannot be written: {parent} is not "
+                        f"writable")
 
 
 @torch.no_grad()
@@ -103,6 +129,7 @@ def predict(model_dir: str, images: str, output: str, cfg_file: str | None = Non
     """Write ``output`` (CSV) for every readable image below ``images``; return counts."""
     if not os.path.isdir(images):
         raise UserError(f"predict: --images {images} is not a folder")
+    _check_output(output)
     paths = list_images(images)
     if not paths:
         raise UserError(f"predict: no image files below {images} "
@@ -130,7 +157,11 @@ def predict(model_dir: str, images: str, output: str, cfg_file: str | None = Non
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(["path", "class", "confidence"])
     writer.writerows((path, name, f"{c:.6f}") for path, name, c in rows)
-    atomic_write_text(text.getvalue(), output)
+    try:
+        atomic_write_text(text.getvalue(), output)
+    except OSError as e:  # the folder changed while predicting
+        raise UserError(f"predict: --output {output} cannot be written "
+                        f"({e.strerror or type(e).__name__})") from None
     if report.paths:
         log.warning("predict: skipped %d unreadable image file(s) below %s",
                     len(report.paths), images)

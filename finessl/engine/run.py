@@ -1,16 +1,20 @@
 """Train or evaluate from a loaded config: what ``main.py`` calls."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 import os
 
 import torch
 
-from finessl.engine.checkpoint import MODEL_KEYS, RESUME_KEYS, read_checkpoint
+from finessl.data.base import one_line
+from finessl.engine.checkpoint import LAST, MODEL_KEYS, RESUME_KEYS, read_checkpoint
 from finessl.distributed import Dist, init_distributed
 from finessl.engine.device import select_device
-from finessl.engine.rundir import draw_seed, prepare_run_dir, save_run_config
+from finessl.engine.rundir import (checkpoint_seed, draw_seed, extend_run_config,
+                                   prepare_run_dir, run_lock, save_run_config)
 from finessl.engine.trainer import Trainer
 from finessl.errors import UserError
 from finessl.io import atomic_write_text
@@ -32,15 +36,21 @@ def train(cfg) -> dict:
             torch.distributed.destroy_process_group()
 
 
-def _rank0_run_dir(cfg, seed: int, dist: Dist) -> str:
-    """Rank 0 checks and prepares the run folder; its verdict reaches every rank."""
+def _rank0_run_dir(cfg, seed: int, dist: Dist, hold: contextlib.ExitStack):
+    """Rank 0 checks and prepares the run folder, and takes its lock (held in ``hold``
+    for the life of the run); its verdict reaches every rank: (run folder, the
+    num_epochs an ``allow_extend`` resume extended from, or None)."""
     outcome = None
     if dist.is_main:
         try:
             run_dir = prepare_run_dir(cfg, seed)
+            hold.enter_context(run_lock(run_dir))
+            extended_from = None
             if not cfg.resume:
                 save_run_config(cfg, seed, run_dir)
-            outcome = ("ok", run_dir)
+            elif cfg.allow_extend:  # config.yaml says what will run, before it runs
+                extended_from = extend_run_config(run_dir, cfg.num_epochs)
+            outcome = ("ok", (run_dir, extended_from))
         except UserError as e:
             outcome = ("error", str(e))
     kind, value = dist.broadcast(outcome)
@@ -49,27 +59,71 @@ def _rank0_run_dir(cfg, seed: int, dist: Dist) -> str:
     return value
 
 
+def fit_schedule(trainer, num_epochs: int) -> bool:
+    """After a resume, make the restored cosine schedule end at ``num_epochs``.
+
+    The schedule is ``CosineAnnealingLR`` with ``T_max = num_epochs``, stepped once per
+    epoch (finessl/engine/optim.py), and the checkpoint restores the T_max the run had
+    when it was saved. When ``allow_extend`` raised ``num_epochs``, the schedule is
+    recomputed for the new length from the current epoch on: from epoch ``e`` (the
+    epochs done) the learning rate is the one a run planned for ``num_epochs`` from
+    the start has there, ``lr * (1 + cos(pi * e / num_epochs)) / 2``, down to 0 at
+    ``num_epochs``; the epochs already done keep the rates they had. Returns whether
+    it changed anything (only after an extension).
+    """
+    sched = getattr(trainer, "sched", None)
+    if sched is None or sched.T_max == num_epochs:
+        return False
+    done = sched.last_epoch
+    sched.T_max = float(num_epochs)
+    rates = [sched.eta_min + (base - sched.eta_min) * (1 + math.cos(math.pi * done / num_epochs))
+             / 2 for base in sched.base_lrs]
+    for group, rate in zip(trainer.optim.param_groups, rates):
+        group["lr"] = rate
+    sched._last_lr = list(rates)  # what get_last_lr() reports until the next step
+    return True
+
+
+def _load(trainer, state: dict, run_dir: str, full: bool = True) -> None:
+    """``trainer.load_state``; a checkpoint with every key but values of the wrong
+    shape (a foreign or damaged file) is a one-line error, not a traceback."""
+    try:
+        trainer.load_state(state, run_dir, full)
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError, RuntimeError) as e:
+        raise UserError(f"{os.path.join(run_dir, LAST)} is not a FineSSL checkpoint of this "
+                        f"run ({one_line(e)[:160]})") from None
+
+
 def _train(cfg, dist: Dist) -> dict:
     select_device(cfg, dist)  # a missing GPU fails before anything is written
     seed = dist.broadcast(draw_seed(cfg))
-    run_dir = _rank0_run_dir(cfg, seed, dist)
-    setup_logging(run_dir if dist.is_main else None, quiet=not dist.is_main)
-    if cfg.resume:  # the checkpoint is read once; the trainer is rebuilt under its seed
-        state = read_checkpoint(run_dir, RESUME_KEYS)
-        trainer = Trainer(cfg, run_dir, int(state["seed"]), write_split=False, dist=dist)
-        trainer.load_state(state, run_dir)
-    else:
-        log.info("run folder %s (seed %d, %d process%s)", run_dir, seed, dist.world,
-                 "es" if dist.enabled else "")
-        trainer = Trainer(cfg, run_dir, seed, dist=dist)
-    result = trainer.fit()
-    if result and dist.is_main:
-        result.update(algorithm=cfg.algorithm, dataset=cfg.DATA.NAME, num_l=cfg.DATA.NUM_L,
-                      seed=trainer.seed, history=trainer.history)
-        atomic_write_text(json.dumps(result, indent=1), os.path.join(run_dir, RESULTS))
-        log.info("best top-1 %.2f%% (epoch %d), last top-1 %.2f%% (epoch %d)",
-                 100 * result["best_top1"], result["best_epoch"], 100 * result["last_top1"],
-                 result["last_epoch"])
+    with contextlib.ExitStack() as hold:  # the run folder's lock, on rank 0
+        run_dir, extended_from = _rank0_run_dir(cfg, seed, dist, hold)
+        setup_logging(run_dir if dist.is_main else None, quiet=not dist.is_main)
+        if extended_from is not None:
+            log.info("resume: %s extended from %s to %d epochs (recorded in its config.yaml)",
+                     run_dir, extended_from, cfg.num_epochs)
+        if cfg.resume:  # the checkpoint is read once; the trainer is rebuilt under its seed
+            state = read_checkpoint(run_dir, RESUME_KEYS)
+            trainer = Trainer(cfg, run_dir, checkpoint_seed(state, run_dir), write_split=False,
+                              dist=dist)
+            _load(trainer, state, run_dir)
+            if fit_schedule(trainer, cfg.num_epochs):
+                log.info("cosine schedule recomputed for %d epochs from epoch %d (lr %.3e)",
+                         cfg.num_epochs, trainer.start_epoch,
+                         trainer.optim.param_groups[0]["lr"])
+        else:
+            log.info("run folder %s (seed %d, %d process%s)", run_dir, seed, dist.world,
+                     "es" if dist.enabled else "")
+            trainer = Trainer(cfg, run_dir, seed, dist=dist)
+        result = trainer.fit()
+        if result and dist.is_main:
+            result.update(algorithm=cfg.algorithm, dataset=cfg.DATA.NAME, num_l=cfg.DATA.NUM_L,
+                          seed=trainer.seed, history=trainer.history)
+            atomic_write_text(json.dumps(result, indent=1), os.path.join(run_dir, RESULTS))
+            log.info("best top-1 %.2f%% (epoch %d), last top-1 %.2f%% (epoch %d)",
+                     100 * result["best_top1"], result["best_epoch"], 100 * result["last_top1"],
+                     result["last_epoch"])
     return result
 
 
@@ -77,8 +131,8 @@ def evaluate(cfg) -> dict:
     """``eval_only True model_dir DIR``: test top-1 of a saved run."""
     setup_logging()
     state = read_checkpoint(cfg.model_dir, MODEL_KEYS)
-    trainer = Trainer(cfg, None, int(state["seed"]), write_split=False)
-    trainer.load_state(state, cfg.model_dir, full=False)
+    trainer = Trainer(cfg, None, checkpoint_seed(state, cfg.model_dir), write_split=False)
+    _load(trainer, state, cfg.model_dir, full=False)
     result = trainer.evaluate()
     log.info("test top-1 %.2f%%  ECE %.4f  (%s)", 100 * result["top1"], result["ece"],
              cfg.model_dir)

@@ -1,13 +1,23 @@
 """The run folder: the seed a run uses, the folder it writes (never one that already
-holds a run), and the merged config saved there."""
+holds a run, never one another process is running in), and the merged config saved
+there."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import secrets
+from typing import Iterator
 
+import yaml
+from yacs.config import CfgNode as CN
+
+from finessl.config import RUN_CONFIG
 from finessl.engine.checkpoint import LAST
 from finessl.errors import UserError
 from finessl.io import atomic_write_text
+
+LOCK = "run.lock"  # held (flock) by the process training in the folder; holds its pid
 
 
 def draw_seed(cfg) -> int:
@@ -24,7 +34,8 @@ def prepare_run_dir(cfg, seed: int) -> str:
     if cfg.resume:
         run_dir = cfg.resume
         if not os.path.isfile(os.path.join(run_dir, LAST)):
-            raise UserError(f"resume: no {LAST} in {run_dir}")
+            raise UserError(f"resume: no {LAST} in {run_dir}: no epoch of that run has "
+                            f"finished; start it afresh (the same command without resume)")
         return run_dir
     run_dir = cfg.output_dir or os.path.join("out", cfg.DATA.NAME, f"N{cfg.DATA.NUM_L}",
                                              f"seed{seed}")
@@ -42,10 +53,93 @@ def prepare_run_dir(cfg, seed: int) -> str:
     return run_dir
 
 
+def _holder(fd: int) -> str:
+    """The pid written in a lock file held by another process ('?' when unreadable)."""
+    try:
+        text = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return "?"
+    return text if text.isdigit() else "?"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str) -> Iterator[str]:
+    """Hold ``run_dir/run.lock`` for the life of the block: one run per folder.
+
+    The lock is an ``flock`` on a descriptor this process keeps open, so the kernel
+    releases it when the process ends in any way (SIGKILL included): a lock file left
+    by a dead process holds no lock and is taken over silently. The file carries the
+    holder's pid, for the message another process gets (one line, exit 2). The file is
+    removed when the block ends; a process that opened it just before is not fooled
+    (it checks that the file it locked is still the one at the path, else retries).
+    """
+    path = os.path.join(run_dir, LOCK)
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise UserError(f"output_dir {run_dir}: cannot create {LOCK} ({e.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = _holder(fd)
+            os.close(fd)
+            who = f"process {pid}" if pid != "?" else "another process"
+            raise UserError(f"output_dir {run_dir} is in use by {who}; wait for it to "
+                            f"finish or stop it, or choose another output_dir") from None
+        except OSError as e:  # a file system without locks
+            os.close(fd)
+            raise UserError(f"output_dir {run_dir}: cannot lock {path} ({e.strerror})") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the holder removed the file between our open and our lock: again
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(fd)
+
+
+def checkpoint_seed(state: dict, run_dir: str) -> int:
+    """The seed a checkpoint read by :func:`~finessl.engine.checkpoint.read_checkpoint`
+    records; one that is not a number is a one-line error (a foreign or damaged file)."""
+    seed = state["seed"]
+    try:
+        if isinstance(seed, (bool, str, bytes)):
+            raise TypeError
+        return int(seed)
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        raise UserError(f"{os.path.join(run_dir, LAST)} is not a FineSSL checkpoint (its seed "
+                        f"is a {type(seed).__name__}, not an int)") from None
+
+
 def save_run_config(cfg, seed: int, run_dir: str) -> None:
     """The merged config, with the seed actually used, as ``config.yaml``."""
     resolved = cfg.clone()
     resolved.defrost()
     resolved.seed = seed
     resolved.output_dir = run_dir
-    atomic_write_text(resolved.dump(), os.path.join(run_dir, "config.yaml"))
+    atomic_write_text(resolved.dump(), os.path.join(run_dir, RUN_CONFIG))
+
+
+def extend_run_config(run_dir: str, num_epochs: int) -> int | None:
+    """Record an extension (``allow_extend True``) in ``run_dir/config.yaml``: its
+    ``num_epochs`` becomes ``num_epochs``, every other value stays, and the file is
+    rewritten atomically. Returns the old ``num_epochs``, or None when it already said
+    so (a rerun of the same extension)."""
+    path = os.path.join(run_dir, RUN_CONFIG)
+    with open(path, "rb") as f:
+        stored = CN(yaml.safe_load(f))
+    old = stored.get("num_epochs")
+    if old == num_epochs:
+        return None
+    stored.num_epochs = num_epochs
+    atomic_write_text(stored.dump(), path)
+    return old

@@ -1,9 +1,12 @@
 """The training loop: epochs of ``total_steps`` steps, evaluation after each epoch,
-tensorboard + text logs, atomic checkpoints and exact resume."""
+tensorboard + text logs, atomic checkpoints and exact resume, also from the middle of
+an epoch (a preemption checkpoint). A non-finite step stops the run (``Diverged``);
+SIGTERM / SIGUSR1 stop it after the step in progress (``Preempted``)."""
 from __future__ import annotations
 
 import logging
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -13,11 +16,15 @@ from tqdm import tqdm
 from finessl.algorithms import ALGORITHMS, build_algorithm
 from finessl.data import build_data, build_test_loader, build_train_loaders
 from finessl.distributed import SINGLE, Dist
+from finessl.engine import signals
+from finessl.engine.batches import epoch_batches
 from finessl.engine.checkpoint import (LAST, MODEL_KEYS, RESUME_KEYS, read_checkpoint,
-                                       rng_state, seed_everything, set_rng_state,
+                                       rng_state, seed_everything, set_rng_state, where,
                                        write_checkpoint)
 from finessl.engine.device import Precision, select_device
+from finessl.engine.guard import Diverged, StepGuard
 from finessl.errors import UserError
+from finessl.io import remove_orphan_temps
 from finessl.logs import PROGRESS
 from finessl.engine.evaluate import evaluate
 from finessl.engine.optim import build_optimizer
@@ -53,6 +60,9 @@ class Trainer:
                             f"divisible by the {dist.world} processes")
         self.device = select_device(cfg, dist)
         self.precision = precision or Precision(cfg.prec, self.device)
+        if run_dir and dist.is_main:  # what killed writes left; nothing else writes here now
+            for name in remove_orphan_temps(run_dir):
+                log.info("removed %s in %s, the temp file of an interrupted write", name, run_dir)
         seed_everything(seed)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -66,7 +76,8 @@ class Trainer:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if self.algorithm.trains:
             self.optim, self.sched = build_optimizer(cfg, self.params)
-        self.start_epoch, self.global_step = 0, 0
+        self.start_epoch, self.start_step, self.global_step = 0, 0, 0
+        self.saved: str | None = None  # where the checkpoint on disk is: 'epoch E [step S]'
         self.history: list[dict] = []
         self._test_loader = None
         self._log_parameter_counts()
@@ -80,19 +91,22 @@ class Trainer:
                  total, trainable, trainable - heads)
 
     # ---- checkpoints -------------------------------------------------------------
-    def save(self, epoch: int) -> None:
-        """Rank 0 writes; every rank holds the same state (tested), so one file serves all."""
+    def save(self, epoch: int, step: int = 0) -> None:
+        """``epoch`` epochs done and ``step`` steps of the next (0: an end-of-epoch
+        checkpoint). Rank 0 writes; every rank holds the same state (tested), so one
+        file serves all."""
+        self.saved = where({"epoch": epoch, "step": step})
         if not self.dist.is_main:
             return
         state = {
-            "epoch": epoch, "global_step": self.global_step, "seed": self.seed,
+            "epoch": epoch, "step": step, "global_step": self.global_step, "seed": self.seed,
             "model": self.model.trainable_state_dict(), "optimizer": self.optim.state_dict(),
             "scheduler": self.sched.state_dict(), "algorithm": self.algorithm.state_dict(),
             "scaler": self.precision.scaler.state_dict() if self.precision.scaler else None,
             "rng": rng_state(), "history": self.history, "config": self.cfg.dump(),
             "classnames": self.data.classnames,
         }
-        write_checkpoint(state, self.run_dir, epoch, self.cfg.checkpoint_freq)
+        write_checkpoint(state, self.run_dir, epoch, self.cfg.checkpoint_freq if not step else 0)
 
     def load(self, run_dir: str, full: bool = True) -> None:
         """Restore the run saved in ``run_dir``: everything (``full``, a resume) or the
@@ -117,8 +131,9 @@ class Trainer:
             self.precision.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         self.start_epoch, self.global_step = state["epoch"], state["global_step"]
-        self.history = state["history"]
-        log.info("resumed from %s at epoch %d", path, self.start_epoch)
+        self.start_step = state.get("step", 0)  # older checkpoints: end of an epoch
+        self.history, self.saved = state["history"], where(state)
+        log.info("resumed from %s at %s", path, self.saved)
 
     # ---- training ----------------------------------------------------------------
     def fit(self) -> dict:
@@ -135,60 +150,100 @@ class Trainer:
                                       self.dist.world, cfg.DATA.REPLAY)
         if not self.algorithm.uses_unlabeled:
             loaders = loaders[:1]
+        self.guard = StepGuard(self.model, self.params, self.precision, self.dist, self.device)
         try:
-            for epoch in range(self.start_epoch, cfg.num_epochs):
-                self.train_epoch(epoch, loaders, writer)
-                self.sched.step()
-                result = self.evaluate()
-                self.record_epoch(epoch, result, writer)
-                self.save(epoch + 1)
+            with signals.deferred():
+                for epoch in range(self.start_epoch, cfg.num_epochs):
+                    start = self.start_step if epoch == self.start_epoch else 0
+                    self.train_epoch(epoch, loaders, writer, start)
+                    with warnings.catch_warnings():  # resumed after the epoch's last step:
+                        warnings.filterwarnings("ignore", "Detected call of `lr_scheduler")
+                        self.sched.step()  # no optimizer step in this process yet, rightly
+                    result = self.evaluate()
+                    self.record_epoch(epoch, result, writer)
+                    self.save(epoch + 1)
+                    if epoch + 1 < cfg.num_epochs and self.guard.stop_requested():
+                        self._stop(f"after epoch {epoch + 1}/{cfg.num_epochs}")
+        except Diverged as e:
+            progress.error("%s", e)  # log.txt; main.py prints it on the console
+            raise
         finally:
             writer.close()
         return self.summary()
 
-    def train_epoch(self, epoch: int, loaders, writer: SummaryWriter) -> None:
+    def _stop(self, at: str) -> None:
+        """A signal asked to stop; the checkpoint of this point is written."""
+        self.dist.barrier()  # rank 0's file is complete before any rank exits
+        signum = signals.requested()
+        what = signals.name(signum) if signum else "a signal to another process"
+        message = (f"stopped by {what} {at}: {LAST} holds this point; continue with "
+                   f"'resume {self.run_dir}'")
+        progress.warning("%s", message)  # log.txt; main.py prints it on the console
+        raise signals.Preempted(signum or signals.SIGNALS[0], message)
+
+    def optimizer_step(self, batches, epoch: int, step: int) -> tuple[dict, bool]:
+        """One optimizer step; its logs, and whether a signal asked to stop after it."""
+        batch = dict(zip(("x", "y"), batches[0]))
+        if len(batches) > 1:
+            batch.update(zip(("u_w", "u_s1", "u_s2", "u_idx", "u_true"), batches[1]))
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        with self.precision.autocast():
+            loss, logs = self.algorithm.train_step(batch)
+        self.optim.zero_grad(set_to_none=True)
+        scaler = self.precision.scaler
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        self.dist.average_gradients(self.params)
+        finite, stop = self.guard.check(loss)
+        if not finite:  # before the update: nothing non-finite reaches a parameter
+            raise self.guard.diverged(loss, logs, epoch, step, self.cfg.num_epochs,
+                                      self.cfg.total_steps, self._saved_line())
+        if scaler is not None:
+            scaler.step(self.optim)
+            scaler.update()
+        else:
+            self.optim.step()
+        self.global_step += 1
+        return logs, stop
+
+    def _saved_line(self) -> str:
+        if self.saved is None:
+            return "no checkpoint was written"
+        return f"{LAST} ({self.saved}) is left as it was"
+
+    def train_epoch(self, epoch: int, loaders, writer: SummaryWriter, start: int = 0) -> None:
+        """Epoch ``epoch`` from step ``start`` on (> 0: resumed from a mid-epoch
+        checkpoint, which holds the algorithm's state of that step)."""
         cfg, model = self.cfg, self.model
         model.train()
-        self.algorithm.on_epoch_start(epoch)
+        if start == 0:
+            self.algorithm.on_epoch_start(epoch)
         for loader in loaders:
             loader.sampler.set_epoch(epoch)
         window: dict[str, torch.Tensor] = {}
-        bar = tqdm(zip(*loaders), total=cfg.total_steps, dynamic_ncols=True,
-                   desc=f"epoch {epoch + 1}/{cfg.num_epochs}", leave=False,
-                   disable=not self.dist.is_main)
-        for step, batches in enumerate(bar):
-            batch = dict(zip(("x", "y"), batches[0]))
-            if len(batches) > 1:
-                batch.update(zip(("u_w", "u_s1", "u_s2", "u_idx", "u_true"), batches[1]))
-            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-            with self.precision.autocast():
-                loss, logs = self.algorithm.train_step(batch)
-            self.optim.zero_grad(set_to_none=True)
-            scaler = self.precision.scaler
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                self.dist.average_gradients(self.params)
-                scaler.step(self.optim)
-                scaler.update()
-            else:
-                loss.backward()
-                self.dist.average_gradients(self.params)
-                self.optim.step()
-            self.global_step += 1
-            for k, v in logs.items():
-                window[k] = window.get(k, 0.0) + torch.as_tensor(
-                    v, dtype=torch.float32, device=self.device).detach()
-            if (step + 1) % cfg.print_freq == 0 or step + 1 == cfg.total_steps:
-                keys = sorted(window)  # one all-reduce: the mean over ranks and steps
-                sums = self.dist.sum(torch.stack([window[k] for k in keys])) / self.dist.world
-                means = dict(zip(keys, (sums / ((step % cfg.print_freq) + 1)).tolist()))
-                window.clear()
-                self._log_window(epoch, step, means, writer, bar)
+        in_window = 0
+        with epoch_batches(loaders, start) as stream, tqdm(
+                stream, total=cfg.total_steps, initial=start, dynamic_ncols=True,
+                desc=f"epoch {epoch + 1}/{cfg.num_epochs}", leave=False,
+                disable=not self.dist.is_main) as bar:
+            for step, batches in enumerate(bar, start):
+                logs, stop = self.optimizer_step(batches, epoch, step)
+                for k, v in logs.items():
+                    window[k] = window.get(k, 0.0) + torch.as_tensor(
+                        v, dtype=torch.float32, device=self.device).detach()
+                in_window += 1
+                if (step + 1) % cfg.print_freq == 0 or step + 1 == cfg.total_steps:
+                    keys = sorted(window)  # one all-reduce: the mean over ranks and steps
+                    sums = self.dist.sum(torch.stack([window[k] for k in keys])) / self.dist.world
+                    means = dict(zip(keys, (sums / in_window).tolist()))
+                    window.clear()
+                    in_window = 0
+                    self._log_window(epoch, step, step + 1 - start, means, writer, bar)
+                if stop:
+                    self.save(epoch, step + 1)
+                    self._stop(f"at epoch {epoch + 1}/{cfg.num_epochs} step {step + 1}/"
+                               f"{cfg.total_steps}")
 
-    def _log_window(self, epoch, step, means, writer, bar) -> None:
-        if not torch.isfinite(torch.tensor(means["loss/total"])):
-            raise RuntimeError(f"loss is {means['loss/total']} at epoch {epoch + 1} step "
-                               f"{step + 1}; lower lr or use prec fp32")
+    def _log_window(self, epoch, step, done, means, writer, bar) -> None:
         lr = self.optim.param_groups[0]["lr"]
         for k, v in means.items():
             writer.add_scalar(f"train/{k}", v, self.global_step)
@@ -197,7 +252,7 @@ class Trainer:
                         mask=f"{means.get('pseudo/mask_rate', 0):.2f}", lr=f"{lr:.2e}")
         elapsed = bar.format_dict["elapsed"]
         left = (self.cfg.num_epochs - epoch) * self.cfg.total_steps - step - 1
-        eta = elapsed / (step + 1) * left
+        eta = elapsed / done * left
         progress.info("epoch %d/%d step %d/%d  %s  lr %.3e  eta %s", epoch + 1,
                       self.cfg.num_epochs, step + 1, self.cfg.total_steps,
                       "  ".join(f"{k} {v:.4f}" for k, v in means.items()), lr,
