@@ -84,7 +84,7 @@ _C.weight_decay = 5e-4  # SGD weight decay
 _C.seed = None  # random seed; None draws one and records it in the run's config.yaml
 
 # ---- run ----------------------------------------------------------------------------
-_C.output_dir = None  # run folder; None = out/<DATA.NAME>/N<NUM_L>/seed<seed>
+_C.output_dir = None  # run folder; may hold {seed}, {algorithm} and {config} (the --cfg file's name) fields; None = out/<DATA.NAME>_N<NUM_L>/{algorithm}/seed{seed}
 _C.resume = None  # run folder to continue from its last checkpoint; its config.yaml is the base, and only runtime keys may differ (docs/running.md#resume)
 _C.allow_extend = False  # with resume: num_epochs N above the run's own continues it to N epochs, the cosine schedule recomputed for N from the current epoch on (docs/running.md#resume)
 _C.checkpoint_freq = 0  # also keep a checkpoint every K epochs (0 = only the last)
@@ -514,6 +514,10 @@ def load_config(cfg_file: str | None = None, opts: list[str] | None = None) -> C
         stored = cfg.clone()
     for pairs, source in sources:
         _merge(cfg, pairs, source, seen_inert)
+    if cfg_file and cfg.output_dir and "{config}" in cfg.output_dir:  # the file's name
+        name = os.path.splitext(os.path.basename(cfg_file))[0]
+        cfg.output_dir = cfg.output_dir.replace("{config}",
+                                                name.replace("{", "{{").replace("}", "}}"))
     if stored is not None:
         if cfg.seed is None:  # seed null (a YAML's default): the run's own seed
             cfg.seed = stored.seed

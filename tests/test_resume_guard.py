@@ -444,3 +444,23 @@ def test_a_second_run_on_a_folder_in_use_is_refused(cifar_root, tmp_path):
     rc, _, err = run_main(tiny_args(cifar_root, str(out), **SHORT))
     assert rc == 0, err
     assert os.path.isfile(out / "results.json") and not path.exists()
+
+
+# ---- output_dir fields ---------------------------------------------------------------------
+def test_output_dir_fields_keep_seeds_and_methods_apart(tmp_path):
+    from finessl.engine.rundir import format_run_dir, prepare_run_dir
+    from finessl.plugins import load_config as load
+    cfg = load(os.path.join(REPO, "configs", "peft", "cifar10_N4.yaml"),
+               ["output_dir", str(tmp_path / "{config}" / "{algorithm}" / "seed{seed}")])
+    assert cfg.output_dir == str(tmp_path / "cifar10_N4" / "{algorithm}" / "seed{seed}")
+    first, second = prepare_run_dir(cfg, 1), prepare_run_dir(cfg, 2)
+    assert first == str(tmp_path / "cifar10_N4" / "finessl" / "seed1")
+    assert second.endswith(os.path.join("finessl", "seed2")) and os.path.isdir(second)
+    bare = load(None, ["algorithm", "fixmatch", "DATA.NAME", "CIFAR10", "DATA.NUM_L", "4"])
+    assert format_run_dir("out/{config}/{algorithm}/seed{seed}", bare, 3) == \
+        "out/CIFAR10_N4/fixmatch/seed3"
+    with pytest.raises(UserError, match=r"^output_dir 'x/\{sed\}': fields are \{seed\}"):
+        format_run_dir("x/{sed}", bare, 3)
+    for name in ("cifar10_N1", "cifar100_N4", "food101_N10"):  # every shipped config
+        with open(os.path.join(REPO, "configs", "peft", f"{name}.yaml")) as f:
+            assert 'output_dir: "out/{config}/{algorithm}/seed{seed}"' in f.read()

@@ -25,8 +25,26 @@ def draw_seed(cfg) -> int:
     return cfg.seed if cfg.seed is not None else secrets.randbelow(2**31)
 
 
+RUN_DIR_FIELDS = ("seed", "algorithm", "config")
+DEFAULT_RUN_DIR = "out/{config}/{algorithm}/seed{seed}"
+
+
+def format_run_dir(template: str, cfg, seed: int) -> str:
+    """``output_dir`` with its fields filled: ``{seed}``, ``{algorithm}`` and ``{config}``
+    (``load_config`` puts the --cfg file's name there; without a file it is
+    ``<DATA.NAME>_N<NUM_L>``), so seeds and methods of one config never share a folder."""
+    config = f"{cfg.DATA.NAME}_N{cfg.DATA.NUM_L}"
+    try:
+        return template.format(seed=seed, algorithm=cfg.algorithm, config=config)
+    except (KeyError, IndexError, ValueError) as e:
+        raise UserError(f"output_dir {template!r}: fields are {{seed}}, {{algorithm}} and "
+                        f"{{config}} ({type(e).__name__}: {e}); write a literal brace as "
+                        f"{{{{ or }}}}") from None
+
+
 def prepare_run_dir(cfg, seed: int) -> str:
-    """The run folder: ``resume`` > ``output_dir`` > out/<dataset>/N<NUM_L>/seed<seed>.
+    """The run folder: ``resume`` > ``output_dir`` (its fields filled,
+    :func:`format_run_dir`) > out/{config}/{algorithm}/seed{seed}.
 
     A fresh run never writes into a folder that already holds a checkpoint: that
     would overwrite somebody's results.
@@ -37,8 +55,7 @@ def prepare_run_dir(cfg, seed: int) -> str:
             raise UserError(f"resume: no {LAST} in {run_dir}: no epoch of that run has "
                             f"finished; start it afresh (the same command without resume)")
         return run_dir
-    run_dir = cfg.output_dir or os.path.join("out", cfg.DATA.NAME, f"N{cfg.DATA.NUM_L}",
-                                             f"seed{seed}")
+    run_dir = format_run_dir(cfg.output_dir or DEFAULT_RUN_DIR, cfg, seed)
     if os.path.isfile(os.path.join(run_dir, LAST)):
         raise UserError(f"output_dir {run_dir} already holds a run ({LAST}): pass "
                         f"'resume {run_dir}' to continue it, or choose another output_dir")
