@@ -431,14 +431,15 @@ def _last_value(sources, key: str):
     return value
 
 
-def _run_config_pairs(run_dir: str) -> tuple[list[tuple[str, object]], str]:
-    """The flattened RUN/config.yaml a resume starts from, and its path."""
+def _run_config_pairs(run_dir: str, key: str = "resume") -> tuple[list[tuple[str, object]], str]:
+    """The flattened RUN/config.yaml a resume (``key`` resume) or an evaluation (``key``
+    model_dir) starts from, and its path."""
     path, run_name = os.path.join(run_dir, RUN_CONFIG), show_path(run_dir)
     if not os.path.isdir(run_dir):
-        raise UserError(f"resume: {run_name} is not a folder (give the run folder to continue)")
+        raise UserError(f"{key}: {run_name} is not a folder (give the run folder)")
     if not os.path.lexists(path):  # a run folder holds config.yaml and checkpoint_last.pt
-        raise UserError(f"resume: no {RUN_CONFIG} in {run_name}, so no run to continue (a run "
-                        f"folder holds {RUN_CONFIG} and checkpoint_last.pt; a resume starts "
+        raise UserError(f"{key}: no {RUN_CONFIG} in {run_name}, so no run there (a run "
+                        f"folder holds {RUN_CONFIG} and checkpoint_last.pt; {key} starts "
                         f"from the run's own config)")
     pairs = [(k, v) for k, v in _flatten(_read_yaml(path)) if k not in ("resume", "output_dir")]
     return pairs, show_path(path)
@@ -479,7 +480,9 @@ def load_config(cfg_file: str | None = None, opts: list[str] | None = None) -> C
     With ``resume RUN`` (from either), RUN/config.yaml comes between the defaults and
     the file: a resume starts from the run's own config, and any key outside
     :data:`RESUME_RUNTIME_KEYS` that this invocation changes is refused in one line
-    naming each (``num_epochs`` may grow with ``allow_extend True``).
+    naming each (``num_epochs`` may grow with ``allow_extend True``). ``eval_only True
+    model_dir RUN`` starts from RUN/config.yaml too, so the run folder alone is enough;
+    what this invocation sets on top is used as given.
 
     The ``plugins`` the file and the pairs name are imported first, so the keys they
     declare can be set. The built-in plug-ins' keys are in the tree once their packages
@@ -496,7 +499,16 @@ def load_config(cfg_file: str | None = None, opts: list[str] | None = None) -> C
     sources.append(([(opts[i], _parse_cli_value(opts[i + 1])) for i in range(0, len(opts), 2)],
                     "command line"))
     resume = _coerce("resume", None, _last_value(sources, "resume"), "the resume key")
-    stored_source = _run_config_pairs(resume) if resume else None
+    evaluated = None  # eval_only True model_dir RUN: the run's own config.yaml as well
+    if not resume and _coerce("eval_only", False, _last_value(sources, "eval_only") or False,
+                              "the eval_only key"):
+        evaluated = _coerce("model_dir", None, _last_value(sources, "model_dir"),
+                            "the model_dir key")
+        if evaluated and not os.path.isfile(os.path.join(evaluated, RUN_CONFIG)):
+            evaluated = None  # no run there: reading its checkpoint says so, in one line
+    base_dir = resume or evaluated
+    stored_source = (_run_config_pairs(base_dir, "resume" if resume else "model_dir")
+                     if base_dir else None)
     # The plug-ins the run's config.yaml names (its keys must merge), then the ones
     # this invocation names, the last mention winning.
     for layer in ([[stored_source]] if stored_source else []) + [sources]:
@@ -521,10 +533,11 @@ def load_config(cfg_file: str | None = None, opts: list[str] | None = None) -> C
     if stored is not None:
         if cfg.seed is None:  # seed null (a YAML's default): the run's own seed
             cfg.seed = stored.seed
-        cfg.output_dir = resume  # a resumed run writes into its own folder
+        if resume:
+            cfg.output_dir = resume  # a resumed run writes into its own folder
     _validate(cfg)
-    if stored is not None:
-        _resume_changes(stored, cfg, resume)
+    if resume:
+        _resume_changes(stored, cfg, base_dir)
     if seen_inert:
         log.warning("config keys with no effect in FineSSL, accepted for compatibility: %s",
                     ", ".join(seen_inert))

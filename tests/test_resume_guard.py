@@ -464,3 +464,20 @@ def test_output_dir_fields_keep_seeds_and_methods_apart(tmp_path):
     for name in ("cifar10_N1", "cifar100_N4", "food101_N10"):  # every shipped config
         with open(os.path.join(REPO, "configs", "peft", f"{name}.yaml")) as f:
             assert 'output_dir: "out/{config}/{algorithm}/seed{seed}"' in f.read()
+
+
+# ---- eval_only takes a run folder alone ----------------------------------------------------
+def test_eval_only_rebuilds_from_the_runs_own_config(cifar_root, tmp_path):
+    from finessl.engine.run import evaluate, train
+    run = str(tmp_path / "trained")
+    result = train(load_config(None, tiny_args(cifar_root, run, num_epochs=1, total_steps=3,
+                                               vpt_len=3)))
+    cfg = load_config(None, ["eval_only", "True", "model_dir", run, "num_workers", "0"])
+    assert cfg.vpt_len == 3 and cfg.backbone == TINY_VIT and cfg.total_steps == 3
+    assert cfg.eval_only is True and cfg.model_dir == run
+    assert evaluate(cfg)["top1"] == pytest.approx(result["last_top1"])
+    assert load_config(None, ["eval_only", "True", "model_dir", run, "DATA.NUM_TEST", "5"]
+                       ).DATA.NUM_TEST == 5  # what the invocation sets is used as given
+    missing = load_config(None, ["eval_only", "True", "model_dir", str(tmp_path / "none")])
+    message = one_line_error(evaluate, missing)
+    assert message.startswith("no checkpoint ")
