@@ -5,6 +5,7 @@
     python main.py predict --model-dir out/RUN --images photos/ --output predictions.csv
     python main.py convert-checkpoint out/RUN --trust   # a checkpoint of an older FineSSL
     python main.py restore-checkpoint out/RUN           # checkpoint_prev.pt becomes the last
+    python main.py report out/RUN [out/RUN2 ...] --out report/   # report.html + PNG figures
 
 Exit codes (docs/running.md#exit-codes): 0 done, 2 bad input (one line on stderr),
 3 training diverged, 130 Ctrl-C, 143 / 138 stopped by SIGTERM / SIGUSR1 (a
@@ -31,7 +32,8 @@ def parse_args(argv):
     parser.add_argument("--cfg", "--config-file", dest="cfg", default=None,
                         help="YAML config (keys of finessl/config.py)")
     parser.add_argument("--dry-run", action="store_true",
-                        help="validate the config, print it merged, and exit")
+                        help="check the config, device, run folder, data files and weights as a "
+                             "real run does, print the merged config, and exit")
     parser.add_argument("opts", nargs="*", metavar="KEY VALUE",
                         help="config overrides as KEY VALUE pairs, e.g. vpt_deep True")
     args, extra = parser.parse_known_args(argv)  # --dry-run may come after the pairs
@@ -85,13 +87,17 @@ def parse_repair_args(command: str, argv):
 
 
 REPAIRS = ("convert-checkpoint", "restore-checkpoint")
+REPORT = "report"  # its command line: finessl/report/cli.py
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = argv[0] if argv[:1] and argv[0] in ("predict",) + REPAIRS else None
+    command = argv[0] if argv[:1] and argv[0] in ("predict", REPORT) + REPAIRS else None
     if command == "predict":
         args = parse_predict_args(argv[1:])
+    elif command == REPORT:
+        from finessl.report.cli import parse_args as parse_report_args
+        args = parse_report_args(argv[1:])
     elif command:
         args = parse_repair_args(command, argv[1:])
     else:
@@ -107,6 +113,10 @@ def _run(command, args) -> int:
             from finessl.engine.predict import predict  # heavy imports only when needed
             predict(args.model_dir, args.images, args.output, args.cfg, args.opts)
             return 0
+        if command == REPORT:
+            from finessl.report.page import build
+            print(build(args.run_dirs, args.out, args.epochs, args.metric))
+            return 0
         if command:
             from finessl.engine import repair
             if command == "convert-checkpoint":
@@ -115,7 +125,9 @@ def _run(command, args) -> int:
                 repair.restore_previous(args.run_dir)
             return 0
         cfg = load_config(args.cfg, args.opts)
-        if args.dry_run:
+        if args.dry_run:  # every check a real run makes before loading anything
+            from finessl.engine import preflight
+            preflight.check(cfg)
             print(cfg.dump(), end="")
             return 0
         from finessl.engine import run  # heavy imports only when training

@@ -31,7 +31,7 @@ _C = CN()
 
 # ---- data ---------------------------------------------------------------------------
 _C.DATA = CN()
-_C.DATA.NAME = "CIFAR100"  # dataset: a registered name: CIFAR10, CIFAR100, FOOD101, FashionMNIST, ImageFolder or your plug-in (datasets/README.md)
+_C.DATA.NAME = "CIFAR100"  # dataset: a registered name: CIFAR10, CIFAR100, CIFAR100_OpenSet, FOOD101, Semi_Aves, semi_ImageNet, FashionMNIST, ImageFolder or your plug-in (datasets/README.md)
 _C.DATA.DATAPATH = "datasets/cifar-100"  # folder holding the dataset files (see datasets/README.md)
 _C.DATA.DOWNLOAD = True  # fetch the dataset when missing (only where a network exists)
 _C.DATA.NUMBER_CLASSES = -1  # number of classes; -1 takes it from the dataset
@@ -40,7 +40,7 @@ _C.DATA.NUM_L = 4  # labeled images per class (the largest class when IMB_L > 1)
 _C.DATA.NUM_U = 500  # extra unlabeled images per class (the largest class when IMB_U > 1)
 _C.DATA.IMB_L = 1.0  # imbalance ratio of the labeled set (1 = balanced)
 _C.DATA.IMB_U = 1.0  # imbalance ratio of the unlabeled set (1 = balanced)
-_C.DATA.MU_U = 1  # unlabeled batch = MU_U * BATCH_SIZE
+_C.DATA.MU_U = 2  # unlabeled batch = MU_U * BATCH_SIZE (the released default 2; the CIFAR, Food-101 and Semi-Aves configs set 1)
 _C.DATA.BATCH_SIZE = 32  # labeled images per step
 _C.DATA.UNLABELED = "dataset"  # unlabeled pool: 'dataset' = the released rule (CIFAR: first NUM_L+NUM_U per class; Food-101: the whole train split), 'num_u' = first NUM_L+NUM_U per class, 'all' = the whole train split
 _C.DATA.NORMALIZE = "dataset"  # input mean/std: 'dataset' = the released per-dataset values (CIFAR's own, ImageNet's for Food-101), 'clip' = CLIP's
@@ -93,6 +93,8 @@ _C.eval_only = False  # evaluate the checkpoint in model_dir and exit
 _C.model_dir = None  # run folder evaluated by eval_only
 _C.gpu = None  # CUDA device index; None = cuda:0 when CUDA exists, else CPU
 _C.deterministic = False  # torch deterministic algorithms (slower on CUDA)
+_C.setting = ""  # name of this setting in sweeps, summarize.py and reports; '' = the --cfg file's name (else DATA.NAME_N<NUM_L>)
+_C.paper_top1 = None  # the paper's top-1 (%) for this setting, shown beside the results by summarize.py and reports (None: the paper has none)
 _C.plugins = []  # your plug-in modules (module names or .py paths), imported before the rest of the config is read (docs/extending.md)
 
 # Keys of the authors' code that do nothing here: accepted, reported in one warning.
@@ -100,13 +102,13 @@ INERT_KEYS = (
     "dataset", "root", "resolution", "stride", "batch_size", "tau", "downsampling",
     "n_max", "test_ensemble", "vpt_last", "lam_tokens", "scalar_learnable",
     "adapter_scalar", "block_num", "patch_size", "mode", "rand_init1",
-    "load_epoch", "DATA.NUM_WORKERS", "DATA.LABEL_RATIO", "DATA.out_ulab",
+    "load_epoch", "DATA.NUM_WORKERS",
 )
 # Types accepted for keys whose default is None.
 _NONE_TYPES = {
     "bms": (bool,), "dls": (bool,),
     "seed": (int,), "output_dir": (str,), "resume": (str,), "model_dir": (str,),
-    "gpu": (int,), "partial": (int,),
+    "gpu": (int,), "partial": (int,), "paper_top1": (float, int),
 }
 _CHOICES = {
     "prec": ("fp16", "fp32", "amp", "bf16"),
@@ -126,8 +128,11 @@ RUN_CONFIG = "config.yaml"  # a run folder's record of the config it trains with
 RESUME_RUNTIME_KEYS = (
     "num_workers", "print_freq", "checkpoint_freq", "gpu", "deterministic", "compile",
     "grad_checkpointing", "cache_dir", "DATA.DOWNLOAD", "output_dir", "resume",
-    "model_dir", "eval_only", "allow_extend",
+    "model_dir", "eval_only", "allow_extend", "setting", "paper_top1",
 )
+# ... and what eval_only / predict may also set: where the test data is, how much of it,
+# the numeric mode of the forward.
+EVAL_RUNTIME_KEYS = RESUME_RUNTIME_KEYS + ("DATA.DATAPATH", "DATA.NUM_TEST", "prec")
 _INT_RANGE = 2**63  # ints must fit a signed 64-bit integer (torch's seeds and sizes)
 
 _CHECKS: dict[str, Callable[[object], str | None]] = {}
@@ -177,6 +182,20 @@ def declare(key: str, default, comment: str, choices: tuple | None = None,
         _CHOICES[key] = tuple(choices)
     if check:
         _CHECKS[key] = check
+
+
+# Plug-ins' rewrites of the (key, value) pairs a config is read from, in order, before
+# anything is merged: where an authors' switch means more than one key here (SemiKD's
+# ``KD True`` selects an algorithm, and its ``resume TEACHER`` names the teacher).
+# Each takes and returns the list of (pairs, source name) of the file and the command line.
+_PAIR_REWRITES: list[Callable[[list], list]] = []
+
+
+def rewrite_pairs(rewrite: Callable[[list], list]) -> Callable[[list], list]:
+    """Decorator: register a rewrite of the config's (key, value) pairs (see above)."""
+    if rewrite not in _PAIR_REWRITES:
+        _PAIR_REWRITES.append(rewrite)
+    return rewrite
 
 
 def declared_keys() -> dict[str, tuple[object, str]]:
@@ -421,7 +440,7 @@ def _plugin_set(specs: list[str]) -> set[str]:
     return {os.path.realpath(s) if s.endswith(".py") else s for s in specs}
 
 
-def _last_value(sources, key: str):
+def last_value(sources, key: str):
     """The value the last source gives ``key`` (None when none does), unchecked."""
     value = None
     for pairs, _ in sources:
@@ -445,20 +464,41 @@ def _run_config_pairs(run_dir: str, key: str = "resume") -> tuple[list[tuple[str
     return pairs, show_path(path)
 
 
-def _resume_changes(stored: CN, cfg: CN, run_dir: str) -> None:
-    """Refuse, in one line naming each, the keys that shape training and differ from the
-    run's config.yaml (every key but :data:`RESUME_RUNTIME_KEYS`, with the rules there)."""
+def _changed(stored: CN, cfg: CN, allowed) -> list[tuple[str, object, object]]:
+    """(key, run's value, new value) of every key outside ``allowed`` that differs."""
     changed = []
     for key in all_keys(cfg):
-        if key in RESUME_RUNTIME_KEYS:
+        if key in allowed:
             continue
         old, new = _get(stored, key), _get(cfg, key)
         if key == "plugins" and _plugin_set(old) == _plugin_set(new):
             continue
-        if key == "num_epochs" and cfg.allow_extend and new > old:
-            continue  # an extension: recorded in config.yaml when the run starts
         if old != new:
             changed.append((key, old, new))
+    return changed
+
+
+def keep_run_config(stored: CN, cfg: CN, run_dir: str, command: str) -> None:
+    """``eval_only`` / ``predict`` (``command``) rebuild the run as it was trained: every
+    key outside :data:`EVAL_RUNTIME_KEYS` takes the run's config.yaml value again, and
+    those given with another value are named in one warning (repeating a training
+    command's keys is harmless; changing the model would not be the run trained)."""
+    changed = _changed(stored, cfg, EVAL_RUNTIME_KEYS)
+    for key, old, _ in changed:
+        _set(cfg, key, old)
+    if changed:
+        log.warning("%s: %s ignored: the run %s is rebuilt from its %s, and only runtime "
+                    "keys (gpu, num_workers, prec, DATA.DATAPATH, DATA.NUM_TEST, ...: "
+                    "docs/running.md) apply", command,
+                    ", ".join(f"{k} {_show(new)}" for k, _, new in changed),
+                    show_path(run_dir), RUN_CONFIG)
+
+
+def _resume_changes(stored: CN, cfg: CN, run_dir: str) -> None:
+    """Refuse, in one line naming each, the keys that shape training and differ from the
+    run's config.yaml (every key but :data:`RESUME_RUNTIME_KEYS`, with the rules there)."""
+    changed = [(key, old, new) for key, old, new in _changed(stored, cfg, RESUME_RUNTIME_KEYS)
+               if not (key == "num_epochs" and cfg.allow_extend and new > old)]  # an extension
     if not changed:
         return
     listed = ", ".join(f"{k} ({_show(old)} -> {_show(new)})" for k, old, new in changed)
@@ -481,8 +521,9 @@ def load_config(cfg_file: str | None = None, opts: list[str] | None = None) -> C
     the file: a resume starts from the run's own config, and any key outside
     :data:`RESUME_RUNTIME_KEYS` that this invocation changes is refused in one line
     naming each (``num_epochs`` may grow with ``allow_extend True``). ``eval_only True
-    model_dir RUN`` starts from RUN/config.yaml too, so the run folder alone is enough;
-    what this invocation sets on top is used as given.
+    model_dir RUN`` starts from RUN/config.yaml too, so the run folder alone is enough,
+    and only :data:`EVAL_RUNTIME_KEYS` may differ from it (others are ignored, with a
+    warning).
 
     The ``plugins`` the file and the pairs name are imported first, so the keys they
     declare can be set. The built-in plug-ins' keys are in the tree once their packages
@@ -498,11 +539,13 @@ def load_config(cfg_file: str | None = None, opts: list[str] | None = None) -> C
                         f"has no value")
     sources.append(([(opts[i], _parse_cli_value(opts[i + 1])) for i in range(0, len(opts), 2)],
                     "command line"))
-    resume = _coerce("resume", None, _last_value(sources, "resume"), "the resume key")
+    for rewrite in _PAIR_REWRITES:  # a plug-in's reading of the authors' switches (SemiKD's KD)
+        sources = rewrite(sources)
+    resume = _coerce("resume", None, last_value(sources, "resume"), "the resume key")
     evaluated = None  # eval_only True model_dir RUN: the run's own config.yaml as well
-    if not resume and _coerce("eval_only", False, _last_value(sources, "eval_only") or False,
+    if not resume and _coerce("eval_only", False, last_value(sources, "eval_only") or False,
                               "the eval_only key"):
-        evaluated = _coerce("model_dir", None, _last_value(sources, "model_dir"),
+        evaluated = _coerce("model_dir", None, last_value(sources, "model_dir"),
                             "the model_dir key")
         if evaluated and not os.path.isfile(os.path.join(evaluated, RUN_CONFIG)):
             evaluated = None  # no run there: reading its checkpoint says so, in one line
@@ -526,6 +569,8 @@ def load_config(cfg_file: str | None = None, opts: list[str] | None = None) -> C
         stored = cfg.clone()
     for pairs, source in sources:
         _merge(cfg, pairs, source, seen_inert)
+    if cfg_file and not cfg.setting:
+        cfg.setting = os.path.splitext(os.path.basename(cfg_file))[0]
     if cfg_file and cfg.output_dir and "{config}" in cfg.output_dir:  # the file's name
         name = os.path.splitext(os.path.basename(cfg_file))[0]
         cfg.output_dir = cfg.output_dir.replace("{config}",
@@ -538,6 +583,8 @@ def load_config(cfg_file: str | None = None, opts: list[str] | None = None) -> C
     _validate(cfg)
     if resume:
         _resume_changes(stored, cfg, base_dir)
+    elif stored is not None:
+        keep_run_config(stored, cfg, base_dir, "eval_only")
     if seen_inert:
         log.warning("config keys with no effect in FineSSL, accepted for compatibility: %s",
                     ", ".join(seen_inert))

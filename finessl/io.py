@@ -127,3 +127,20 @@ def remove_orphan_temps(folder: str) -> list[str]:
             except OSError:
                 pass
     return removed
+
+
+def unreachable(url: str, timeout: float = 3.0) -> str:
+    """'' when the host of ``url`` accepts a connection within ``timeout`` seconds, else
+    why not, in a few words: an offline machine fails in seconds instead of a
+    download library's minute of retries."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or url
+    port = parts.port or (80 if parts.scheme == "http" else 443)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return ""
+    except OSError as e:
+        return f"{host} cannot be reached: {e.strerror or type(e).__name__}"

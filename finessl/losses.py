@@ -14,7 +14,13 @@ def learning_pace(selected: torch.Tensor, num_classes: int) -> torch.Tensor:
     ``bincount`` (bin 0 = "none"): one pass over the memory, no Python loop, no
     boolean indexing.
     """
-    counts = torch.bincount(selected + 1, minlength=num_classes + 1)[1:].float()
+    return pace_from_counts(torch.bincount(selected + 1, minlength=num_classes + 1)[1:])
+
+
+def pace_from_counts(counts: torch.Tensor) -> torch.Tensor:
+    """beta(k) from sigma(k) = ``counts[k]`` (kept up to date by the algorithms'
+    :class:`~finessl.algorithms.memory.LabelMemory`, so a step never recounts)."""
+    counts = counts.float()
     return counts / counts.max().clamp(min=1.0)  # no host sync: it runs every step
 
 

@@ -6,11 +6,13 @@
 
 Reads every ``results.json`` (written by ``finessl.engine.run`` when a run finishes)
 under ROOT/<setting>/<method>/..., as laid out by ``scripts/table1.sh``,
-``scripts/table6.sh`` and ``scripts/run_peft.sh``. Rows are methods, columns settings;
-a cell is the mean ± sample std over the runs found, with their number when fewer than
-3. ``--paper`` (on by default when a setting of Table 1 is present) adds the FineSSL
-numbers the paper reports (docs/method.md §6). Standard library only, so it runs wherever
-the results are copied to.
+``scripts/table6.sh`` and ``scripts/run_peft.sh``: a column is named by its folder, the
+config's own name. Rows are methods; a cell is the mean ± sample std over the runs
+found, with their number when fewer than 3. ``--paper`` (on by default when a setting's
+runs record one) adds the row of the figure each config declares (``paper_top1``: the
+shipped paper settings carry the FineSSL numbers of docs/method.md §6; a config that
+declares none shows '-'). Standard library only, so it runs wherever the results are
+copied to.
 """
 from __future__ import annotations
 
@@ -23,12 +25,9 @@ import sys
 RESULTS = "results.json"
 METRICS = {"last": "last_top1", "best": "best_top1"}
 
-# Table 1 settings in the paper's column order, with FineSSL's reported top-1 (%).
-PAPER_FINESSL = {
-    "cifar10_N1": 96.15, "cifar10_N2": 96.87, "cifar10_N4": 97.39,
-    "cifar100_N4": 80.44, "cifar100_N25": 84.51, "cifar100_N100": 86.66,
-    "food101_N2": 87.04, "food101_N4": 89.28, "food101_N10": 89.69,
-}
+# Column order: Table 1's settings as the paper orders them, then the others by name.
+SETTING_ORDER = ["cifar10_N1", "cifar10_N2", "cifar10_N4", "cifar100_N4", "cifar100_N25",
+                 "cifar100_N100", "food101_N2", "food101_N4", "food101_N10"]
 PAPER_ROW = "FineSSL (paper)"
 
 # Row order: baselines and Table 1 methods as in the paper, then Table 6's variants
@@ -44,9 +43,11 @@ def warn(message: str) -> None:
     print(f"summarize.py: warning: {message}", file=sys.stderr)
 
 
-def collect(root: str, key: str) -> dict[tuple[str, str], list[float]]:
-    """(setting, method) -> top-1 in % of every finished run below ROOT/setting/method."""
+def collect(root: str, key: str) -> tuple[dict[tuple[str, str], list[float]], dict[str, float]]:
+    """((setting, method) -> top-1 in % of every finished run below ROOT/setting/method,
+    setting -> the paper's figure its runs record)."""
     values: dict[tuple[str, str], list[float]] = {}
+    paper: dict[str, float] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         if RESULTS not in filenames:
@@ -58,12 +59,16 @@ def collect(root: str, key: str) -> dict[tuple[str, str], list[float]]:
             continue
         try:
             with open(path) as f:
-                top1 = float(json.load(f)[key])
+                result = json.load(f)
+            top1 = float(result[key])
         except (OSError, ValueError, KeyError, TypeError) as e:
             warn(f"ignoring {path}: cannot read {key} ({e.__class__.__name__}: {e})")
             continue
         values.setdefault((parts[0], parts[1]), []).append(100.0 * top1)
-    return values
+        figure = result.get("paper_top1")
+        if isinstance(figure, (int, float)) and not isinstance(figure, bool):
+            paper.setdefault(parts[0], float(figure))
+    return values, paper
 
 
 def ordered(names, known) -> list[str]:
@@ -80,16 +85,17 @@ def cell(runs: list[float]) -> str:
     return text + (f" (n={len(runs)})" if len(runs) < 3 else "")
 
 
-def table(values: dict[tuple[str, str], list[float]], paper: bool) -> list[str]:
-    settings = ordered((s for s, _ in values), list(PAPER_FINESSL))
+def table(values: dict[tuple[str, str], list[float]], paper: dict[str, float] | None) -> list[str]:
+    """The markdown rows; ``paper``: setting -> figure for the paper row (None: no row)."""
+    settings = ordered((s for s, _ in values), SETTING_ORDER)
     methods = ordered((m for _, m in values), METHOD_ORDER)
     lines = ["| method | " + " | ".join(settings) + " |",
              "|---" * (len(settings) + 1) + "|"]
     for method in methods:
         cells = [cell(values[s, method]) if (s, method) in values else "-" for s in settings]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    if paper:
-        cells = [f"{PAPER_FINESSL[s]:.2f}" if s in PAPER_FINESSL else "-" for s in settings]
+    if paper is not None:
+        cells = [f"{paper[s]:.2f}" if s in paper else "-" for s in settings]
         lines.append(f"| {PAPER_ROW} | " + " | ".join(cells) + " |")
     return lines
 
@@ -100,20 +106,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metric", choices=sorted(METRICS), default="last",
                         help="top-1 of the last epoch (default) or of the best epoch")
     parser.add_argument("--paper", action=argparse.BooleanOptionalAction, default=None,
-                        help="add the paper's FineSSL row (default: when a Table 1 "
-                             "setting is present)")
+                        help="add the row of the paper's figures the configs declare "
+                             "(default: when any run records one)")
     args = parser.parse_args(argv)
     key = METRICS[args.metric]
-    values = collect(args.root, key) if os.path.isdir(args.root) else {}
+    values, figures = collect(args.root, key) if os.path.isdir(args.root) else ({}, {})
     if not values:
         print(f"summarize.py: no {RESULTS} with {key} under {args.root}", file=sys.stderr)
         return 2
-    paper = args.paper
-    if paper is None:
-        paper = any(setting in PAPER_FINESSL for setting, _ in values)
+    show = bool(figures) if args.paper is None else args.paper
     print(f"Test top-1 (%) at the {args.metric} epoch, mean ± std over seeds "
           f"({args.root})\n")
-    print("\n".join(table(values, paper)))
+    print("\n".join(table(values, figures if show else None)))
     return 0
 
 

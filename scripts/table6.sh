@@ -3,12 +3,13 @@
 #   bash scripts/table6.sh                         # cifar100_N4, every variant, seeds 1 2 3
 #   VARIANTS="fixmatch finessl" SEEDS="1" bash scripts/table6.sh prec amp
 #   python scripts/summarize.py out/table6
-# Env: SETTINGS (default cifar100_N4), VARIANTS, SEEDS, OUT (default out/table6), PYTHON.
+# Env: SETTINGS (default cifar100_N4; paper setting names, run with vpt_deep True) or
+# CONFIGS (config files, run as they are), VARIANTS, SEEDS, OUT (default out/table6), PYTHON.
 # Extra arguments are passed on as KEY VALUE overrides (after the variant's own).
-# Runs go to $OUT/<setting>/<variant>/seed<seed>; resumable like table1.sh.
+# Runs go to $OUT/<config name>/<variant>/seed<seed>; resumable like table1.sh.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-source scripts/_run_one.sh
+[ -n "${CONFIGS:-}" ] || SETTINGS=${SETTINGS:-cifar100_N4}
+source "$(dirname "$0")/_run_one.sh"
 
 # variant name -> the KEY VALUE overrides that define it
 declare -A VARIANT=(
@@ -22,7 +23,6 @@ declare -A VARIANT=(
   [aux_not_detached]="algorithm finessl aux_detach False"
 )
 ALL_VARIANTS="fixmatch fixmatch+bms fixmatch+dls finessl fixed_alpha no_margin_labeled no_smoothing aux_not_detached"
-SETTINGS=${SETTINGS:-"cifar100_N4"}
 VARIANTS=${VARIANTS:-$ALL_VARIANTS}
 SEEDS=${SEEDS:-"1 2 3"}
 OUT=${OUT:-out/table6}
@@ -33,13 +33,14 @@ for variant in $VARIANTS; do
     exit 2
   fi
 done
-check_configs $SETTINGS
-for setting in $SETTINGS; do
+resolve_configs
+for i in "${!SWEEP_NAMES[@]}"; do
+  read -r -a peft <<< "${SWEEP_PEFT[$i]}"
   for variant in $VARIANTS; do
     read -r -a overrides <<< "${VARIANT[$variant]}"
     for seed in $SEEDS; do
-      dir="$OUT/$setting/$variant/seed$seed"
-      run_one "$dir" --cfg "configs/peft/$setting.yaml" vpt_deep True "${overrides[@]}" \
+      dir="$OUT/${SWEEP_NAMES[$i]}/$variant/seed$seed"
+      run_one "$dir" --cfg "${SWEEP_FILES[$i]}" "${peft[@]}" "${overrides[@]}" \
         seed "$seed" output_dir "$dir" "$@"
     done
   done

@@ -26,7 +26,7 @@ def tiny_args(cifar_root: str, out: str, **overrides) -> list[str]:
     """KEY VALUE pairs for a fast run of the tiny ViT on the fake CIFAR-10."""
     opts = {
         "DATA.NAME": "CIFAR10", "DATA.DATAPATH": cifar_root, "DATA.DOWNLOAD": "False",
-        "DATA.NUM_L": "4", "DATA.NUM_U": "36", "DATA.BATCH_SIZE": "8",
+        "DATA.NUM_L": "4", "DATA.NUM_U": "36", "DATA.BATCH_SIZE": "8", "DATA.MU_U": "1",
         "backbone": TINY_VIT, "pretrained": "none", "prec": "fp32",
         "vpt_deep": "True", "vpt_len": "4", "num_epochs": "3", "total_steps": "20",
         "num_workers": "0", "seed": "1", "output_dir": out,

@@ -9,134 +9,14 @@ within a few hundred steps, so end-to-end tests can check that accuracy rises.
 
 from __future__ import annotations
 
-import colorsys
 import json
-import math
 import os
-import pickle
 
 import numpy as np
 from PIL import Image
 
-CIFAR10_NAMES = [
-    "airplane", "automobile", "bird", "cat", "deer",
-    "dog", "frog", "horse", "ship", "truck",
-]
-
-CIFAR100_NAMES = [
-    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle",
-    "bicycle", "bottle", "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can",
-    "castle", "caterpillar", "cattle", "chair", "chimpanzee", "clock", "cloud",
-    "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur", "dolphin",
-    "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house", "kangaroo",
-    "keyboard", "lamp", "lawn_mower", "leopard", "lion", "lizard", "lobster", "man",
-    "maple_tree", "motorcycle", "mountain", "mouse", "mushroom", "oak_tree", "orange",
-    "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree", "plain",
-    "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road",
-    "rocket", "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail",
-    "snake", "spider", "squirrel", "streetcar", "sunflower", "sweet_pepper", "table",
-    "tank", "telephone", "television", "tiger", "tractor", "train", "trout", "tulip",
-    "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm",
-]
-
-
-def class_pattern(k: int, num_classes: int) -> np.ndarray:
-    """The noise-free 32x32x3 float image of class ``k`` (values in 0..255)."""
-    hue = (k * 0.618034) % 1.0
-    colour = np.array(colorsys.hsv_to_rgb(hue, 0.8, 0.85)) * 255
-    angle = math.pi * ((k * 0.381966) % 1.0)
-    period = 6 + 4 * (k % 3)
-    y, x = np.mgrid[0:32, 0:32].astype(np.float64)
-    stripes = np.sin(2 * math.pi * (x * math.cos(angle) + y * math.sin(angle)) / period)
-    return 0.7 * colour[None, None, :] + 50 * stripes[:, :, None] + 20
-
-
-def _images(labels: np.ndarray, num_classes: int, rng: np.random.Generator) -> np.ndarray:
-    """(N, 3072) uint8 rows in CIFAR's CHW order."""
-    patterns = np.stack([class_pattern(k, num_classes) for k in range(num_classes)])
-    hwc = patterns[labels] + rng.normal(0, 15, size=(len(labels), 32, 32, 3))
-    hwc = np.clip(np.rint(hwc), 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(hwc.transpose(0, 3, 1, 2).reshape(len(labels), 3072))
-
-
-def _labels(num_classes: int, per_class: int, rng: np.random.Generator) -> np.ndarray:
-    """Every class ``per_class`` times, shuffled like the real files."""
-    return rng.permutation(np.repeat(np.arange(num_classes), per_class))
-
-
-def _dump(path: str, record: dict) -> None:
-    with open(path, "wb") as f:
-        pickle.dump(record, f, protocol=2)
-
-
-def write_fake_cifar(
-    root: str,
-    kind: str = "cifar10",
-    num_classes: int | None = None,
-    train_per_class: int = 20,
-    test_per_class: int = 10,
-    seed: int = 0,
-) -> str:
-    """Write a fake CIFAR under ``root`` (the folder DATA.DATAPATH points at).
-
-    ``kind="cifar10"`` always has 10 classes and splits the training set over
-    data_batch_1..5; ``kind="cifar100"`` has ``num_classes`` (default 100) classes
-    and meta lists the real CIFAR-100 names of those classes.
-    """
-    rng = np.random.default_rng(seed)
-    if kind == "cifar10":
-        if num_classes not in (None, 10):
-            raise ValueError("fake CIFAR-10 always has 10 classes")
-        num_classes, names = 10, CIFAR10_NAMES
-    elif kind == "cifar100":
-        num_classes = 100 if num_classes is None else num_classes
-        if not 1 <= num_classes <= 100:
-            raise ValueError("fake CIFAR-100 has 1 to 100 classes")
-        names = CIFAR100_NAMES[:num_classes]
-    else:
-        raise ValueError(f"kind must be 'cifar10' or 'cifar100', not {kind!r}")
-    train_labels = _labels(num_classes, train_per_class, rng)
-    test_labels = _labels(num_classes, test_per_class, rng)
-    train_data = _images(train_labels, num_classes, rng)
-    test_data = _images(test_labels, num_classes, rng)
-
-    if kind == "cifar10":
-        folder = os.path.join(root, "cifar-10-batches-py")
-        os.makedirs(folder, exist_ok=True)
-        chunks = np.array_split(np.arange(len(train_labels)), 5)
-        for i, chunk in enumerate(chunks, start=1):
-            _dump(os.path.join(folder, f"data_batch_{i}"), {
-                "batch_label": f"training batch {i} of 5",
-                "labels": train_labels[chunk].tolist(),
-                "data": train_data[chunk],
-                "filenames": [f"fake_{j}.png" for j in chunk],
-            })
-        _dump(os.path.join(folder, "test_batch"), {
-            "batch_label": "testing batch 1 of 1",
-            "labels": test_labels.tolist(),
-            "data": test_data,
-            "filenames": [f"fake_test_{j}.png" for j in range(len(test_labels))],
-        })
-        _dump(os.path.join(folder, "batches.meta"), {
-            "label_names": names, "num_cases_per_batch": len(chunks[0]), "num_vis": 3072,
-        })
-    else:
-        folder = os.path.join(root, "cifar-100-python")
-        os.makedirs(folder, exist_ok=True)
-        for split, labels, data in (("train", train_labels, train_data),
-                                    ("test", test_labels, test_data)):
-            _dump(os.path.join(folder, split), {
-                "filenames": [f"fake_{split}_{j}.png" for j in range(len(labels))],
-                "batch_label": f"{split}ing batch 1 of 1",
-                "fine_labels": labels.tolist(),
-                "coarse_labels": (labels // 5).tolist(),
-                "data": data,
-            })
-        _dump(os.path.join(folder, "meta"), {
-            "fine_label_names": names,
-            "coarse_label_names": [f"superclass_{i}" for i in range(20)],
-        })
-    return root
+from finessl.data.synthetic import (  # noqa: F401  (the CIFAR look-alikes live in the package)
+    CIFAR10_NAMES, CIFAR100_NAMES, _dump, _images, _labels, class_pattern, write_fake_cifar)
 
 
 # Food-101 class names, deliberately not in sorted order: the JSON keeps this order,
@@ -222,3 +102,108 @@ def write_image_folder(root: str, bad_files: bool = True, seed: int = 0) -> str:
         with open(os.path.join(root, NOT_AN_IMAGE), "w") as f:
             f.write("this is text, not a PNG\n")
     return root
+
+
+# ---- Semi-Aves and ImageNet in their released layouts ----------------------------------
+def _class_jpeg(k: int, num_classes: int, rng: np.random.Generator, side: int = 16) -> bytes:
+    """One small JPEG of class ``k``'s pattern: encoded once, written for every file of
+    the class, so a tree of thousands of files is made in a fraction of a second."""
+    import io
+    pixels = np.resize(class_pattern(k, num_classes), (side, side, 3))
+    pixels = np.clip(pixels + rng.normal(0, 10, pixels.shape), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def _put(path: str, data: bytes) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def write_fake_semi_aves(root: str, num_classes: int = 200, labeled_per_class: int = 2,
+                         u_in_per_class: int = 1, u_out: int = 30, test_per_class: int = 1,
+                         with_ids: bool = True, seed: int = 0) -> str:
+    """``root/annotation/{anno_l_train,anno_u_train_in,anno_u_train_out,anno_test}.json,
+    solution.csv, semi_aves_class_names.txt}`` and the images they name.
+
+    File names hold the true class (``l_train/<k>_<j>.jpg``; out-of-class images
+    ``u_train_out/x_<j>.jpg``) so tests can check labels against files. ``with_ids``:
+    COCO ids are given, annotations are listed in a shuffled order and solution.csv's
+    rows too (pairing by position would mislabel them); without, neither ids nor
+    shuffling, the released reader's positional pairing.
+    """
+    rng = np.random.default_rng(seed)
+    jpeg = [_class_jpeg(k, num_classes, rng) for k in range(num_classes)]
+    other = _class_jpeg(num_classes, num_classes + 1, rng)
+    next_id = iter(range(10**6, 10**7, 7))
+
+    def coco(name: str, items: list[tuple[str, int]]) -> list[tuple[int, int]]:
+        ids = [next(next_id) for _ in items]
+        images = [{"file_name": rel, **({"id": i} if with_ids else {})}
+                  for (rel, _), i in zip(items, ids)]
+        annotations = [{"category_id": k, **({"image_id": i, "id": i + 1} if with_ids else {})}
+                       for (_, k), i in zip(items, ids)]
+        if with_ids:
+            annotations = [annotations[j] for j in rng.permutation(len(annotations))]
+        record = {"images": images, "annotations": annotations,
+                  "categories": [{"id": k} for k in range(num_classes)]}
+        _put(os.path.join(root, "annotation", name), json.dumps(record).encode())
+        return [(i, k) for i, (_, k) in zip(ids, items)]
+
+    def images(folder: str, per_class: int) -> list[tuple[str, int]]:
+        items = [(f"{folder}/{k}_{j}.jpg", k) for k in range(num_classes) for j in range(per_class)]
+        items = [items[j] for j in rng.permutation(len(items))]
+        for rel, k in items:
+            _put(os.path.join(root, rel), jpeg[k])
+        return items
+
+    coco("anno_l_train.json", images("l_train", labeled_per_class))
+    coco("anno_u_train_in.json", images("u_train_in", u_in_per_class))
+    outside = [(f"u_train_out/x_{j}.jpg", 0) for j in range(u_out)]  # category_id unused
+    for rel, _ in outside:
+        _put(os.path.join(root, rel), other)
+    coco("anno_u_train_out.json", outside)
+    test = images("test", test_per_class)
+    rows = coco("anno_test.json", [(rel, -1) for rel, _ in test])
+    solution = [(i, k) for (i, _), (_, k) in zip(rows, test)]
+    if with_ids:
+        solution = [solution[j] for j in rng.permutation(len(solution))]
+    _put(os.path.join(root, "annotation", "solution.csv"),
+         ("Id,Category\n" + "".join(f"{i},{k}\n" for i, k in solution)).encode())
+    _put(os.path.join(root, "annotation", "semi_aves_class_names.txt"),
+         "".join(f"{k} Genus_species{k}\n" for k in range(num_classes)).encode())
+    return root
+
+
+def write_fake_imagenet(root: str, num_classes: int = 10, train_per_class: int = 6,
+                        val_per_class: int = 2, seed: int = 0) -> dict:
+    """ILSVRC2012 as ``root/train/<wnid>/<wnid>_<n>.JPEG`` and ``root/val/<wnid>/
+    ILSVRC2012_val_<n>.JPEG``, with SimCLR-style list files (``1percent.txt``: the first
+    file of each class; ``10percent.txt``: the first two), the released names of lists
+    (``99percent.txt``, ``90percent.txt``: the same contents) and ``val.txt`` (the last
+    train file of each class: the released test set). Wnids are random, so their sorted
+    order is not the order they were made in; each class folder also holds a hidden file
+    and a text file, which are not images. Returns the wnids (sorted) and the lists."""
+    rng = np.random.default_rng(seed)
+    wnids = [f"n{w:08d}" for w in rng.choice(10**7, num_classes, replace=False)]
+    lists: dict[str, list[str]] = {"1percent.txt": [], "10percent.txt": [], "val.txt": []}
+    val_number = iter(range(1, 10**6))
+    for k, wnid in enumerate(wnids):
+        data = _class_jpeg(k, num_classes, rng)
+        names = [f"{wnid}_{n}.JPEG" for n in rng.choice(10**5, train_per_class, replace=False)]
+        for name in names:
+            _put(os.path.join(root, "train", wnid, name), data)
+        _put(os.path.join(root, "train", wnid, ".DS_Store"), b"")
+        _put(os.path.join(root, "train", wnid, "notes.txt"), b"not an image")
+        for _ in range(val_per_class):
+            _put(os.path.join(root, "val", wnid, f"ILSVRC2012_val_{next(val_number):08d}.JPEG"),
+                 data)
+        lists["1percent.txt"].append(names[0])
+        lists["10percent.txt"] += names[:2]
+        lists["val.txt"].append(names[-1])
+    lists["99percent.txt"], lists["90percent.txt"] = lists["1percent.txt"], lists["10percent.txt"]
+    for name, lines in lists.items():
+        _put(os.path.join(root, name), "".join(f"{line}\n" for line in lines).encode())
+    return {"wnids": sorted(wnids), "lists": lists}

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch.nn as nn
 
 from conftest import TINY_VIT
 from finessl.algorithms import build_algorithm
 from finessl.config import get_cfg_defaults
+from finessl.errors import UserError
 from finessl.models import build_model
 
 
@@ -65,7 +67,7 @@ def setup_tiny_step(vpt: str):
     torch.manual_seed(0)
     model = build_model(cfg, [f"c{i}" for i in range(5)], torch.device("cpu"), half=False)
     algorithm = build_algorithm(cfg, model, 5, 10, torch.device("cpu"))
-    algorithm.selected.copy_(torch.tensor([0, 0, 1, 2, -1, -1, 3, 0, -1, -1]))  # margins != 0
+    algorithm.memory.load(torch.tensor([0, 0, 1, 2, -1, -1, 3, 0, -1, -1]))  # margins != 0
     g = torch.Generator().manual_seed(1)
     images = lambda: torch.randn(3, 3, 32, 32, generator=g)  # noqa: E731
     batch = {"x": images(), "y": torch.tensor([0, 3, 4]), "u_w": images(), "u_s1": images(),
@@ -108,3 +110,13 @@ def old_format_state():
                      "numpy": numpy_state},
              "history": [{"top1": np.float64(0.5), "epoch": 1}]}
     return state, draws
+
+
+# ---- the one-line error contract ---------------------------------------------------------
+def one_line_error(call, *args) -> str:
+    """``call(*args)`` raises a UserError of one non-empty line; its message."""
+    with pytest.raises(UserError) as exc:
+        call(*args)
+    message = str(exc.value)
+    assert message.strip() and len(message.splitlines()) == 1, message
+    return message

@@ -73,7 +73,7 @@ def test_pseudolabel_learns_the_weak_views_own_hard_labels():
 # ---- FlexMatch ----------------------------------------------------------------------
 def _flex(memory, warmup):
     algo = _build("flexmatch", num_unlabeled=len(memory), FLEXMATCH__WARMUP=warmup)
-    algo.selected_label.copy_(torch.tensor(memory))
+    algo.label_memory.load(torch.tensor(memory))
     return algo
 
 
@@ -121,7 +121,7 @@ def test_flexmatch_mask_then_memory_update(warmup, mask):
 
 def test_flexmatch_memory_survives_epochs_unlike_the_learning_pace():
     algo = _flex([0, 1, -1, 2], True)
-    algo.selected.copy_(torch.tensor([0, 1, -1, 2]))
+    algo.memory.load(torch.tensor([0, 1, -1, 2]))
     algo.on_epoch_start(1)
     assert algo.selected.tolist() == [-1] * 4
     assert algo.selected_label.tolist() == [0, 1, -1, 2]
@@ -337,8 +337,8 @@ def test_flexmatch_with_balanced_margins_and_decoupled_smoothing():
         [0.0, 2.0, 0.0], [0.0, 1.0, 1.0],
     ])
     algo = _build("flexmatch", main, aux, bms=True, dls=True)
-    algo.selected.copy_(torch.tensor([0, 0, 1, -1]))        # pace [1, 1/2, 0] -> spread 8
-    algo.selected_label.copy_(torch.tensor([0, 1, -1, -1]))  # sigma [1, 1, 0], 2 unused
+    algo.memory.load(torch.tensor([0, 0, 1, -1]))        # pace [1, 1/2, 0] -> spread 8
+    algo.label_memory.load(torch.tensor([0, 1, -1, -1]))  # sigma [1, 1, 0], 2 unused
     # FlexMatch thresholds: beta = [1, 1, 0] / 2 -> .7 * [1/3, 1/3, 0]: u1 (conf .5) kept
     m = [0.0, (0.5 / 1.5) * 8, 8.0]
     loss, logs = algo.train_step(_batch([0], [1], [1, 2], [3, 4], [5, 6], [3, 1], [0, 2]))

@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from conftest import REPO, run_main, tiny_args
+from fakedata import write_fake_cifar
 from finessl.config import load_config
 
 CIFAR100_N4 = os.path.join(REPO, "configs", "peft", "cifar100_N4.yaml")
@@ -20,8 +21,7 @@ pytestmark = pytest.mark.slow  # every test runs main.py in a subprocess
 def assert_user_error(rc: int, stderr: str, *needles: str, only_line: bool = False) -> str:
     """Exit 2, exactly one ``error:`` line (the last thing on stderr), no traceback.
 
-    Runs that fail after training has started setting up also log progress lines
-    (run folder, dataset sizes) on stderr before the error; ``only_line`` demands
+    Progress lines (run folder, dataset sizes) go to stdout, warnings to stderr; ``only_line`` demands
     that the error is all there is (config mistakes, caught before any logging).
     """
     assert rc == 2, stderr
@@ -41,7 +41,10 @@ def assert_user_error(rc: int, stderr: str, *needles: str, only_line: bool = Fal
 # ---- --dry-run ------------------------------------------------------------------------
 @pytest.mark.parametrize("where", ["before", "after"])
 def test_dry_run_prints_the_merged_config(where, tmp_path):
-    pairs = ["vpt_deep", "True", "DATA.DATAPATH", str(tmp_path)]
+    data = str(tmp_path / "data")
+    write_fake_cifar(data, "cifar100")
+    tmp_path = tmp_path / "data"
+    pairs = ["vpt_deep", "True", "DATA.DATAPATH", data, "pretrained", "none"]
     args = ["--cfg", CIFAR100_N4] + (["--dry-run"] + pairs if where == "before"
                                      else pairs + ["--dry-run"])
     rc, out, err = run_main(args)
@@ -53,7 +56,7 @@ def test_dry_run_prints_the_merged_config(where, tmp_path):
     assert dumped["DATA"]["BATCH_SIZE"] == 32
     assert dumped["DATA"]["DATAPATH"] == str(tmp_path)
     # Nothing is created by a dry run, and its output loads back to the same config.
-    assert os.listdir(tmp_path) == []
+    assert os.listdir(tmp_path) == ["cifar-100-python"]
     path = tmp_path.parent / f"dumped-{where}.yaml"
     path.write_text(out)
     expected = load_config(CIFAR100_N4, pairs)

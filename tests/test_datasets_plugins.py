@@ -62,7 +62,8 @@ class ToyShapes(Dataset):
         return [f"colour {k}" for k in range(len(COLOURS))]
 '''
 
-BUILT_IN = ["CIFAR10", "CIFAR100", "FOOD101", "FashionMNIST", "ImageFolder"]
+BUILT_IN = ["CIFAR10", "CIFAR100", "CIFAR100_OpenSet", "FOOD101", "FashionMNIST",
+            "ImageFolder", "Semi_Aves", "semi_ImageNet"]
 
 
 def test_unknown_name_is_one_line_naming_key_value_and_choices(tmp_path):
@@ -93,8 +94,9 @@ def test_every_spelling_finds_its_dataset(spelling, name):
 def test_built_in_datasets_are_registered_with_their_rules():
     assert DATASETS.names() == BUILT_IN
     assert {n: DATASETS.get(n).unlabeled_pool for n in BUILT_IN} == {
-        "CIFAR10": "num_u", "CIFAR100": "num_u", "FOOD101": "all", "FashionMNIST": "num_u",
-        "ImageFolder": "num_u"}
+        "CIFAR10": "num_u", "CIFAR100": "num_u", "CIFAR100_OpenSet": "num_u", "FOOD101": "all",
+        "FashionMNIST": "num_u", "ImageFolder": "num_u", "Semi_Aves": "num_u",
+        "semi_ImageNet": "num_u"}
     assert datasets.dataset_stats("ImageFolder") == datasets.dataset_stats("x", "clip")
 
 

@@ -79,7 +79,7 @@ def test_finessl_step_matches_hand_computation():
     cfg = get_cfg_defaults()
     cfg.DATA.NUM_L = 1
     algo = build_algorithm(cfg, TableModel(main, aux), 3, 4, torch.device("cpu"))
-    algo.selected.copy_(torch.tensor([0, 0, 1, -1]))  # pace [1, 1/2, 0] -> spread 8
+    algo.memory.load(torch.tensor([0, 0, 1, -1]))  # pace [1, 1/2, 0] -> spread 8
     m = [0.0, (0.5 / 1.5) * 8, 8.0]
     batch = {"x": id_images([0]), "y": torch.tensor([0]), "u_w": id_images([1, 2]),
              "u_s1": id_images([3, 4]), "u_s2": id_images([5, 6]),

@@ -63,6 +63,22 @@ def test_predict_writes_one_row_per_readable_image(folder_run, tmp_path):
     assert os.listdir(tmp_path) == ["predictions.csv"]  # written atomically
 
 
+def test_predict_takes_only_runtime_keys_from_the_command_line(folder_run, tmp_path, caplog):
+    """Training keys given on top keep the run's values (one warning names them), so
+    the predictions are those of the run as trained."""
+    root, out, _ = folder_run
+    images = os.path.join(root, "test")
+    plain, changed = str(tmp_path / "plain.csv"), str(tmp_path / "changed.csv")
+    predict(out, images, plain, opts=["num_workers", "0"])
+    with caplog.at_level("WARNING"):
+        predict(out, images, changed, opts=["num_workers", "0", "vpt_len", "7", "lr", "0.5"])
+    assert read_csv(changed) == read_csv(plain)
+    warned = [r.getMessage() for r in caplog.records if "ignored" in r.getMessage()]
+    ignored = warned[0].split(" ignored")[0] if len(warned) == 1 else ""
+    assert "vpt_len 7" in ignored and "lr 0.5" in ignored
+    assert "num_workers" not in ignored  # a runtime key applies
+
+
 def test_predict_needs_no_training_data_when_the_checkpoint_names_the_classes(folder_run,
                                                                               tmp_path):
     root, out, _ = folder_run

@@ -18,6 +18,7 @@ import yaml
 from PIL import Image
 
 from conftest import REPO, TINY_VIT, run_main, tiny_args, wait_for_text
+from helpers import one_line_error
 from finessl.config import RESUME_RUNTIME_KEYS, all_keys
 from finessl.data import datasets, folder
 from finessl.engine import rundir
@@ -25,14 +26,6 @@ from finessl.engine.predict import predict
 from finessl.engine.run import fit_schedule
 from finessl.errors import UserError
 from finessl.plugins import load_config
-
-
-def one_line_error(call, *args) -> str:
-    with pytest.raises(UserError) as exc:
-        call(*args)
-    message = str(exc.value)
-    assert message.strip() and len(message.splitlines()) == 1, message
-    return message
 
 
 def assert_exit_2_one_line(rc: int, stderr: str, *needles: str) -> str:
@@ -406,10 +399,10 @@ def test_allow_extend_continues_a_finished_run_and_records_it(cifar_root, tmp_pa
     out = str(tmp_path / "run")
     rc, _, err = run_main(tiny_args(cifar_root, out, **SHORT))
     assert rc == 0, err
-    rc, _, err = run_main(["resume", out, "num_epochs", "4", "allow_extend", "True",
-                           "num_workers", "1"])  # a runtime key may change too
+    rc, stdout, err = run_main(["resume", out, "num_epochs", "4", "allow_extend", "True",
+                                "num_workers", "1"])  # a runtime key may change too
     assert rc == 0, err
-    assert "extended from 2 to 4 epochs" in err
+    assert "extended from 2 to 4 epochs" in stdout  # progress on stdout, not stderr
     config = yaml.safe_load(open(os.path.join(out, "config.yaml")))
     assert config["num_epochs"] == 4 and config["allow_extend"] is False
     assert config["resume"] is None
@@ -477,7 +470,10 @@ def test_eval_only_rebuilds_from_the_runs_own_config(cifar_root, tmp_path):
     assert cfg.eval_only is True and cfg.model_dir == run
     assert evaluate(cfg)["top1"] == pytest.approx(result["last_top1"])
     assert load_config(None, ["eval_only", "True", "model_dir", run, "DATA.NUM_TEST", "5"]
-                       ).DATA.NUM_TEST == 5  # what the invocation sets is used as given
+                       ).DATA.NUM_TEST == 5  # a runtime key given on top is used
+    # a training key given on top keeps the run's value (named in a warning)
+    assert load_config(None, ["eval_only", "True", "model_dir", run, "vpt_len", "7"]
+                       ).vpt_len == 3
     missing = load_config(None, ["eval_only", "True", "model_dir", str(tmp_path / "none")])
     message = one_line_error(evaluate, missing)
-    assert message.startswith("no checkpoint ")
+    assert message.startswith("model_dir: no checkpoint_last.pt in ")

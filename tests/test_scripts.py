@@ -25,7 +25,7 @@ import json, os, sys
 args = sys.argv[1:]
 with open(os.environ["FAKE_LOG"], "a") as f:
     f.write(json.dumps({{"cwd": os.getcwd(), "argv": args}}) + "\\n")
-opts = dict(zip(args[3::2], args[4::2]))  # after 'main.py --cfg FILE'
+opts = dict(zip(args[3::2], args[4::2]))  # after 'REPO/main.py --cfg FILE'
 run_dir = opts.get("resume", opts["output_dir"])
 if os.environ.get("FAKE_FAIL") and os.environ["FAKE_FAIL"] in run_dir:
     sys.exit(1)
@@ -44,31 +44,41 @@ def fake_python(tmp_path):
     return str(path), str(tmp_path / "calls.jsonl")
 
 
-def sweep(script: str, fake_python, **env):
-    """``bash scripts/SCRIPT`` with the fake interpreter: (proc, recorded calls)."""
+MAIN = os.path.join(REPO, "main.py")
+
+
+def peft_config(name: str) -> str:
+    return os.path.join(REPO, "configs", "peft", f"{name}.yaml")
+
+
+def sweep(script: str, fake_python, cwd: str = REPO, **env):
+    """``bash scripts/SCRIPT`` started in ``cwd`` with the fake interpreter: (proc,
+    recorded calls). The script never changes directory: main.py runs where it started."""
     python, log = fake_python
     full_env = {k: v for k, v in os.environ.items()
-                if k not in ("SETTINGS", "METHODS", "VARIANTS", "SEEDS", "OUT", "FAKE_FAIL")}
+                if k not in ("SETTINGS", "CONFIGS", "METHODS", "VARIANTS", "SEEDS", "OUT",
+                             "FAKE_FAIL")}
     full_env.update(PYTHON=python, FAKE_LOG=log)
     extra = env.pop("args", [])
     full_env.update(env)
     if os.path.exists(log):
         os.unlink(log)
     proc = subprocess.run(["bash", os.path.join(REPO, "scripts", script), *extra],
-                          env=full_env, capture_output=True, text=True, timeout=60)
+                          env=full_env, capture_output=True, text=True, timeout=60, cwd=cwd)
     calls = []
     if os.path.exists(log):
         with open(log) as f:
             calls = [json.loads(line) for line in f]
-    assert all(c["cwd"] == REPO for c in calls)
+    assert all(c["cwd"] == cwd for c in calls)
     return proc, [c["argv"] for c in calls]
 
 
-def write_results(run_dir, last: float, best: float | None = None) -> None:
+def write_results(run_dir, last: float, best: float | None = None,
+                  paper: float | None = None) -> None:
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, "results.json"), "w") as f:
         json.dump({"best_top1": last if best is None else best, "best_epoch": 3,
-                   "last_top1": last, "last_epoch": 30}, f)
+                   "last_top1": last, "last_epoch": 30, "paper_top1": paper}, f)
 
 
 # ---- table1.sh ----------------------------------------------------------------------
@@ -87,7 +97,7 @@ def test_table1_argv_skip_resume_and_failure(tmp_path, fake_python):
 
     assert proc.returncode == 1, proc.stderr
     run = lambda s, m, seed: os.path.join(out, s, m, f"seed{seed}")  # noqa: E731
-    assert calls[0] == ["main.py", "--cfg", "configs/peft/cifar10_N1.yaml", "vpt_deep", "True",
+    assert calls[0] == [MAIN, "--cfg", peft_config("cifar10_N1"), "vpt_deep", "True",
                         "algorithm", "fixmatch", "seed", "1", "output_dir",
                         run("cifar10_N1", "fixmatch", 1), "prec", "amp"]
     dirs = [c[c.index("output_dir") + 1] for c in calls]
@@ -147,7 +157,7 @@ def test_table6_variants(tmp_path, fake_python):
     assert len(calls) == len(TABLE6)
     for argv, (variant, overrides) in zip(calls, TABLE6.items()):
         run_dir = os.path.join(out, "cifar100_N4", variant, "seed1")
-        assert argv == ["main.py", "--cfg", "configs/peft/cifar100_N4.yaml", "vpt_deep", "True",
+        assert argv == [MAIN, "--cfg", peft_config("cifar100_N4"), "vpt_deep", "True",
                         *overrides, "seed", "1", "output_dir", run_dir, "num_epochs", "2"]
     assert "FAILED " + os.path.join(out, "cifar100_N4", "no_smoothing", "seed1") in proc.stderr
 
@@ -167,7 +177,7 @@ def test_run_peft(tmp_path, fake_python):
     proc, calls = sweep("run_peft.sh", fake_python, OUT=str(tmp_path), SETTINGS="cifar10_N2",
                         SEEDS="3")
     assert proc.returncode == 0, proc.stderr
-    assert calls == [["main.py", "--cfg", "configs/peft/cifar10_N2.yaml", "vpt_deep", "True",
+    assert calls == [[MAIN, "--cfg", peft_config("cifar10_N2"), "vpt_deep", "True",
                       "seed", "3", "output_dir",
                       os.path.join(str(tmp_path), "cifar10_N2", "vpt_deep", "seed3")]]
 
@@ -189,9 +199,11 @@ def results_root(tmp_path):
         ("cifar10_N1", "pseudolabel"): [(0.90, 0.90), (0.91, 0.91), (0.95, 0.95)],
         ("mysetting", "mymethod"): [(0.50, 0.50), (0.50, 0.50), (0.50, 0.50)],
     }
+    paper = {"cifar100_N4": 80.44, "cifar10_N1": 96.15}  # what those configs declare
     for (setting, method), seeds in runs.items():
         for seed, (last, best) in enumerate(seeds, 1):
-            write_results(root / setting / method / f"seed{seed}", last, best)
+            write_results(root / setting / method / f"seed{seed}", last, best,
+                          paper.get(setting))
     return str(root)
 
 
@@ -224,11 +236,38 @@ def test_summarize_best_without_paper(results_root):
     ]
 
 
-def test_summarize_paper_row_only_for_table1_settings(tmp_path):
-    write_results(tmp_path / "other" / "finessl" / "seed1", 0.5)
+def test_summarize_paper_row_only_where_a_config_declares_a_figure(tmp_path):
+    # a setting named like a paper one, whose runs declare no figure, gets none
+    write_results(tmp_path / "cifar10_N1" / "finessl" / "seed1", 0.5)
     assert "FineSSL (paper)" not in summarize(str(tmp_path)).stdout
     assert summarize(str(tmp_path), "--paper").stdout.splitlines()[-1] == \
         "| FineSSL (paper) | - |"
+    write_results(tmp_path / "vit_tiny" / "finessl" / "seed1", 0.6, paper=12.5)
+    assert summarize(str(tmp_path)).stdout.splitlines()[2:] == [
+        "| method | cifar10_N1 | vit_tiny |", "|---|---|---|",
+        "| finessl | 50.00 (n=1) | 60.00 (n=1) |", "| FineSSL (paper) | - | 12.50 |"]
+
+
+def test_sweeps_take_any_config_with_paths_from_the_callers_folder(tmp_path, fake_python):
+    caller = tmp_path / "elsewhere"
+    (caller / "mine").mkdir(parents=True)
+    (caller / "mine" / "demo_a.yaml").write_text("algorithm: finessl\n")
+    for script, env, method in [("table1.sh", {"METHODS": "fixmatch"}, "fixmatch"),
+                                ("run_peft.sh", {}, "finessl"),
+                                ("table6.sh", {"VARIANTS": "finessl"}, "finessl")]:
+        out = "sweep-" + script[:-3]
+        proc, calls = sweep(script, fake_python, cwd=str(caller), CONFIGS="mine/demo_a.yaml",
+                            OUT=out, SEEDS="1", **env)
+        assert proc.returncode == 0, proc.stderr
+        assert len(calls) == 1, calls  # CONFIGS alone: no paper setting is swept
+        argv = calls[0]
+        assert argv[:3] == [MAIN, "--cfg", "mine/demo_a.yaml"] and "vpt_deep" not in argv
+        assert argv[argv.index("algorithm") + 1] == method
+        run_dir = os.path.join(out, "demo_a", method, "seed1")  # named by the config
+        assert argv[argv.index("output_dir") + 1] == run_dir
+        assert os.path.isfile(caller / run_dir / "results.json")  # relative to the caller
+    proc, calls = sweep("table1.sh", fake_python, cwd=str(caller), CONFIGS="nope.yaml")
+    assert proc.returncode == 2 and calls == [] and "config not found: nope.yaml" in proc.stderr
 
 
 def test_summarize_no_results(tmp_path):

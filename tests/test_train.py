@@ -21,19 +21,19 @@ from finessl.engine.trainer import Trainer
 @pytest.fixture(scope="module")
 def finished_run(cifar_root, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("run") / "tiny")
-    code, _, err = run_main(tiny_args(cifar_root, out, num_epochs=4, total_steps=25, seed=2))
+    code, stdout, err = run_main(tiny_args(cifar_root, out, num_epochs=4, total_steps=25, seed=2))
     assert code == 0, err
-    return out, err
+    return out, stdout
 
 
 @pytest.mark.slow  # main.py in a subprocess
 def test_run_learns_well_above_chance(finished_run):
-    out, err = finished_run
+    out, out_text = finished_run
     state = torch.load(os.path.join(out, "checkpoint_last.pt"), weights_only=False)
     top1 = [r["top1"] for r in state["history"]]
     assert len(top1) == 4
     assert top1[-1] >= 0.3  # 10 classes: chance is 0.1
-    last_line = err.strip().splitlines()[-1]
+    last_line = out_text.strip().splitlines()[-1]  # results on stdout
     assert last_line.startswith("best top-1") and f"last top-1 {100 * top1[-1]:.2f}%" in last_line
 
 
@@ -76,9 +76,11 @@ def test_eval_only_reproduces_the_last_top1(finished_run, cifar_root):
     out, _ = finished_run
     state = torch.load(os.path.join(out, "checkpoint_last.pt"), weights_only=False)
     args = tiny_args(cifar_root, out) + ["eval_only", "True", "model_dir", out]
-    code, _, err = run_main(args)
+    code, stdout, err = run_main(args)
     assert code == 0, err
-    assert f"test top-1 {100 * state['history'][-1]['top1']:.2f}%" in err
+    assert f"test top-1 {100 * state['history'][-1]['top1']:.2f}%" in stdout
+    # the training command's keys that differ from the run's were named and ignored
+    assert "num_epochs 3, total_steps 20, seed 1 ignored" in err
 
 
 @pytest.mark.slow  # main.py in a subprocess

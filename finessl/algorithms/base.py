@@ -26,6 +26,7 @@ class Algorithm:
     uses_unlabeled = True  # False: the loop feeds labeled batches only (no ``u_*`` keys)
     trains = True  # False: nothing to train, the run only evaluates (zero-shot CLIP)
     zero_shot_head = False  # True: the main head is CLIP's text classifier (build_model)
+    uses_teacher = False  # True: the trainer hands it a frozen trained model (set_teacher)
 
     def __init__(self, cfg, model: nn.Module, num_classes: int, num_unlabeled: int,
                  device: torch.device):
@@ -34,6 +35,17 @@ class Algorithm:
         self.num_classes = num_classes
         self.num_unlabeled = num_unlabeled
         self.device = device
+
+    @classmethod
+    def model_config(cls, cfg):
+        """The config the trained (and evaluated) model is built from: ``cfg`` itself,
+        except where the algorithm trains another model than the one the main keys
+        describe (SemiKD: the student of the ``stu_*`` keys)."""
+        return cfg
+
+    def set_teacher(self, load) -> None:
+        """``load()`` returns the frozen trained model the algorithm learns from; the
+        trainer hands it over when ``uses_teacher``, to be called only when needed."""
 
     def on_epoch_start(self, epoch: int) -> None:
         """Reset per-epoch state."""

@@ -25,15 +25,16 @@ import torch
 
 from finessl.algorithms.base import register
 from finessl.algorithms.fixmatch import FixMatch
+from finessl.algorithms.memory import LabelMemory
 from finessl.algorithms.pseudo_labeling import PseudoLabels
 from finessl.config import declare
 
 
-def flexible_thresholds(selected_label: torch.Tensor, num_classes: int, tau: float,
+def flexible_thresholds(sigma: torch.Tensor, unused: torch.Tensor, tau: float,
                         warmup: bool) -> torch.Tensor:
-    """Per-class thresholds tau * M(beta(c)) from the memory."""
-    counts = torch.bincount(selected_label + 1, minlength=num_classes + 1).float()
-    unused, sigma = counts[0], counts[1:]
+    """Per-class thresholds tau * M(beta(c)) from the memory's counts: sigma(c) images
+    hold class c, ``unused`` hold none."""
+    sigma, unused = sigma.float(), unused.float()
     norm = torch.maximum(sigma.max(), unused) if warmup else sigma.max()
     beta = sigma / norm.clamp(min=1.0)  # empty memory: sigma = 0 -> beta = 0
     return tau * beta / (2.0 - beta)
@@ -48,17 +49,19 @@ class FlexMatch(FixMatch):
 
     def __init__(self, cfg, model, num_classes, num_unlabeled, device):
         super().__init__(cfg, model, num_classes, num_unlabeled, device)
-        self.selected_label = torch.full((num_unlabeled,), -1, dtype=torch.long, device=device)
+        self.label_memory = LabelMemory(num_unlabeled, num_classes, device)  # O(batch) a step
+        self.selected_label = self.label_memory.labels
 
     def thresholds(self) -> torch.Tensor:
-        return flexible_thresholds(self.selected_label, self.num_classes, self.cfg.th,
+        memory = self.label_memory
+        return flexible_thresholds(memory.counts, memory.unused(), self.cfg.th,
                                    self.cfg.FLEXMATCH.WARMUP)
 
     def pseudo_label(self, logits_w, batch):
         conf, targets = torch.softmax(logits_w, dim=-1).max(dim=-1)
         mask = conf >= self.thresholds()[targets]
         confident = conf >= self.cfg.th
-        self.selected_label[batch["u_idx"][confident]] = targets[confident]
+        self.label_memory.set(batch["u_idx"][confident], targets[confident])
         return PseudoLabels(targets, mask.float(), confident)
 
     def state_dict(self):
@@ -66,4 +69,4 @@ class FlexMatch(FixMatch):
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
-        self.selected_label.copy_(state["selected_label"].to(self.device))
+        self.label_memory.load(state["selected_label"])

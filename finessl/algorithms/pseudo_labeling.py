@@ -25,8 +25,10 @@ import torch
 import torch.nn.functional as F
 
 from finessl.algorithms.base import Algorithm
-from finessl.losses import (add_margin, balanced_margin, learning_pace, smoothed_targets,
+from finessl.algorithms.memory import LabelMemory
+from finessl.losses import (add_margin, balanced_margin, pace_from_counts, smoothed_targets,
                             soft_cross_entropy)
+from finessl.metrics import OUT_OF_CLASS, PseudoLabelStats, pseudo_label_category
 
 
 @dataclass
@@ -53,7 +55,10 @@ class PseudoLabeling(Algorithm):
         default = self.uses_finessl_components
         self.bms = default if cfg.bms is None else cfg.bms
         self.dls = default if cfg.dls is None else cfg.dls
-        self.selected = torch.full((num_unlabeled,), -1, dtype=torch.long, device=device)
+        # this epoch's confident pseudo-label per image, counted as it changes (O(batch))
+        self.memory = LabelMemory(num_unlabeled, num_classes, device)
+        self.selected = self.memory.labels
+        self.stats = PseudoLabelStats(device)  # this epoch's confidence histograms (report)
 
     # ---- what an algorithm defines -------------------------------------------------
     def pseudo_label(self, logits_w: torch.Tensor, batch: dict) -> PseudoLabels:
@@ -70,13 +75,14 @@ class PseudoLabeling(Algorithm):
 
     # ---- shared machinery ---------------------------------------------------------
     def on_epoch_start(self, epoch: int) -> None:
-        self.selected.fill_(-1)  # the learning pace is measured afresh each epoch
+        self.memory.reset()  # the learning pace is measured afresh each epoch
+        self.stats.reset()
 
     def pseudo_label_memory(self) -> torch.Tensor:
         return self.selected
 
     def margins(self) -> torch.Tensor:
-        pace = learning_pace(self.selected, self.num_classes)
+        pace = pace_from_counts(self.memory.counts)
         cfg = self.cfg
         return balanced_margin(pace, cfg.alpha, cfg.bms_form, dynamic=not cfg.bms_fixed_alpha)
 
@@ -100,7 +106,8 @@ class PseudoLabeling(Algorithm):
         logits_x, aux_x = logits[:n_x], aux[:n_x]
         # pseudo-labels of the whole (all ranks') weak batch: state updates are global
         u_idx, u_true = dist.gather(batch["u_idx"]), dist.gather(batch["u_true"])
-        pl_all = self.pseudo_label(dist.gather(logits_w), {"u_idx": u_idx, "u_true": u_true})
+        logits_w_all = dist.gather(logits_w)
+        pl_all = self.pseudo_label(logits_w_all, {"u_idx": u_idx, "u_true": u_true})
         pl = PseudoLabels(dist.local(pl_all.targets), dist.local(pl_all.weight),
                           dist.local(pl_all.selected))
         targets = pl.targets.repeat(views)
@@ -129,26 +136,42 @@ class PseudoLabeling(Algorithm):
         losses.update(self.extra_losses(logits_u, pl))
         loss = sum(v * (cfg.w_con if k == "u" else 1.0) for k, v in losses.items())
 
-        self.selected[u_idx[pl_all.selected]] = pl_all.targets[pl_all.selected]
+        self.memory.set(u_idx[pl_all.selected], pl_all.targets[pl_all.selected])
+        # the report's confidence histograms, from the whole batch of all ranks
+        conf_main = torch.softmax(logits_w_all, dim=-1).gather(1, pl_all.targets[:, None])[:, 0]
+        conf_aux = dist.gather(torch.softmax(aux_w.float(), dim=-1).max(dim=-1).values)
+        self.stats.update(conf_main, conf_aux, pseudo_label_category(pl_all.targets, u_true),
+                          pl_all.weight > 0)
         return loss, self._logs(loss, losses, pl_all, dist.gather(weight[:len(pl.targets)]),
                                 margins, u_true)
 
     def _logs(self, loss, losses, pl, weight, margins, u_true) -> dict:
-        """Pseudo-label diagnostics of the whole batch (all ranks); accuracies count only
-        images whose true label is known (``u_true >= 0``; own unlabeled folders have none)."""
+        """Pseudo-label diagnostics of the whole batch (all ranks). Accuracies count only
+        images of a known class (``u_true >= 0``: not -1, the unknown class of an own
+        unlabeled folder, nor -2, an image known to lie outside the label space); the
+        out-of-class shares (``ood_*``) are the fraction of -2 images among the kept
+        (``masked``) and the confident (``selected``) pseudo-labels whose image is either
+        in or out of class."""
         known = (u_true >= 0).float()
+        outside = (u_true == OUT_OF_CLASS).float()
+        decided = known + outside  # in class or out of it: not -1
         correct = (pl.targets == u_true).float()
         kept = (pl.weight > 0).float()
+        selected = pl.selected.float()
         logs = {"loss/total": loss.detach(), **{f"loss/{k}": v.detach() for k, v in losses.items()},
                 "pseudo/mask_rate": kept.mean(), "pseudo/weight": weight.mean(),
                 "pseudo/acc_all": correct.sum() / known.sum().clamp(min=1),
-                "pseudo/acc_masked": (correct * kept).sum() / (kept * known).sum().clamp(min=1)}
+                "pseudo/acc_masked": (correct * kept).sum() / (kept * known).sum().clamp(min=1),
+                "pseudo/ood_masked": (outside * kept).sum() / (kept * decided).sum().clamp(min=1),
+                "pseudo/ood_selected":
+                    (outside * selected).sum() / (selected * decided).sum().clamp(min=1)}
         if margins is not None:
             logs["pseudo/margin_max"] = margins.max()
         return logs
 
     def state_dict(self):
-        return {"selected": self.selected.clone()}
+        return {"selected": self.selected.clone(), **self.stats.state_dict()}
 
     def load_state_dict(self, state):
-        self.selected.copy_(state["selected"].to(self.device))
+        self.memory.load(state["selected"])
+        self.stats.load_state_dict(state)

@@ -34,7 +34,8 @@ import numpy as np
 from PIL import Image
 
 from finessl import config
-from finessl.errors import UserError
+from finessl.errors import UserError, one_line  # noqa: F401  (one_line: re-exported)
+from finessl.io import unreachable
 from finessl.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,9 @@ class RawDataset:
     """Train and test images with labels, class names and normalisation statistics.
 
     Nothing here augments or normalises: it hands out RGB PIL images and integer
-    labels (-1: class unknown, an unlabeled image).
+    labels (-1: class unknown, an unlabeled image). An unlabeled image known to lie
+    outside the label space (Semi-Aves' out-of-class set, open-set CIFAR-100's unseen
+    classes) has -2, so diagnostics can count it apart from right and wrong pseudo-labels.
     """
 
     name: str
@@ -158,6 +161,18 @@ class Dataset:
         downloading."""
         return self.load(root, download=False).classnames
 
+    def check(self, root: str, download: bool) -> None:
+        """What a run (and ``--dry-run``) checks before loading any data: the files at
+        ``root`` are there, or ``download`` can fetch them now; else the one-line
+        :class:`UserError` :meth:`load` would raise. By default: the ``archive``
+        attribute's files when the class has one, else :meth:`classnames` (which reads
+        as little as it can)."""
+        archive = getattr(self, "archive", None)
+        if archive is not None:
+            archive.check(root, download)
+        else:
+            self.classnames(root)
+
     def raw(self, **fields) -> RawDataset:
         """A :class:`RawDataset` whose name, mean/std and unlabeled pool are this
         class's ``title``, ``stats`` and ``unlabeled_pool`` (``fields`` may override)."""
@@ -190,11 +205,6 @@ def class_names(raw_names: Sequence[str | bytes]) -> list[str]:
     return [n.replace("_", " ") for n in names]
 
 
-def one_line(exc: BaseException) -> str:
-    """``Type: message`` on one line, for an error message that must stay one line."""
-    return " ".join(f"{type(exc).__name__}: {exc}".split())
-
-
 @dataclass(frozen=True)
 class Archive:
     """An official archive: where it extracts to inside DATA.DATAPATH, what must be
@@ -224,18 +234,31 @@ class Archive:
         """The extracted folder; else (after a download when ``download``) a one-line
         UserError saying what is missing, where it goes, and its URL."""
         folder = os.path.join(root, self.folder)
-        missing = self.missing(root)
-        if not missing:
+        if not self.missing(root):
             return folder
-        failure = ""
-        if download:
+        failure = self.check(root, download)  # raises unless a download may work
+        if failure is None:
             failure = self.download(root)
-            missing = self.missing(root)
-            if not missing:
+            if not self.missing(root):
                 return folder
+        raise self.not_found(root, download, failure)
+
+    def check(self, root: str, download: bool) -> str | None:
+        """What a run checks before reading anything: '' when the files are there, None
+        when they are not but ``download`` and the host answers; else the one-line
+        UserError :meth:`ensure_present` would end with."""
+        if not self.missing(root):
+            return ""
+        failure = unreachable(self.url) if download else ""
+        if download and not failure:
+            return None
+        raise self.not_found(root, download, failure)
+
+    def not_found(self, root: str, download: bool, failure: str) -> UserError:
+        folder = os.path.join(root, self.folder)
         hint = "; download failed (" + failure + ")" if failure else ""
-        raise UserError(
-            f"{self.title} not found: expected {folder}/{{{','.join(missing)}}}{hint}; "
-            f"download {self.url} and extract it into {root} "
-            f"(or set DATA.DATAPATH, or DATA.DOWNLOAD True)"
+        switch = "" if download else ", or DATA.DOWNLOAD True where the network reaches it"
+        return UserError(
+            f"{self.title} not found: expected {folder}/{{{','.join(self.missing(root))}}}{hint}; "
+            f"download {self.url} and extract it into {root} (or set DATA.DATAPATH{switch})"
         )

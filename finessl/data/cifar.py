@@ -14,13 +14,21 @@ import pickle
 
 import numpy as np
 
+from finessl.errors import UserError, brief
 from finessl.data.base import ArrayImages, Archive, Dataset, RawDataset, class_names, register
 
 
 def _unpickle(path: str) -> dict:
-    """Load one CIFAR pickle with string keys, whether written by Python 2 or 3."""
-    with open(path, "rb") as f:
-        record = pickle.load(f, encoding="latin1")
+    """Load one CIFAR pickle with string keys, whether written by Python 2 or 3; a
+    damaged file is one UserError line naming it."""
+    try:
+        with open(path, "rb") as f:
+            record = pickle.load(f, encoding="latin1")
+        if not isinstance(record, dict):
+            raise TypeError(f"holds a {type(record).__name__}, not a dict")
+    except Exception as e:  # truncated download, another file under the name
+        raise UserError(f"{path} is not a readable CIFAR file ({brief(e)}); extract the "
+                        f"official archive again") from None
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in record.items()}
 
 

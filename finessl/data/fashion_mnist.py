@@ -24,6 +24,7 @@ from PIL import Image
 
 from finessl.data.base import ArrayImages, Dataset, RawDataset, one_line, register
 from finessl.errors import UserError
+from finessl.io import unreachable
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +95,21 @@ def _download(root: str) -> str:
     return ""
 
 
-def _locate(root: str, download: bool) -> dict[tuple[str, str], str]:
-    """Every file's path, or a one-line UserError naming the missing ones."""
+def _mirror() -> str:
+    from torchvision.datasets import FashionMNIST
+    return FashionMNIST.mirrors[0]
+
+
+def _locate(root: str, download: bool, fetch: bool = True) -> dict[tuple[str, str], str] | None:
+    """Every file's path, or a one-line UserError naming the missing ones. ``fetch``
+    False: only check (None: missing, but ``download`` and the mirror answers)."""
     paths = {key: _find(root, name) for key, name in FILES.items()}
     failure = ""
     if None in paths.values() and download:
-        failure = _download(root)
+        failure = unreachable(_mirror())
+        if not failure and not fetch:
+            return None
+        failure = failure or _download(root)
         paths = {key: _find(root, name) for key, name in FILES.items()}
     missing = [FILES[key] + "[.gz]" for key, path in paths.items() if path is None]
     if missing:
@@ -138,3 +148,6 @@ class FashionMNIST(Dataset):
 
     def classnames(self, root: str) -> list[str]:
         return list(CLASSNAMES)  # fixed: no file needed
+
+    def check(self, root: str, download: bool) -> None:
+        _locate(root, download, fetch=False)

@@ -175,8 +175,8 @@ def _split(raw: RawDataset, data, num_classes: int) -> tuple[list[int], list[int
     NUM_L + NUM_U per class (``num_u``, IMB_U) or the whole train split (``all``);
     ``dataset`` takes the dataset's own rule (its ``unlabeled_pool``; Food-101: ``all``)."""
     if raw.fixed_split is not None:
-        log.info("%s comes split by its folders: DATA.NUM_L, NUM_U, IMB_L, IMB_U, "
-                 "UNLABELED not used", raw.name)
+        log.info("%s comes split (%d labeled, %d unlabeled images) by its own rule",
+                 raw.name, len(raw.fixed_split[0]), len(raw.fixed_split[1]))
         labeled_idx, unlabeled_idx = raw.fixed_split
         return list(labeled_idx), list(unlabeled_idx), {"dataset": raw.name, **raw.split_meta}
     pool = data.get("UNLABELED", "dataset")
@@ -222,11 +222,13 @@ def build_data(cfg, crop: int, output_dir: str | None) -> DataBundle:
         )
     labeled_idx, unlabeled_idx, meta = _split(raw, data, num_classes)
     if output_dir is not None:
-        # images of unknown class (target -1) are counted in one extra, last bin
+        # images outside the known classes (-1 unknown, -2 out of the label space) are
+        # counted in one extra, last bin
         unknown = any(t < 0 for t in raw.train_targets)
         counted = [t if t >= 0 else num_classes for t in raw.train_targets]
         if unknown:
-            meta["last_bin_counts"] = "images of unknown class"
+            meta["last_bin_counts"] = ("images of unknown class (-1) or out of the label "
+                                       "space (-2)")
         digest = save_split(os.path.join(output_dir, "split.json"), labeled_idx,
                             unlabeled_idx, meta, counted, num_classes + unknown)
     else:

@@ -22,7 +22,7 @@ import re
 import numpy as np
 import torch
 
-from finessl.errors import UserError
+from finessl.errors import UserError, brief
 from finessl.io import WriteError, atomic_save
 
 LAST = "checkpoint_last.pt"
@@ -91,7 +91,7 @@ def is_old_format(names: list[str]) -> bool:
 
 def _first_line(error: Exception) -> str:
     text = str(error).strip()
-    first = text.splitlines()[0].split(". ")[0][:120] if text else ""
+    first = brief(text.splitlines()[0].split(". ")[0], 160) if text else ""
     return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from finessl.config import keep_run_config
 from finessl.plugins import load_config
-from finessl.data.base import one_line
 from finessl.data.datasets import dataset_classnames, dataset_stats
 from finessl.data.folder import IMAGE_EXTENSIONS, UnreadableLog, list_images, open_rgb, readable
 from finessl.data.transforms import test_transform
@@ -31,7 +31,7 @@ from finessl.algorithms import ALGORITHMS
 from finessl.engine.checkpoint import LAST, MODEL_KEYS, read_checkpoint, seed_everything
 from finessl.engine.device import Precision, select_device
 from finessl.engine.rundir import checkpoint_seed
-from finessl.errors import UserError
+from finessl.errors import UserError, brief
 from finessl.io import atomic_write_text
 from finessl.models import build_model
 from finessl.models.model import input_size
@@ -69,6 +69,10 @@ def _load_run(model_dir: str, cfg_file: str | None, opts: list[str]):
         raise UserError(f"predict: no {cfg_file}; --model-dir must be a run folder "
                         f"(config.yaml and {LAST}), or pass --cfg")
     cfg = load_config(cfg_file, opts)
+    if opts:  # only runtime keys on top of the config the run was trained with
+        cfg.defrost()
+        keep_run_config(load_config(cfg_file, []), cfg, model_dir, "predict")
+        cfg.freeze()
     return cfg, read_checkpoint(model_dir, MODEL_KEYS)
 
 
@@ -99,10 +103,10 @@ def _build(cfg, state: dict, classnames: list[str], model_dir: str):
         model.load_trainable_state_dict({k: v.to(device) for k, v in state["model"].items()})
     except (KeyError, RuntimeError) as e:
         raise UserError(f"{os.path.join(model_dir, LAST)} does not fit its config and "
-                        f"{len(classnames)} class names ({one_line(e)[:160]})") from None
+                        f"{len(classnames)} class names ({brief(e)})") from None
     except (AttributeError, TypeError, ValueError) as e:  # not a dict of tensors
         raise UserError(f"{os.path.join(model_dir, LAST)} is not a FineSSL checkpoint (its "
-                        f"model entry: {one_line(e)[:160]})") from None
+                        f"model entry: {brief(e)})") from None
     return model.eval(), device, precision
 
 

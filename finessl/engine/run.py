@@ -9,16 +9,16 @@ import os
 
 import torch
 
-from finessl.data.base import one_line
 from finessl.engine.checkpoint import LAST, MODEL_KEYS, RESUME_KEYS, read_checkpoint
 from finessl.distributed import Dist, init_distributed
-from finessl.engine.device import select_device
+from finessl.engine import preflight
 from finessl.engine.rundir import (checkpoint_seed, draw_seed, extend_run_config,
-                                   prepare_run_dir, run_lock, save_run_config)
+                                   discard_new_run_dir, prepare_run_dir, run_lock,
+                                   save_run_config, setting_name)
 from finessl.engine.trainer import Trainer
-from finessl.errors import UserError
+from finessl.errors import UserError, brief
 from finessl.io import atomic_write_text
-from finessl.logs import setup_logging
+from finessl.logs import detach_run_log, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -91,34 +91,26 @@ def _load(trainer, state: dict, run_dir: str, full: bool = True) -> None:
         trainer.load_state(state, run_dir, full)
     except (TypeError, ValueError, AttributeError, KeyError, IndexError, RuntimeError) as e:
         raise UserError(f"{os.path.join(run_dir, LAST)} is not a FineSSL checkpoint of this "
-                        f"run ({one_line(e)[:160]})") from None
+                        f"run ({brief(e)})") from None
 
 
 def _train(cfg, dist: Dist) -> dict:
-    select_device(cfg, dist)  # a missing GPU fails before anything is written
+    preflight.check(cfg, dist)  # device, folder, data, weights: before anything is written
     seed = dist.broadcast(draw_seed(cfg))
     with contextlib.ExitStack() as hold:  # the run folder's lock, on rank 0
         run_dir, extended_from = _rank0_run_dir(cfg, seed, dist, hold)
         setup_logging(run_dir if dist.is_main else None, quiet=not dist.is_main)
-        if extended_from is not None:
-            log.info("resume: %s extended from %s to %d epochs (recorded in its config.yaml)",
-                     run_dir, extended_from, cfg.num_epochs)
-        if cfg.resume:  # the checkpoint is read once; the trainer is rebuilt under its seed
-            state = read_checkpoint(run_dir, RESUME_KEYS)
-            trainer = Trainer(cfg, run_dir, checkpoint_seed(state, run_dir), write_split=False,
-                              dist=dist)
-            _load(trainer, state, run_dir)
-            if fit_schedule(trainer, cfg.num_epochs):
-                log.info("cosine schedule recomputed for %d epochs from epoch %d (lr %.3e)",
-                         cfg.num_epochs, trainer.start_epoch,
-                         trainer.optim.param_groups[0]["lr"])
-        else:
-            log.info("run folder %s (seed %d, %d process%s)", run_dir, seed, dist.world,
-                     "es" if dist.enabled else "")
-            trainer = Trainer(cfg, run_dir, seed, dist=dist)
+        try:
+            trainer = _build(cfg, dist, seed, run_dir, extended_from)
+        except UserError:  # setup failed: a folder this run made goes with it
+            if dist.is_main:
+                detach_run_log(run_dir)
+                discard_new_run_dir(run_dir)
+            raise
         result = trainer.fit()
         if result and dist.is_main:
             result.update(algorithm=cfg.algorithm, dataset=cfg.DATA.NAME, num_l=cfg.DATA.NUM_L,
+                          setting=setting_name(cfg), paper_top1=cfg.paper_top1,
                           seed=trainer.seed, history=trainer.history)
             atomic_write_text(json.dumps(result, indent=1), os.path.join(run_dir, RESULTS))
             log.info("best top-1 %.2f%% (epoch %d), last top-1 %.2f%% (epoch %d)",
@@ -127,9 +119,31 @@ def _train(cfg, dist: Dist) -> dict:
     return result
 
 
+def _build(cfg, dist: Dist, seed: int, run_dir: str, extended_from) -> Trainer:
+    """The trainer of a fresh run, or of ``resume`` with its checkpoint loaded."""
+    if extended_from is not None:
+        log.info("resume: %s extended from %s to %d epochs (recorded in its config.yaml)",
+                 run_dir, extended_from, cfg.num_epochs)
+    if cfg.resume:  # the checkpoint is read once; the trainer is rebuilt under its seed
+        state = read_checkpoint(run_dir, RESUME_KEYS)
+        trainer = Trainer(cfg, run_dir, checkpoint_seed(state, run_dir), write_split=False,
+                          dist=dist)
+        _load(trainer, state, run_dir)
+        if fit_schedule(trainer, cfg.num_epochs):
+            log.info("cosine schedule recomputed for %d epochs from epoch %d (lr %.3e)",
+                     cfg.num_epochs, trainer.start_epoch,
+                     trainer.optim.param_groups[0]["lr"])
+    else:
+        log.info("run folder %s (seed %d, %d process%s)", run_dir, seed, dist.world,
+                 "es" if dist.enabled else "")
+        trainer = Trainer(cfg, run_dir, seed, dist=dist)
+    return trainer
+
+
 def evaluate(cfg) -> dict:
     """``eval_only True model_dir DIR``: test top-1 of a saved run."""
     setup_logging()
+    preflight.check(cfg)
     state = read_checkpoint(cfg.model_dir, MODEL_KEYS)
     trainer = Trainer(cfg, None, checkpoint_seed(state, cfg.model_dir), write_split=False)
     _load(trainer, state, cfg.model_dir, full=False)

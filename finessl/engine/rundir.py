@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import os
 import secrets
+import shutil
 from typing import Iterator
 
 import yaml
@@ -29,11 +30,18 @@ RUN_DIR_FIELDS = ("seed", "algorithm", "config")
 DEFAULT_RUN_DIR = "out/{config}/{algorithm}/seed{seed}"
 
 
+def setting_name(cfg) -> str:
+    """The setting's name in run folders, sweeps and reports: ``setting`` (the --cfg
+    file's name unless set), else ``<DATA.NAME>_N<NUM_L>``."""
+    return cfg.setting or f"{cfg.DATA.NAME}_N{cfg.DATA.NUM_L}"
+
+
 def format_run_dir(template: str, cfg, seed: int) -> str:
     """``output_dir`` with its fields filled: ``{seed}``, ``{algorithm}`` and ``{config}``
-    (``load_config`` puts the --cfg file's name there; without a file it is
-    ``<DATA.NAME>_N<NUM_L>``), so seeds and methods of one config never share a folder."""
-    config = f"{cfg.DATA.NAME}_N{cfg.DATA.NUM_L}"
+    (the ``setting`` key, which ``load_config`` sets to the --cfg file's name; without
+    either, ``<DATA.NAME>_N<NUM_L>``), so seeds and methods of one config never share a
+    folder."""
+    config = setting_name(cfg)
     try:
         return template.format(seed=seed, algorithm=cfg.algorithm, config=config)
     except (KeyError, IndexError, ValueError) as e:
@@ -60,7 +68,10 @@ def prepare_run_dir(cfg, seed: int) -> str:
         raise UserError(f"output_dir {run_dir} already holds a run ({LAST}): pass "
                         f"'resume {run_dir}' to continue it, or choose another output_dir")
     try:
+        made = first_missing(run_dir)
         os.makedirs(run_dir, exist_ok=True)
+        if made is not None:
+            _MADE[os.path.abspath(run_dir)] = made
         probe = os.path.join(run_dir, ".write-test")
         with open(probe, "w"):
             pass
@@ -68,6 +79,26 @@ def prepare_run_dir(cfg, seed: int) -> str:
     except OSError as e:
         raise UserError(f"output_dir {run_dir} is not writable ({e.strerror})") from None
     return run_dir
+
+
+_MADE: dict[str, str] = {}  # run folder -> the outermost folder prepare_run_dir made for it
+
+
+def first_missing(path: str) -> str | None:
+    """The outermost folder of ``path`` that does not exist yet (None: it all exists)."""
+    path = os.path.abspath(path)
+    missing = None
+    while not os.path.exists(path):
+        missing, path = path, os.path.dirname(path)
+    return missing
+
+
+def discard_new_run_dir(run_dir: str) -> None:
+    """Remove what :func:`prepare_run_dir` made for a run that failed before its first
+    checkpoint (a folder it found existing is left; one holding a checkpoint too)."""
+    made = _MADE.pop(os.path.abspath(run_dir), None)
+    if made is not None and not os.path.isfile(os.path.join(run_dir, LAST)):
+        shutil.rmtree(made, ignore_errors=True)
 
 
 def _holder(fd: int) -> str:
@@ -143,6 +174,7 @@ def save_run_config(cfg, seed: int, run_dir: str) -> None:
     resolved.defrost()
     resolved.seed = seed
     resolved.output_dir = run_dir
+    resolved.setting = setting_name(cfg)  # the name stays the run's, however it is reloaded
     atomic_write_text(resolved.dump(), os.path.join(run_dir, RUN_CONFIG))
 
 

@@ -4,6 +4,7 @@ an epoch (a preemption checkpoint). A non-finite step stops the run (``Diverged`
 SIGTERM / SIGUSR1 stop it after the step in progress (``Preempted``)."""
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import warnings
@@ -16,19 +17,19 @@ from tqdm import tqdm
 from finessl.algorithms import ALGORITHMS, build_algorithm
 from finessl.data import build_data, build_test_loader, build_train_loaders
 from finessl.distributed import SINGLE, Dist
-from finessl.engine import signals
+from finessl.engine import diagnostics, signals
 from finessl.engine.batches import epoch_batches
 from finessl.engine.checkpoint import (LAST, MODEL_KEYS, RESUME_KEYS, read_checkpoint,
                                        rng_state, seed_everything, set_rng_state, where,
                                        write_checkpoint)
 from finessl.engine.device import Precision, select_device
 from finessl.engine.guard import Diverged, StepGuard
-from finessl.errors import UserError
+from finessl.errors import UserError, brief
 from finessl.io import remove_orphan_temps
 from finessl.logs import PROGRESS
 from finessl.engine.evaluate import evaluate
 from finessl.engine.optim import build_optimizer
-from finessl.metrics import distribution_entropy, top1
+from finessl.engine.teacher import load_teacher
 from finessl.models import build_model
 from finessl.models.model import input_size
 
@@ -42,7 +43,7 @@ class NullWriter:
     def add_scalar(self, *args, **kwargs):
         pass
 
-    add_histogram = add_scalar
+    add_histogram = add_histogram_raw = add_image = add_scalar
     close = add_scalar
 
 
@@ -66,19 +67,26 @@ class Trainer:
         seed_everything(seed)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
-        self.data = build_data(cfg, input_size(cfg),
+        chosen = ALGORITHMS.get(cfg.algorithm)
+        model_cfg = chosen.model_config(cfg)  # what the trained model is (SemiKD: the student)
+        self.data = build_data(cfg, input_size(model_cfg),
                                run_dir if write_split and dist.is_main else None)
-        self.model = build_model(cfg, self.data.classnames, self.device,
+        self.model = build_model(model_cfg, self.data.classnames, self.device,
                                  self.precision.fp16_params, self.data.mean, self.data.std,
-                                 ALGORITHMS.get(cfg.algorithm).zero_shot_head)
+                                 chosen.zero_shot_head)
         self.algorithm = build_algorithm(cfg, self.model, self.data.num_classes,
                                          len(self.data.unlabeled), self.device, dist)
+        if chosen.uses_teacher:  # loaded when training needs it (finessl/engine/teacher.py)
+            self.algorithm.set_teacher(functools.partial(load_teacher, cfg, self.data,
+                                                         self.device))
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if self.algorithm.trains:
             self.optim, self.sched = build_optimizer(cfg, self.params)
         self.start_epoch, self.start_step, self.global_step = 0, 0, 0
         self.saved: str | None = None  # where the checkpoint on disk is: 'epoch E [step S]'
         self.history: list[dict] = []
+        self.confusion: list[list[int]] | None = None  # of the last evaluation (the report's)
+        self._train_means = diagnostics.EpochMeans()  # each epoch's mean training logs
         self._test_loader = None
         self._log_parameter_counts()
 
@@ -120,7 +128,7 @@ class Trainer:
         try:
             self.model.load_trainable_state_dict(state["model"])
         except (KeyError, RuntimeError) as e:
-            raise UserError(f"{path} does not fit this config ({str(e)[:160]}); "
+            raise UserError(f"{path} does not fit this config ({brief(e)}); "
                             f"use the config the run was trained with") from None
         if not full:
             return
@@ -245,6 +253,7 @@ class Trainer:
 
     def _log_window(self, epoch, step, done, means, writer, bar) -> None:
         lr = self.optim.param_groups[0]["lr"]
+        self._train_means.add(means, epoch, step, done)
         for k, v in means.items():
             writer.add_scalar(f"train/{k}", v, self.global_step)
         writer.add_scalar("train/lr", lr, self.global_step)
@@ -259,25 +268,33 @@ class Trainer:
                       bar.format_interval(eta))
 
     def record_epoch(self, epoch: int, result: dict, writer: SummaryWriter) -> None:
+        """The epoch's history entry (test metrics, pseudo-label statistics, epoch mean
+        training logs: finessl/engine/diagnostics.py), tensorboard scalars, histograms
+        and the report's figures, and diagnostics.json."""
         memory = self.algorithm.pseudo_label_memory()
         if memory is not None:
+            result.update(diagnostics.memory_record(memory, self.data.unlabeled_targets,
+                                                    self.data.num_classes))
             chosen = memory[memory >= 0]
-            counts = torch.bincount(chosen, minlength=self.data.num_classes).cpu()
-            result["pseudo_entropy"] = distribution_entropy(counts)
-            truth = self.data.unlabeled_targets.to(memory.device)[memory >= 0]
-            known = truth >= 0  # -1: an unlabeled image whose class nobody knows
-            result["pseudo_acc"] = top1(chosen[known], truth[known]) if known.any() else 0.0
-            result["pseudo_rate"] = chosen.numel() / max(memory.numel(), 1)
             if chosen.numel():  # one bin per class
                 edges = np.arange(self.data.num_classes + 1) - 0.5
                 writer.add_histogram("pseudo/class", chosen.cpu().numpy(), epoch + 1, bins=edges)
-        per_class = result.pop("per_class_acc")
+        stats = getattr(self.algorithm, "stats", None)
+        if stats is not None:
+            result["confidence"] = stats.record()
+            result["pseudo_ood_kept"] = diagnostics.kept_ood_share(result["confidence"])
+        self.confusion = result.pop("confusion", None)
+        result["train"] = self._train_means.pop()
         for k, v in result.items():
-            writer.add_scalar(f"epoch/{k}", v, epoch + 1)
+            if isinstance(v, (int, float)):
+                writer.add_scalar(f"epoch/{k}", v, epoch + 1)
+        per_class = result["per_class_acc"]
         writer.add_histogram("epoch/per_class_acc", np.nan_to_num(np.array(per_class)), epoch + 1)
-        result["per_class_acc"] = per_class
         result["epoch"] = epoch + 1
         self.history.append(result)
+        if self.dist.is_main and self.run_dir:
+            diagnostics.write(self.run_dir, self)
+            diagnostics.to_tensorboard(writer, self, epoch + 1)
         best = max(self.history, key=lambda r: r["top1"])
         log.info("epoch %d/%d  test top-1 %.2f%%  (best %.2f%% at epoch %d)  balanced %.2f%%  "
                  "ECE %.4f  pseudo-label acc %.2f%% on %.1f%% of unlabeled", epoch + 1,

@@ -21,7 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from finessl.errors import UserError
+from finessl.errors import UserError, one_line
+from finessl.models import clip_weights
 from finessl.models.tower import ImageTower
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,12 @@ _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 # architectures (OpenAI trained with QuickGELU, docs/method.md §1).
 BACKBONE_ALIASES = {"ViT-B/16": "ViT-B-16-quickgelu", "ViT-B/32": "ViT-B-32-quickgelu",
                     "ViT-L/14": "ViT-L-14-quickgelu", "ViT-L/14@336px": "ViT-L-14-336-quickgelu"}
+
+
+# Architectures FineSSL ships as data (open_clip model configs): ViT-Tiny-4, the tiny ViT
+# of the offline demo (configs/demo/vit_tiny.yaml).
+MODEL_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "model_configs")
+open_clip.add_model_config(MODEL_CONFIGS)
 
 
 def resolve_model_name(backbone: str) -> str:
@@ -58,7 +65,7 @@ def resolve_model_name(backbone: str) -> str:
     return name
 
 
-def _pretrained_source(name: str, pretrained: str) -> str | None:
+def pretrained_source(name: str, pretrained: str) -> str | None:
     if pretrained.lower() in ("", "none"):
         return None
     looks_like_file = pretrained.endswith(_WEIGHT_SUFFIXES) or os.sep in pretrained
@@ -114,15 +121,20 @@ def load_clip(backbone: str, pretrained: str, cache_dir: str = "",
     ``fp16`` gives fp16 linear and conv weights, with fp32 LayerNorms and embeddings.
     """
     name = resolve_model_name(backbone)
-    source = _pretrained_source(name, pretrained)
+    source = pretrained_source(name, pretrained)
     is_file = source is not None and os.path.isfile(source)
+    tag = source if source is not None and not is_file else None
+    if tag is not None:  # a cached tag loads as a local file: no network at all
+        cached = clip_weights.require(name, tag, cache_dir)
+        if cached is not None:
+            source, is_file = cached, True
     try:
         openai_state = read_openai_weights(source) if is_file else None
-        quick_gelu = openai_state is not None or (source is not None and not is_file and bool(
-            open_clip.get_pretrained_cfg(name, source).get("quick_gelu")))
+        quick_gelu = openai_state is not None or (tag is not None and bool(
+            open_clip.get_pretrained_cfg(name, tag).get("quick_gelu")))
         if quick_gelu and not open_clip.get_model_config(name).get("quick_gelu"):
             log.info("%s: OpenAI weights, trained with QuickGELU: building %s with QuickGELU "
-                     "instead of GELU", source, name)
+                     "instead of GELU", tag or source, name)
         model = open_clip.create_model(
             name, pretrained=None if openai_state is not None else source, precision=precision,
             force_quick_gelu=quick_gelu, cache_dir=cache_dir or None)
@@ -130,14 +142,9 @@ def load_clip(backbone: str, pretrained: str, cache_dir: str = "",
             model.load_state_dict(openai_state)
     except UserError:
         raise
-    except Exception as e:  # network, cache miss, corrupt file: all user-fixable
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if source is not None and not is_file:
-            raise UserError(
-                f"CLIP weights {name}/{source} are not available ({first[:160]}): run once with "
-                f"internet to fill the Hugging Face cache, or set HF_HUB_OFFLINE=1 with a warm "
-                f"cache, or pass 'pretrained /path/to/weights.pt'") from None
-        raise UserError(f"pretrained: cannot load {source or name} ({first[:200]})") from None
+    except Exception as e:  # a download cut off, a corrupt file: all user-fixable
+        what = f"CLIP weights {name} pretrained {tag!r}" if tag else f"pretrained {source or name}"
+        raise UserError(f"{what}: cannot load ({one_line(e)})") from None
     return model
 
 

@@ -25,7 +25,7 @@ from open_clip.modified_resnet import ModifiedResNet
 
 from finessl.errors import UserError
 from finessl.models.backbone import OPENAI_MEAN, OPENAI_STD
-from finessl.models.cnn_weights import TIMM_ALIASES, load_timm
+from finessl.models.cnn_weights import TIMM_ALIASES, load_timm, timm_model_name, weights_file
 from finessl.models.families import (BACKBONES, BackboneFamily, OpenClipFamily,
                                      check_supported, open_clip_vision_cfg)
 from finessl.models.methods import CNN_FAMILIES, WeightStrategy, peft_method
@@ -199,6 +199,10 @@ class TimmCNN(BackboneFamily):
     @classmethod
     def claims(cls, backbone):
         return backbone.startswith("timm:") or backbone in TIMM_ALIASES
+
+    @classmethod
+    def check_weights(cls, cfg):
+        weights_file(timm_model_name(cfg.backbone), cfg.pretrained)
 
     @classmethod
     def load(cls, cfg, half):

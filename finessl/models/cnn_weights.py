@@ -14,7 +14,7 @@ import timm
 import torch
 import torch.nn as nn
 
-from finessl.errors import UserError
+from finessl.errors import UserError, brief
 
 log = logging.getLogger(__name__)
 
@@ -55,23 +55,35 @@ def load_timm(backbone: str, pretrained: str, cache_dir: str = "", num_classes: 
     is downloaded.
     """
     name = timm_model_name(backbone)
+    source = weights_file(name, pretrained)
     model = timm.create_model(name, pretrained=False, num_classes=num_classes)
-    tag = pretrained.strip()
-    if tag.lower() in ("", "none"):
+    if source is None:
         log.info("timm %s: random init (pretrained none)", name)
         return model
-    if tag.endswith(_WEIGHT_SUFFIXES) or os.sep in tag:
-        state, source = read_state_dict(tag), tag
-    elif tag.lower() in _IMAGENET_TAGS and name in _PIP_CHECKPOINTS:
-        source = pip_checkpoint_path(name)
-        state = torch.load(source, map_location="cpu", weights_only=True)
+    if source == pretrained.strip():
+        state = read_state_dict(source)
     else:
-        pip_hint = ", or 'imagenet'" if name in _PIP_CHECKPOINTS else ""
-        raise UserError(f"pretrained: '{pretrained}' for timm {name}: timm weights must be a local "
-                        f"file offline (pretrained /path/to/weights.pth{pip_hint}, or none)")
+        state = torch.load(source, map_location="cpu", weights_only=True)
     load_weights(model, state, source)
     log.info("timm %s: weights from %s", name, source)
     return model
+
+
+def weights_file(name: str, pretrained: str) -> str | None:
+    """The weights file ``pretrained`` names for timm model ``name`` (None: random
+    init), checked to exist; a one-line UserError otherwise. What ``--dry-run`` checks."""
+    tag = pretrained.strip()
+    if tag.lower() in ("", "none"):
+        return None
+    if tag.endswith(_WEIGHT_SUFFIXES) or os.sep in tag:
+        if not os.path.isfile(tag):
+            raise UserError(f"pretrained: weights file not found: {tag}")
+        return tag
+    if tag.lower() in _IMAGENET_TAGS and name in _PIP_CHECKPOINTS:
+        return pip_checkpoint_path(name)
+    pip_hint = ", or 'imagenet'" if name in _PIP_CHECKPOINTS else ""
+    raise UserError(f"pretrained: '{pretrained}' for timm {name}: timm weights must be a local "
+                    f"file offline (pretrained /path/to/weights.pth{pip_hint}, or none)")
 
 
 def pip_checkpoint_path(name: str) -> str:
@@ -97,7 +109,7 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt file, pickled objects beyond tensors
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UserError(f"pretrained: cannot read {path} ({first[:200]})") from None
+        raise UserError(f"pretrained: cannot read {path} ({brief(first)})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -127,7 +139,7 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) 
         model.load_state_dict(state)
     except RuntimeError as e:  # shape mismatch
         first = str(e).strip().splitlines()[-1].strip()
-        raise UserError(f"pretrained: {source} does not fit the model ({first[:200]})") from None
+        raise UserError(f"pretrained: {source} does not fit the model ({brief(first)})") from None
 
 
 def efficientnet_pytorch_to_timm(state: dict[str, torch.Tensor], model: nn.Module,

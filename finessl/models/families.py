@@ -13,11 +13,14 @@ strategies name the families they serve (``finessl/models/methods.py``).
 """
 from __future__ import annotations
 
+import os
+
 import open_clip
 import torch.nn as nn
 
 from finessl.errors import UserError
-from finessl.models.backbone import load_clip, resolve_model_name
+from finessl.models import clip_weights
+from finessl.models.backbone import load_clip, pretrained_source, resolve_model_name
 from finessl.models.methods import PEFT_METHODS, switched_on
 from finessl.models.tower import ImageTower
 from finessl.registry import Registry
@@ -42,6 +45,12 @@ class BackboneFamily:
         return cfg.input_size or 224
 
     @classmethod
+    def check_weights(cls, cfg) -> None:
+        """What a run (and ``--dry-run``) checks before building anything: the model
+        name is known and its weights are at hand (a file, a cache) or can be fetched
+        now; else the one-line UserError :meth:`load` would raise."""
+
+    @classmethod
     def load(cls, cfg, half: bool) -> tuple[nn.Module, nn.Module | None]:
         """(image tower, CLIP model with its text tower or None), weights loaded."""
         raise NotImplementedError
@@ -58,6 +67,13 @@ def open_clip_vision_cfg(backbone: str) -> dict:
 
 class OpenClipFamily(BackboneFamily):
     """A family of open_clip models: loaded with their weights and text tower."""
+
+    @classmethod
+    def check_weights(cls, cfg):
+        name = resolve_model_name(cfg.backbone)
+        source = pretrained_source(name, cfg.pretrained)
+        if source is not None and not os.path.isfile(source):  # a tag
+            clip_weights.require(name, source, cfg.cache_dir)
 
     @classmethod
     def load(cls, cfg, half):

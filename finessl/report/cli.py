@@ -1,0 +1,30 @@
+"""The command line of ``main.py report`` (light: no plotting imports until it runs)."""
+from __future__ import annotations
+
+import argparse
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="main.py report",
+        description="Write report.html, with every figure also as a PNG, from FineSSL run "
+                    "folders: for one run its learning curves, per-class learning pace, "
+                    "pseudo-label confidence histograms (main and aux head), reliability "
+                    "diagrams, per-class accuracy, confusion matrix, config and split hash; "
+                    "for several runs (or a folder holding runs at any depth, a sweep) also "
+                    "the method-by-setting table of mean ± std over seeds with its bar chart "
+                    "and the paper's number where the config declares one, and the learning "
+                    "curves overlaid. A run in progress is reported as far as it has got.",
+        epilog="example: python main.py report out/fashion_mnist_bench --out report/")
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                        help="a run folder, or a folder of runs (a sweep)")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="where report.html and figures/ go (default: RUN_DIR/report "
+                             "for one folder, ./report for several)")
+    parser.add_argument("--epochs", nargs="+", type=int, default=None, metavar="E",
+                        help="epochs whose confidence histograms are drawn (default: the "
+                             "first, the middle and the last)")
+    parser.add_argument("--metric", choices=("last", "best"), default="last",
+                        help="top-1 of the sweep table: the last epoch's (default) or the "
+                             "best epoch's")
+    return parser.parse_args(argv)

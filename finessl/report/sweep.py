@@ -1,0 +1,140 @@
+"""Several runs side by side: the method-by-setting table of mean +- std over seeds, its
+bar chart with the paper's number where the config declares one (``paper_top1``), and
+the learning curves overlaid (the mean over seeds of each method and setting)."""
+from __future__ import annotations
+
+import re
+import statistics
+
+import numpy as np
+
+from finessl.engine import figures
+from finessl.report.runs import Run
+
+METRICS = {"last": "last_top1", "best": "best_top1"}
+PAPER_ROW = "FineSSL (paper)"
+# Rows in the paper's order (Table 1, then FineSSL's components on other methods).
+METHOD_ORDER = ["zeroshot", "supervised", "pseudolabel", "fixmatch", "flexmatch", "freematch",
+                "softmatch", "debiaspl", "fixmatch+bms", "fixmatch+dls", "flexmatch+bms+dls",
+                "softmatch+bms+dls", "finessl"]
+
+
+def _natural(name: str):
+    """cifar10_N4 before cifar10_N25: numbers compare as numbers."""
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
+def ordered_methods(names) -> list[str]:
+    rank = {n: i for i, n in enumerate(METHOD_ORDER)}
+    return sorted(set(names), key=lambda n: (rank.get(n, len(rank)), n))
+
+
+def ordered_settings(names) -> list[str]:
+    return sorted(set(names), key=_natural)
+
+
+def values(runs: list[Run], metric: str) -> dict[tuple[str, str], list[float]]:
+    """(method, setting) -> test top-1 in % of each finished run, in the runs' order."""
+    key = METRICS[metric]
+    out: dict[tuple[str, str], list[float]] = {}
+    for run in runs:
+        if run.finished:
+            out.setdefault((run.method, run.setting), []).append(100.0 * run.results[key])
+    return out
+
+
+def cell(runs: list[float]) -> str:
+    """'mean ± std' (sample std over seeds), with the number of runs when fewer than 3."""
+    if len(runs) == 1:
+        return f"{runs[0]:.2f} (n=1)"
+    text = f"{statistics.fmean(runs):.2f} ± {statistics.stdev(runs):.2f}"
+    return text + (f" (n={len(runs)})" if len(runs) < 3 else "")
+
+
+def paper_numbers(runs: list[Run]) -> dict[str, float]:
+    """setting -> the paper's top-1 (%), where a run's config declares one."""
+    out = {}
+    for run in runs:
+        paper = run.get("paper_top1")
+        if isinstance(paper, (int, float)) and not isinstance(paper, bool):
+            out[run.setting] = float(paper)
+    return out
+
+
+def table(runs: list[Run], metric: str) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: one row per method, one column per setting, and the paper's
+    row when any setting has a number."""
+    found = values(runs, metric)
+    settings = ordered_settings(s for _, s in found)
+    header = ["method"] + settings
+    rows = [[m] + [cell(found[m, s]) if (m, s) in found else "–" for s in settings]
+            for m in ordered_methods(m for m, _ in found)]
+    paper = paper_numbers(runs)
+    if any(s in paper for s in settings):
+        rows.append([PAPER_ROW] + [f"{paper[s]:.2f}" if s in paper else "–" for s in settings])
+    return header, rows
+
+
+def bar_chart(runs: list[Run], metric: str):
+    """Mean ± std over seeds per method, grouped by setting; the paper's number as a
+    black mark over each setting that has one."""
+    found = values(runs, metric)
+    settings = ordered_settings(s for _, s in found)
+    methods = ordered_methods(m for m, _ in found)
+    paper = paper_numbers(runs)
+    figure = figures.new_figure(max(6.0, 0.45 * len(found) + 2.5 * len(settings)), 4.2)
+    ax = figure.subplots()
+    width = 0.8 / max(len(methods), 1)
+    for j, method in enumerate(methods):
+        xs, means, stds = [], [], []
+        for i, setting in enumerate(settings):
+            if (method, setting) in found:
+                got = found[method, setting]
+                xs.append(i - 0.4 + width * (j + 0.5))
+                means.append(statistics.fmean(got))
+                stds.append(statistics.stdev(got) if len(got) > 1 else 0.0)
+        bars = ax.bar(xs, means, width * 0.9, yerr=stds, capsize=2, label=method,
+                      color=figures.line_color(j, len(methods)))
+        ax.bar_label(bars, fmt="%.1f", fontsize=6, padding=2)
+    for i, setting in enumerate(settings):
+        if setting in paper:
+            ax.hlines(paper[setting], i - 0.45, i + 0.45, color="black", lw=2,
+                      label=PAPER_ROW if i == min(k for k, s in enumerate(settings) if s in paper)
+                      else None)
+    ax.set_xticks(range(len(settings)), settings)
+    ax.set_ylabel(f"test top-1 (%), {metric} epoch")
+    ax.set_title("mean ± std over seeds", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return figure
+
+
+def mean_history(histories: list[list[dict]]) -> list[dict]:
+    """Epoch by epoch (as far as every run has got), the mean of each numeric entry and
+    of each training log."""
+    out = []
+    for entries in zip(*histories):
+        mean = {"epoch": entries[0]["epoch"]}
+        for key in entries[0]:
+            got = [e.get(key) for e in entries]
+            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in got):
+                mean[key] = float(np.mean(got))
+        trains = [e.get("train", {}) for e in entries]
+        mean["train"] = {k: float(np.mean([t[k] for t in trains]))
+                         for k in trains[0] if all(k in t for t in trains)}
+        out.append(mean)
+    return out
+
+
+def curves(runs: list[Run]):
+    """The learning curves of every method and setting, mean over its seeds."""
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.method, run.setting), []).append(run)
+    lines = []
+    for setting in ordered_settings(s for _, s in groups):
+        for method in ordered_methods(m for m, s in groups if s == setting):
+            group = groups[method, setting]
+            label = f"{method} {setting}" + (f" ({len(group)} seeds)" if len(group) > 1 else "")
+            lines.append((label, mean_history([r.history for r in group])))
+    return figures.learning_curves(lines)

@@ -1,0 +1,191 @@
+"""The first hour of a new user (issue "first hour"): the README's quick start runs as
+written, offline; ``--dry-run`` fails exactly where a real run fails, with the same
+line, and a failed run leaves no folder; CLIP weights by tag fail fast and exactly
+offline, and load from the cache with no network; progress goes to stdout."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+
+import open_clip
+import pytest
+import torch
+
+from conftest import REPO, TINY_VIT, run_main, tiny_args
+from fakedata import write_fake_cifar
+from finessl.errors import UserError
+from finessl.models import clip_weights
+from finessl.models.backbone import load_clip
+
+README = os.path.join(REPO, "README.md")
+
+
+def readme_commands() -> list[str]:
+    """Every command line of the README's bash blocks."""
+    text = open(README, encoding="utf-8").read()
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+    return [line.strip() for block in blocks for line in block.splitlines() if line.strip()]
+
+
+def user_folder(tmp_path) -> str:
+    """A folder laid out as the repository is for its user (the README's relative
+    paths), whose datasets/ and out/ are its own."""
+    home = tmp_path / "home"
+    home.mkdir()
+    for name in ("main.py", "configs", "scripts", "finessl"):
+        os.symlink(os.path.join(REPO, name), home / name)
+    return str(home)
+
+
+def shell(command: str, cwd: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    return subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+# ---- the quick start, exactly as written -----------------------------------------------
+@pytest.mark.slow  # the README's ViT demo: a few minutes of 2 CPU cores
+def test_readme_vit_quick_start_runs_as_written_and_learns(tmp_path):
+    commands = readme_commands()
+    make = "python scripts/synthetic_cifar.py datasets/synthetic-cifar10"
+    demo = "python main.py --cfg configs/demo/vit_tiny.yaml"
+    assert make in commands and demo in commands
+    home = user_folder(tmp_path)
+    assert shell(make, home).returncode == 0
+    proc = shell(demo, home)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # progress and results on stdout; the bar and warnings on stderr
+    lines = proc.stdout.strip().splitlines()
+    epochs = [line for line in lines if re.match(r"epoch \d/4  test top-1", line)]
+    assert len(epochs) == 4 and lines[-1].startswith("best top-1")
+    assert "test top-1" not in proc.stderr and "best top-1" not in proc.stderr
+    last = float(re.search(r"last top-1 ([\d.]+)%", lines[-1]).group(1))
+    assert last > 40.0, lines[-1]  # 10 classes: chance is 10 %
+    run = os.path.join(home, "out", "vit_tiny", "finessl", "seed1")
+    assert os.path.isfile(os.path.join(run, "results.json"))
+
+    # a sweep over it, and its summary under its own name, with no paper figure
+    sweep = shell('CONFIGS=configs/demo/vit_tiny.yaml SEEDS="1" bash scripts/run_peft.sh '
+                  'num_epochs 1 total_steps 4', home)
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    summary = shell("python scripts/summarize.py out/peft", home)
+    assert summary.returncode == 0, summary.stderr
+    table = summary.stdout.splitlines()[2:]
+    assert table[0] == "| method | vit_tiny |" and table[2].startswith("| finessl | ")
+    assert "paper" not in summary.stdout
+
+
+def test_readme_install_works_as_root_and_as_a_user():
+    install = [c for c in readme_commands() if "apt-get" in c]
+    assert len(install) == 1 and "sudo apt-get" not in install[0].replace("$SUDO apt-get", "")
+    prefix = install[0].split(";")[0]  # SUDO=...: empty for root, sudo otherwise
+    as_root = subprocess.run(["bash", "-c", f"id() {{ echo 0; }}; {prefix}; echo \"[$SUDO]\""],
+                             capture_output=True, text=True)
+    as_user = subprocess.run(["bash", "-c", f"id() {{ echo 1000; }}; {prefix}; echo \"[$SUDO]\""],
+                             capture_output=True, text=True)
+    assert as_root.stdout.strip() == "[]" and as_user.stdout.strip() == "[sudo]"
+
+
+# ---- --dry-run fails where a real run fails, with the same line ------------------------
+def last_error(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("error: ") and "Traceback" not in stderr, stderr
+    return lines[-1]
+
+
+@pytest.fixture(scope="module")
+def cifar(tmp_path_factory):
+    return write_fake_cifar(str(tmp_path_factory.mktemp("cifar")))
+
+
+@pytest.mark.slow  # main.py in subprocesses
+@pytest.mark.parametrize("case", ["dataset name", "gpu", "unwritable", "data missing",
+                                  "weights file", "weights tag"])
+def test_dry_run_and_real_run_fail_alike_and_leave_nothing(case, cifar, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    out = str(tmp_path / "new" / "run")
+    bad = {"dataset name": {"DATA.NAME": "mnist"}, "gpu": {"gpu": "0"},
+           "unwritable": {"output_dir": str(blocker / "run")},
+           "data missing": {"DATA.DATAPATH": str(tmp_path / "nodata")},
+           "weights file": {"pretrained": str(tmp_path / "missing.pt")},
+           "weights tag": {"backbone": "ViT-B-32", "pretrained": "openai",
+                           "cache_dir": str(tmp_path / "empty-cache")}}[case]
+    if case == "gpu" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    args = tiny_args(cifar, out, **bad)
+    rc_dry, _, err_dry = run_main(args + ["--dry-run"])
+    started = time.time()
+    rc_run, _, err_run = run_main(args)
+    assert rc_dry == rc_run == 2
+    assert last_error(err_dry) == last_error(err_run)
+    assert not os.path.exists(tmp_path / "new")  # no run folder, not even its parent
+    assert not os.path.exists(tmp_path / "nodata") and not os.path.exists(tmp_path / "empty-cache")
+    if case == "weights tag":
+        assert time.time() - started < 30  # interpreter start included; the check is ms
+
+
+@pytest.mark.slow  # main.py in a subprocess
+def test_a_run_that_fails_in_its_setup_removes_the_folder_it_made(cifar, tmp_path):
+    """A failure only the data loading meets (a damaged file, past the presence check)."""
+    import shutil
+    data = str(tmp_path / "data")
+    shutil.copytree(cifar, data)
+    with open(os.path.join(data, "cifar-10-batches-py", "data_batch_1"), "wb") as f:
+        f.write(b"garbage")
+    out = tmp_path / "runs" / "one"
+    rc, _, err = run_main(tiny_args(data, str(out)))
+    assert rc == 2 and "data_batch_1" in last_error(err)
+    assert not os.path.exists(tmp_path / "runs")
+    existing = tmp_path / "mine"
+    existing.mkdir()
+    (existing / "notes.txt").write_text("keep me")
+    rc, _, err = run_main(tiny_args(data, str(existing)))
+    assert rc == 2 and (existing / "notes.txt").read_text() == "keep me"  # found, so kept
+
+
+# ---- CLIP weights by tag, offline --------------------------------------------------------
+def test_a_tag_not_in_the_cache_fails_fast_in_one_exact_line(tmp_path, monkeypatch):
+    cache = str(tmp_path / "hf")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(clip_weights, "unreachable",
+                        lambda url, timeout=3.0: "huggingface.co cannot be reached: no network")
+    started = time.time()
+    with pytest.raises(UserError) as info:
+        load_clip("ViT-B/32", "openai", cache_dir=cache)
+    assert time.time() - started < 5
+    message = str(info.value)
+    assert "\n" not in message
+    for needle in ("ViT-B-32-quickgelu", "'openai'", cache, "cannot be reached",
+                   "pretrained /path/to/weights.pt"):
+        assert needle in message, (needle, message)
+    assert "HF_HUB_OFFLINE" not in message  # not a remedy here: it is not set, nor would help
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError) as info:
+        load_clip("ViT-B/32", "openai", cache_dir=cache)
+    assert "HF_HUB_OFFLINE=1 is set" in str(info.value) and cache in str(info.value)
+
+
+def test_a_cached_tag_loads_from_the_cache_without_network(tmp_path, monkeypatch):
+    """A tag whose file is in the Hugging Face cache layout loads as that local file:
+    no network is asked (``unreachable`` would fail the test)."""
+    name = open_clip.add_model_config(TINY_VIT) or os.path.splitext(os.path.basename(TINY_VIT))[0]
+    reference = open_clip.create_model(name, pretrained=None)
+    repo, revision = "someone/tiny-clip", "0123456789abcdef0123456789abcdef01234567"
+    snapshot = tmp_path / "hf" / "models--someone--tiny-clip" / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    torch.save(reference.state_dict(), snapshot / "open_clip_pytorch_model.bin")
+    (tmp_path / "hf" / "models--someone--tiny-clip" / "refs").mkdir()
+    (tmp_path / "hf" / "models--someone--tiny-clip" / "refs" / "main").write_text(revision)
+    real_cfg = open_clip.get_pretrained_cfg
+    monkeypatch.setattr(open_clip, "get_pretrained_cfg", lambda model, tag: (
+        {"hf_hub": f"{repo}/", "quick_gelu": False} if tag == "tiny" else real_cfg(model, tag)))
+    monkeypatch.setattr(open_clip, "list_pretrained_tags_by_model", lambda model: ["tiny"])
+    monkeypatch.setattr(clip_weights, "unreachable", lambda *a, **k: pytest.fail("network"))
+    model = load_clip(TINY_VIT, "tiny", cache_dir=str(tmp_path / "hf"))
+    for key, value in reference.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
