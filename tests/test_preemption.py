@@ -126,9 +126,9 @@ def test_sigterm_mid_epoch_two_then_resume_is_bit_identical(cifar_root, tmp_path
     assert not (run / "results.json").exists()
 
     # resume with loader workers: the skipped batches and the augmentations do not depend on them
-    code, _, err = run_main(tiny_args(cifar_root, str(run), **settings, num_workers=2)
+    code, out, err = run_main(tiny_args(cifar_root, str(run), **settings, num_workers=2)
                             + ["resume", str(run)])
     assert code == 0, err
-    assert f"resumed from {run / LAST} at epoch 1 step {state['step']}" in err
+    assert f"resumed from {run / LAST} at epoch 1 step {state['step']}" in out  # progress: stdout
     assert_same_run(load(reference / LAST), load(run / LAST))
     assert (run / "results.json").exists()
