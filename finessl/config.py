@@ -62,7 +62,7 @@ _C.grad_checkpointing = False  # recompute block activations in backward: less m
 _C.compile = False  # torch.compile the backbone forward (fused kernels; first steps compile)
 
 # ---- algorithm (docs/method.md §3, §5) ---------------------------------------------------
-_C.algorithm = "finessl"  # finessl, supervised, zeroshot, pseudolabel, fixmatch, flexmatch, freematch, softmatch, debiaspl
+_C.algorithm = "finessl"  # finessl, supervised, zeroshot, pseudolabel, fixmatch, flexmatch, freematch, softmatch, debiaspl, semikd (a trained run teaches a student: KD True, docs/semikd.md)
 _C.bms = None  # Balanced Margin Softmax on/off; None = on for finessl only
 _C.dls = None  # Decoupled Label Smoothing (aux head) on/off; None = on for finessl only
 _C.bms_fixed_alpha = False  # ablation: margin spread fixed to alpha instead of (max-min pace) * alpha

@@ -7,12 +7,46 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
+import finessl.config as config
 import finessl.plugins  # noqa: F401  (every built-in plug-in's config keys in the tree)
+from finessl.algorithms.base import ALGORITHMS
+from finessl.data.base import DATASETS
+from finessl.models.families import BACKBONES
+from finessl.models.methods import PEFT_METHODS
 from fakedata import write_fake_cifar
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_VIT = os.path.join(REPO, "tests", "assets", "ViT-Tiny-8.json")
+
+# Under pytest-xdist (pytest.ini runs one worker per core) every test process, and every
+# main.py it starts, computes on one thread: one core each, not all of them spinning
+# for every worker.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
+
+@pytest.fixture
+def forget_plugins():
+    """Plug-ins a test imports in this process are forgotten after it: the keys they
+    declare would otherwise be in the config.yaml of every later in-process run, which
+    a fresh process (main.py) could not read back."""
+    saved = (config._C.clone(), dict(config._DECLARED), dict(config._CHOICES),
+             dict(config._CHECKS), list(config._PAIR_REWRITES))
+    registries = [(r, dict(r._items)) for r in (ALGORITHMS, DATASETS, BACKBONES, PEFT_METHODS)]
+    modules = set(sys.modules)
+    yield
+    config._C = saved[0]
+    for live, old in zip((config._DECLARED, config._CHOICES, config._CHECKS,
+                          config._PAIR_REWRITES), saved[1:]):
+        live.clear()
+        live.update(old) if isinstance(live, dict) else live.extend(old)
+    for r, items in registries:
+        r._items = items
+    for name in set(sys.modules) - modules:
+        del sys.modules[name]
 
 
 @pytest.fixture(scope="session")

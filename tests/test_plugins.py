@@ -14,6 +14,7 @@ import torch
 from conftest import REPO, run_main, tiny_args
 from finessl.config import load_config
 from finessl.errors import UserError
+from finessl.models.methods import PEFT_METHODS
 
 ASSETS = os.path.join(REPO, "tests", "assets", "plugins")
 
@@ -59,7 +60,8 @@ def test_an_algorithm_in_one_file_trains_through_main(toy_package, cifar_root, t
     assert result["algorithm"] == "toymatch" and result["last_top1"] >= 0.2
 
 
-def test_plugin_keys_and_names_are_checked_like_built_in_ones(cifar_root, tmp_path):
+def test_plugin_keys_and_names_are_checked_like_built_in_ones(cifar_root, tmp_path,
+                                                              forget_plugins):
     path = os.path.join(ASSETS, "toy_peft.py")
     cfg = load_config(None, ["plugins", path, "mlp_shift", "True"])
     assert cfg.mlp_shift is True and cfg.mlp_shift_init == 0.0
@@ -74,6 +76,12 @@ def test_plugin_keys_and_names_are_checked_like_built_in_ones(cifar_root, tmp_pa
                              "timm:test_efficientnet", "pretrained", "none", "vpt_deep", "False"])
     with pytest.raises(UserError, match="^mlp_shift: a ViT-only strategy; timm:test_efficientnet"):
         build_model(cfg, ["a", "b"], torch.device("cpu"), half=False)
+
+
+def test_a_plugin_imported_in_a_test_is_forgotten_after_it(tmp_path):
+    """The plug-in of the test above (forget_plugins) left no key behind: a later
+    in-process run's config.yaml must load in a fresh main.py."""
+    assert "mlp_shift" not in load_config(None, []) and "mlp_shift" not in PEFT_METHODS
 
 
 def test_docs_show_the_plugin_files_as_they_are():

@@ -17,11 +17,13 @@ import torch
 import yaml
 
 from conftest import TINY_VIT, run_main, tiny_args
+from fakedata import write_image_folder
 from finessl.algorithms import build_algorithm
 from finessl.algorithms.semikd import Teacher, checksum
 from finessl.config import get_cfg_defaults
 from finessl.engine import rundir, signals
 from finessl.engine.checkpoint import LAST
+from finessl.engine.predict import predict
 from finessl.engine.teacher import load_teacher
 from finessl.engine.trainer import Trainer
 from finessl.models import build_model
@@ -30,8 +32,10 @@ from helpers import TableModel, ce, id_images, one_line_error
 
 L = math.log
 CPU = torch.device("cpu")
+# Not the teacher's model (its prompts are 4 long): what is rebuilt from a KD run's
+# config must be the student.
 STUDENT = ["KD", "True", "stu_backbone", TINY_VIT, "stu_pretrained", "none",
-           "stu_vpt_deep", "True", "stu_vpt_len", "4"]
+           "stu_vpt_deep", "True", "stu_vpt_len", "2"]
 
 
 def softmax(z, t=1.0):
@@ -334,6 +338,13 @@ def test_a_tiny_teacher_teaches_a_student_through_main(teacher_run, cifar_root, 
     events = b"".join(open(p, "rb").read() for p in glob.glob(str(out / "tensorboard" / "*")))
     for tag in (b"train/kd/a", b"train/kd/ws_ratio", b"train/loss/kd"):
         assert tag in events, tag
+    state = torch.load(out / LAST, weights_only=True)
+    assert state["model"]["backbone.peft.0.prompts"].shape[1] == 2  # the student's prompts
+    images = os.path.join(write_image_folder(str(tmp_path / "images"), bad_files=False),
+                          "unlabeled")
+    # predict rebuilds the student from the KD run's config (the teacher's would not fit)
+    rows = predict(str(out), images, str(tmp_path / "predictions.csv"), opts=["num_workers", "0"])
+    assert rows["predicted"] == 12 and rows["skipped"] == 0, rows
 
 
 @pytest.mark.slow  # main.py in a subprocess, after the tiny teacher run
@@ -343,3 +354,8 @@ def test_a_teacher_config_mismatch_is_one_line_exit_2(teacher_run, cifar_root, t
     line = _assert_exit_2_one_line(code, err)
     assert f"teacher: {teacher_run.folder} was trained with vpt_deep True (this config: False)" \
         in line, line
+    # --dry-run checks the teacher as the run does: the same line, and no folder left
+    code, _, err = run_main(tiny_args(cifar_root, str(tmp_path / "dry"), vpt_deep=False)
+                            + STUDENT + ["resume", teacher_run.folder, "--dry-run"])
+    assert _assert_exit_2_one_line(code, err) == line
+    assert not os.path.exists(tmp_path / "dry") and not os.path.exists(tmp_path / "kd")

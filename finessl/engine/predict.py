@@ -97,8 +97,9 @@ def _build(cfg, state: dict, classnames: list[str], model_dir: str):
     precision = Precision(cfg.prec, device)
     seed_everything(checkpoint_seed(state, model_dir))  # a randomly initialised backbone comes out the same
     mean, std = dataset_stats(cfg.DATA.NAME, cfg.DATA.NORMALIZE)
-    model = build_model(cfg, classnames, device, precision.fp16_params, mean, std,
-                        ALGORITHMS.get(cfg.algorithm).zero_shot_head)
+    chosen = ALGORITHMS.get(cfg.algorithm)
+    model = build_model(chosen.model_config(cfg), classnames, device, precision.fp16_params,
+                        mean, std, chosen.zero_shot_head)  # SemiKD: its student
     try:
         model.load_trainable_state_dict({k: v.to(device) for k, v in state["model"].items()})
     except (KeyError, RuntimeError) as e:
@@ -143,7 +144,8 @@ def predict(model_dir: str, images: str, output: str, cfg_file: str | None = Non
     model, device, precision = _build(cfg, state, classnames, model_dir)
     report = UnreadableLog()
     paths = readable(paths, report)
-    loader = DataLoader(ImageFiles(paths, input_size(cfg)),
+    size = input_size(ALGORITHMS.get(cfg.algorithm).model_config(cfg))  # SemiKD: the student's
+    loader = DataLoader(ImageFiles(paths, size),
                         batch_size=max(100, cfg.DATA.BATCH_SIZE), shuffle=False,
                         num_workers=cfg.num_workers, collate_fn=_collate)
     rows = []

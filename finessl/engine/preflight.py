@@ -1,6 +1,7 @@
 """What a run checks before it loads a model or data or writes a file, and what
 ``--dry-run`` checks: the device, the run folder (or the folder evaluated), the
-dataset's files, the backbone's weights. Each failure is the one line the real run
+dataset's files, the trained model's weights (SemiKD: the student's, then the teacher
+run and its backbone's weights). Each failure is the one line the real run
 would end with (exit 2), so a dry run that passes means the real run gets past its
 setup, and a run that fails here leaves nothing behind.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 
+from finessl.algorithms import ALGORITHMS
 from finessl.data.base import get_dataset
 from finessl.distributed import SINGLE, Dist
 from finessl.engine.checkpoint import LAST
@@ -28,7 +30,12 @@ def check(cfg, dist: Dist = SINGLE) -> None:
         check_run_dir(cfg)
     root = os.path.abspath(os.path.expanduser(cfg.DATA.DATAPATH))
     get_dataset(cfg.DATA.NAME, cfg).check(root, cfg.DATA.DOWNLOAD)
-    family_of(cfg.backbone).check_weights(cfg)
+    chosen = ALGORITHMS.get(cfg.algorithm)
+    model_cfg = chosen.model_config(cfg)  # the model the run trains (SemiKD: the student)
+    family_of(model_cfg.backbone).check_weights(model_cfg)
+    if chosen.uses_teacher and not cfg.eval_only:
+        from finessl.engine.teacher import check_teacher  # imports every algorithm
+        check_teacher(cfg)
 
 
 def check_saved_run(run_dir: str | None, key: str) -> None:

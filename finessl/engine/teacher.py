@@ -29,6 +29,7 @@ from finessl.engine.checkpoint import LAST, load_file, read_checkpoint, seed_eve
 from finessl.engine.device import Precision
 from finessl.errors import UserError, brief
 from finessl.models import build_model
+from finessl.models.families import family_of
 from finessl.models.methods import PEFT_METHODS
 from finessl.models.model import input_size
 from finessl.plugins import load_config
@@ -110,17 +111,32 @@ def _own_rng(device: torch.device):
     np.random.set_state(numpy)
 
 
-def load_teacher(cfg, data, device: torch.device) -> Teacher:
-    """The frozen teacher ``cfg.teacher`` names, on ``device``, checked against ``cfg``
-    and the data (same classes, in the same order)."""
-    source = cfg.teacher
-    state, path = read_teacher(source)
+def _trained(cfg) -> tuple[dict, str, object, object]:
+    """(checkpoint state, its path, the config it was trained with, the config of the
+    model it holds) of the teacher ``cfg.teacher`` names, checked against ``cfg``."""
+    state, path = read_teacher(cfg.teacher)
     try:
         trained_cfg = teacher_config(state, cfg.cache_dir)
     except UserError as e:
         raise UserError(f"teacher: the config in {path} does not load ({e})") from None
     model_cfg = ALGORITHMS.get(trained_cfg.algorithm).model_config(trained_cfg)
-    check_match(cfg, model_cfg, source)
+    check_match(cfg, model_cfg, cfg.teacher)
+    return state, path, trained_cfg, model_cfg
+
+
+def check_teacher(cfg) -> None:
+    """What a run (and ``--dry-run``) checks of the teacher before anything loads: it
+    is a FineSSL run whose model this config describes, and its backbone's weights
+    are here (its tower is rebuilt from them)."""
+    model_cfg = _trained(cfg)[3]
+    family_of(model_cfg.backbone).check_weights(model_cfg)
+
+
+def load_teacher(cfg, data, device: torch.device) -> Teacher:
+    """The frozen teacher ``cfg.teacher`` names, on ``device``, checked against ``cfg``
+    and the data (same classes, in the same order)."""
+    source = cfg.teacher
+    state, path, trained_cfg, model_cfg = _trained(cfg)
     names = state.get("classnames")
     if names is not None and list(names) != list(data.classnames):
         raise UserError(f"teacher: {source} was trained on {len(names)} classes "
