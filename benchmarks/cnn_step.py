@@ -26,7 +26,7 @@ if not __package__:  # run as a file (python benchmarks/cnn_step.py): the reposi
     sys.path.insert(0, REPO)
 
 from finessl.algorithms import build_algorithm  # noqa: E402
-from finessl.config import load_config  # noqa: E402
+from finessl.config_load import load_config  # noqa: E402
 from finessl.models import build_model  # noqa: E402
 
 CONFIG = os.path.join(REPO, "configs", "demo", "fashion_mnist_N4.yaml")

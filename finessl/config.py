@@ -7,25 +7,16 @@ docs/method.md §3-4 (the YAMLs under ``configs/peft/``), not the authors' code 
 Plug-ins (datasets, PEFT methods, backbones, algorithms) declare their own keys beside
 their code with :func:`declare`; the tree gathers them when their modules are imported.
 
-Loading goes through :func:`load_config`, which turns every mistake a user can make
-(unknown key, wrong type, bad value) into a :class:`~finessl.errors.UserError`.
+Loading goes through :func:`finessl.config_load.load_config`, which turns every
+mistake a user can make (unknown key, wrong type, bad value) into a
+:class:`~finessl.errors.UserError`; how a value is read and checked is
+:mod:`finessl.config_values`.
 """
 from __future__ import annotations
 
-import ast
-import difflib
-import logging
-import math
-import os
 from typing import Callable
 
-import yaml
 from yacs.config import CfgNode as CN
-
-from finessl.errors import UserError
-from finessl.registry import CONFIG_REGISTRIES, import_plugin
-
-log = logging.getLogger(__name__)
 
 _C = CN()
 
@@ -105,12 +96,12 @@ INERT_KEYS = (
     "load_epoch", "DATA.NUM_WORKERS",
 )
 # Types accepted for keys whose default is None.
-_NONE_TYPES = {
+NONE_TYPES = {
     "bms": (bool,), "dls": (bool,),
     "seed": (int,), "output_dir": (str,), "resume": (str,), "model_dir": (str,),
     "gpu": (int,), "partial": (int,), "paper_top1": (float, int),
 }
-_CHOICES = {
+CHOICES = {
     "prec": ("fp16", "fp32", "amp", "bf16"),
     "DATA.UNLABELED": ("dataset", "num_u", "all"),
     "DATA.NORMALIZE": ("dataset", "clip"),
@@ -133,9 +124,9 @@ RESUME_RUNTIME_KEYS = (
 # ... and what eval_only / predict may also set: where the test data is, how much of it,
 # the numeric mode of the forward.
 EVAL_RUNTIME_KEYS = RESUME_RUNTIME_KEYS + ("DATA.DATAPATH", "DATA.NUM_TEST", "prec")
-_INT_RANGE = 2**63  # ints must fit a signed 64-bit integer (torch's seeds and sizes)
+INT_RANGE = 2**63  # ints must fit a signed 64-bit integer (torch's seeds and sizes)
 
-_CHECKS: dict[str, Callable[[object], str | None]] = {}
+CHECKS: dict[str, Callable[[object], str | None]] = {}
 _DECLARED: dict[str, tuple[object, str]] = {}
 
 
@@ -179,22 +170,22 @@ def declare(key: str, default, comment: str, choices: tuple | None = None,
     node[leaf] = default
     _DECLARED[key] = (default, comment)
     if choices:
-        _CHOICES[key] = tuple(choices)
+        CHOICES[key] = tuple(choices)
     if check:
-        _CHECKS[key] = check
+        CHECKS[key] = check
 
 
 # Plug-ins' rewrites of the (key, value) pairs a config is read from, in order, before
 # anything is merged: where an authors' switch means more than one key here (SemiKD's
 # ``KD True`` selects an algorithm, and its ``resume TEACHER`` names the teacher).
 # Each takes and returns the list of (pairs, source name) of the file and the command line.
-_PAIR_REWRITES: list[Callable[[list], list]] = []
+PAIR_REWRITES: list[Callable[[list], list]] = []
 
 
 def rewrite_pairs(rewrite: Callable[[list], list]) -> Callable[[list], list]:
     """Decorator: register a rewrite of the config's (key, value) pairs (see above)."""
-    if rewrite not in _PAIR_REWRITES:
-        _PAIR_REWRITES.append(rewrite)
+    if rewrite not in PAIR_REWRITES:
+        PAIR_REWRITES.append(rewrite)
     return rewrite
 
 
@@ -209,384 +200,9 @@ def get_cfg_defaults() -> CN:
     return _C.clone()
 
 
-def _flatten(d: dict, prefix: str = "") -> list[tuple[str, object]]:
-    out = []
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.extend(_flatten(v, key + "."))
-        else:
-            out.append((key, v))
-    return out
-
-
 def all_keys(node: CN, prefix: str = "") -> list[str]:
     """Every leaf key of a config tree, dotted (``DATA.NUM_L``)."""
     keys = []
     for k, v in node.items():
         keys.extend(all_keys(v, f"{prefix}{k}.") if isinstance(v, CN) else [f"{prefix}{k}"])
     return keys
-
-
-def _parse_cli_value(text: str):
-    """``True`` -> bool, ``0.5`` -> float, ``out/x`` -> str (yacs' literal_eval rule)."""
-    try:
-        return ast.literal_eval(text)
-    except Exception:  # ValueError, SyntaxError; RecursionError or MemoryError when deep
-        return text
-
-
-def _show(value) -> str:
-    """A value in a one-line message: strings quoted (so a newline shows as \\n), long
-    values cut."""
-    text = repr(value) if isinstance(value, str) else str(value)
-    text = " ".join(text.split()) if "\n" in text else text
-    return text if len(text) <= 200 else text[:200] + "..."
-
-
-def show_path(path: str) -> str:
-    """A path in a one-line message: as it is, or quoted when it holds a newline or
-    another unprintable character."""
-    return path if path.isprintable() else repr(path)
-
-
-def _checked(key: str, value, source: str):
-    """``value`` (already of the key's type) refused when no run could use it: an int
-    beyond 64 bits, a float that is not finite, a string holding a NUL character."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        if not -_INT_RANGE <= value < _INT_RANGE:
-            raise UserError(f"{key}: {value} is out of range (|value| < 2**63) ({source})")
-    elif isinstance(value, float) and not math.isfinite(value):
-        raise UserError(f"{key}: expected a finite number, got {value} ({source})")
-    elif isinstance(value, str) and "\0" in value:
-        raise UserError(f"{key}: {_show(value)} holds a NUL character ({source})")
-    elif isinstance(value, list):
-        for item in value:
-            _checked(key, item, source)
-    return value
-
-
-def _coerce(key: str, default, value, source: str):
-    if isinstance(value, str) and not isinstance(default, str):
-        value = _parse_cli_value(value)  # YAML reads 5e-4 as a string; yacs evaluates it
-    return _checked(key, _coerce_type(key, default, value, source), source)
-
-
-def _to_float(key: str, value, source: str) -> float:
-    try:
-        return float(value)
-    except OverflowError:
-        raise UserError(f"{key}: {_show(value)} is too large for a float ({source})") from None
-
-
-def _coerce_type(key: str, default, value, source: str):
-    if key in _NONE_TYPES:
-        if value is None:
-            return None
-        allowed = _NONE_TYPES[key]
-        if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
-            if str in _NONE_TYPES[key]:
-                return str(value)
-            raise UserError(f"{key}: expected {_NONE_TYPES[key][0].__name__} or null, "
-                            f"got {_show(value)} ({source})")
-        return value
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-    elif isinstance(default, float):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return _to_float(key, value, source)
-    elif isinstance(default, int):
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif isinstance(default, str):
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-    elif isinstance(default, list):  # a list of strings; one string is a list of one
-        value = [value] if isinstance(value, str) else value
-        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-            return list(value)
-    raise UserError(f"{key}: expected {type(default).__name__}, got {_show(value)} ({source})")
-
-
-def _set(cfg: CN, key: str, value) -> None:
-    *parents, leaf = key.split(".")
-    node = cfg
-    for p in parents:
-        node = node[p]
-    node[leaf] = value
-
-
-def _get(cfg: CN, key: str):
-    node = cfg
-    for p in key.split("."):
-        node = node[p]
-    return node
-
-
-def _merge(cfg: CN, pairs: list[tuple[str, object]], source: str, seen_inert: list[str]) -> None:
-    known = all_keys(cfg)
-    passive = set(INERT_KEYS) | {"zero_shot"}
-    for key, value in pairs:
-        if key == "zero_shot":  # the authors' switch for the CLIP zero-shot baseline
-            if _coerce(key, False, value, source):
-                _set(cfg, "algorithm", "zeroshot")
-            continue
-        if key in passive:
-            if key in INERT_KEYS and key not in seen_inert:
-                seen_inert.append(key)
-            continue
-        if key not in known:
-            close = difflib.get_close_matches(key, known + list(passive), n=1, cutoff=0.5)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise UserError(f"unknown config key {_show(key)} ({source}){hint}")
-        value = _coerce(key, _get(cfg, key), value, source)
-        if key in _CHOICES and value not in _CHOICES[key]:
-            raise UserError(f"{key}: {_show(value)} is not one of {', '.join(_CHOICES[key])} "
-                            f"({source})")
-        _set(cfg, key, value)
-
-
-def _validate(cfg: CN) -> None:
-    for key, registry in CONFIG_REGISTRIES.items():  # plug-in names: one line, the choices
-        registry.get(_get(cfg, key))
-    positive = ("DATA.NUM_L", "DATA.BATCH_SIZE", "DATA.MU_U", "num_epochs", "total_steps",
-                "print_freq")
-    for key in positive:
-        if _get(cfg, key) <= 0:
-            raise UserError(f"{key}: must be positive, got {_get(cfg, key)}")
-    if cfg.partial is not None and cfg.partial <= 0:
-        raise UserError(f"partial: the number of last blocks must be positive, got {cfg.partial}")
-    # w_con and alpha: the unlabeled loss weight and the margin scale (a negative one
-    # would reward the loss it weighs); seed: torch, numpy and random take it as is.
-    for key in ("DATA.NUM_U", "DATA.NUM_TEST", "num_workers", "checkpoint_freq", "lr",
-                "weight_decay", "input_size", "w_con", "alpha"):
-        if _get(cfg, key) < 0:
-            raise UserError(f"{key}: must be >= 0, got {_get(cfg, key)}")
-    for key in ("seed", "gpu"):
-        if _get(cfg, key) is not None and _get(cfg, key) < 0:
-            raise UserError(f"{key}: must be >= 0 (or null), got {_get(cfg, key)}")
-    if not 0.0 <= cfg.momentum < 1.0:
-        raise UserError(f"momentum: SGD momentum must lie in [0, 1), got {cfg.momentum}")
-    for key in ("DATA.IMB_L", "DATA.IMB_U"):
-        if _get(cfg, key) < 1.0:
-            raise UserError(f"{key}: imbalance ratio must be >= 1, got {_get(cfg, key)}")
-    for key, check in _CHECKS.items():
-        problem = check(_get(cfg, key))
-        if problem:
-            raise UserError(f"{key}: {problem}, got {_get(cfg, key)}")
-    for key in ("th", "th_min"):
-        if not 0.0 <= _get(cfg, key) <= 1.0:
-            raise UserError(f"{key}: a confidence threshold must lie in [0, 1], got {_get(cfg, key)}")
-    if cfg.DATA.CUTOUT < -1:
-        raise UserError(f"DATA.CUTOUT: a side in px, -1 (FixMatch's random side) or 0 (none), "
-                        f"got {cfg.DATA.CUTOUT}")
-    if not 0.0 <= cfg.smoothing < 1.0:
-        raise UserError(f"smoothing: must lie in [0, 1), got {cfg.smoothing}")
-    if cfg.vpt_deep and cfg.vpt_shallow:
-        raise UserError("vpt_deep and vpt_shallow are both True: choose one")
-    if cfg.eval_only and not cfg.model_dir:
-        raise UserError("eval_only True needs model_dir DIR (a run folder with a checkpoint)")
-    if "{}" not in cfg.template:
-        raise UserError(f"template: needs a '{{}}' for the class name, got {_show(cfg.template)}")
-    try:
-        cfg.template.format("class name")
-    except (IndexError, KeyError, ValueError) as e:
-        raise UserError(f"template: {_show(cfg.template)} is not a format string with one "
-                        f"'{{}}' ({type(e).__name__}: {_show(str(e))}); write other braces "
-                        f"as '{{{{' and '}}}}'") from None
-    if cfg.allow_extend and not cfg.resume:
-        raise UserError("allow_extend True only applies to resume RUN (to continue a run "
-                        "past its num_epochs); drop it for a fresh run")
-
-
-def _read_yaml(cfg_file: str) -> dict:
-    name = show_path(cfg_file)
-    if os.path.isdir(cfg_file):
-        raise UserError(f"config file {name} is a folder, not a YAML file")
-    if not os.path.isfile(cfg_file):
-        raise UserError(f"config file not found: {name}")
-    try:
-        with open(cfg_file, "rb") as f:  # bytes: YAML finds the encoding, bad bytes are its error
-            data = yaml.safe_load(f) or {}
-    except OSError as e:
-        raise UserError(f"{name}: cannot be read ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        lines = str(e).strip().splitlines()
-        raise UserError(f"{name}: not valid YAML ({lines[0] if lines else type(e).__name__})"
-                        ) from None
-    except Exception as e:  # a number YAML cannot build, nesting too deep, ...
-        raise UserError(f"{name}: not valid YAML ({type(e).__name__})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{name}: expected a mapping of config keys at the top level")
-    return data
-
-
-def _import_plugins(specs: list[str], source: str) -> None:
-    for spec in specs:
-        if spec.endswith(".py"):
-            if not os.path.isfile(spec):
-                raise UserError(f"plugins: no file {_show(spec)} ({source})")
-        elif not all(part.isidentifier() for part in spec.split(".")):
-            raise UserError(f"plugins: {_show(spec)} is neither a .py file nor a module name "
-                            f"({source})")
-        import_plugin(spec)
-
-
-def _plugin_set(specs: list[str]) -> set[str]:
-    """The modules a ``plugins`` list names: files by real path, modules by name."""
-    return {os.path.realpath(s) if s.endswith(".py") else s for s in specs}
-
-
-def last_value(sources, key: str):
-    """The value the last source gives ``key`` (None when none does), unchecked."""
-    value = None
-    for pairs, _ in sources:
-        for k, v in pairs:
-            if k == key:
-                value = v
-    return value
-
-
-def _run_config_pairs(run_dir: str, key: str = "resume") -> tuple[list[tuple[str, object]], str]:
-    """The flattened RUN/config.yaml a resume (``key`` resume) or an evaluation (``key``
-    model_dir) starts from, and its path."""
-    path, run_name = os.path.join(run_dir, RUN_CONFIG), show_path(run_dir)
-    if not os.path.isdir(run_dir):
-        raise UserError(f"{key}: {run_name} is not a folder (give the run folder)")
-    if not os.path.lexists(path):  # a run folder holds config.yaml and checkpoint_last.pt
-        raise UserError(f"{key}: no {RUN_CONFIG} in {run_name}, so no run there (a run "
-                        f"folder holds {RUN_CONFIG} and checkpoint_last.pt; {key} starts "
-                        f"from the run's own config)")
-    pairs = [(k, v) for k, v in _flatten(_read_yaml(path)) if k not in ("resume", "output_dir")]
-    return pairs, show_path(path)
-
-
-def _changed(stored: CN, cfg: CN, allowed) -> list[tuple[str, object, object]]:
-    """(key, run's value, new value) of every key outside ``allowed`` that differs."""
-    changed = []
-    for key in all_keys(cfg):
-        if key in allowed:
-            continue
-        old, new = _get(stored, key), _get(cfg, key)
-        if key == "plugins" and _plugin_set(old) == _plugin_set(new):
-            continue
-        if old != new:
-            changed.append((key, old, new))
-    return changed
-
-
-def keep_run_config(stored: CN, cfg: CN, run_dir: str, command: str) -> None:
-    """``eval_only`` / ``predict`` (``command``) rebuild the run as it was trained: every
-    key outside :data:`EVAL_RUNTIME_KEYS` takes the run's config.yaml value again, and
-    those given with another value are named in one warning (repeating a training
-    command's keys is harmless; changing the model would not be the run trained)."""
-    changed = _changed(stored, cfg, EVAL_RUNTIME_KEYS)
-    for key, old, _ in changed:
-        _set(cfg, key, old)
-    if changed:
-        log.warning("%s: %s ignored: the run %s is rebuilt from its %s, and only runtime "
-                    "keys (gpu, num_workers, prec, DATA.DATAPATH, DATA.NUM_TEST, ...: "
-                    "docs/running.md) apply", command,
-                    ", ".join(f"{k} {_show(new)}" for k, _, new in changed),
-                    show_path(run_dir), RUN_CONFIG)
-
-
-def _resume_changes(stored: CN, cfg: CN, run_dir: str) -> None:
-    """Refuse, in one line naming each, the keys that shape training and differ from the
-    run's config.yaml (every key but :data:`RESUME_RUNTIME_KEYS`, with the rules there)."""
-    changed = [(key, old, new) for key, old, new in _changed(stored, cfg, RESUME_RUNTIME_KEYS)
-               if not (key == "num_epochs" and cfg.allow_extend and new > old)]  # an extension
-    if not changed:
-        return
-    listed = ", ".join(f"{k} ({_show(old)} -> {_show(new)})" for k, old, new in changed)
-    hint = ""
-    if any(k == "num_epochs" for k, _, _ in changed):
-        old = stored.num_epochs
-        hint = (f"; to train longer add allow_extend True with num_epochs above {old}"
-                if not cfg.allow_extend else
-                f"; allow_extend only raises num_epochs (the run's is {old})")
-    run_name = show_path(run_dir)
-    raise UserError(f"resume: {run_name} differs from its {RUN_CONFIG} in {listed}; resume "
-                    f"with the run's own config ('resume {run_name}' alone continues it as it "
-                    f"was) or start a new run in another output_dir{hint}")
-
-
-def load_config(cfg_file: str | None = None, opts: list[str] | None = None) -> CN:
-    """Defaults <- YAML file <- ``KEY VALUE`` pairs, validated and frozen.
-
-    With ``resume RUN`` (from either), RUN/config.yaml comes between the defaults and
-    the file: a resume starts from the run's own config, and any key outside
-    :data:`RESUME_RUNTIME_KEYS` that this invocation changes is refused in one line
-    naming each (``num_epochs`` may grow with ``allow_extend True``). ``eval_only True
-    model_dir RUN`` starts from RUN/config.yaml too, so the run folder alone is enough,
-    and only :data:`EVAL_RUNTIME_KEYS` may differ from it (others are ignored, with a
-    warning).
-
-    The ``plugins`` the file and the pairs name are imported first, so the keys they
-    declare can be set. The built-in plug-ins' keys are in the tree once their packages
-    are imported: :func:`finessl.plugins.load_config` does both and checks the names.
-    Raises :class:`UserError` naming the offending key, file or value.
-    """
-    sources = []
-    if cfg_file:
-        sources.append((_flatten(_read_yaml(cfg_file)), show_path(cfg_file)))
-    opts = list(opts or [])
-    if len(opts) % 2:
-        raise UserError(f"command-line overrides come in KEY VALUE pairs; {_show(opts[-1])} "
-                        f"has no value")
-    sources.append(([(opts[i], _parse_cli_value(opts[i + 1])) for i in range(0, len(opts), 2)],
-                    "command line"))
-    for rewrite in _PAIR_REWRITES:  # a plug-in's reading of the authors' switches (SemiKD's KD)
-        sources = rewrite(sources)
-    resume = _coerce("resume", None, last_value(sources, "resume"), "the resume key")
-    evaluated = None  # eval_only True model_dir RUN: the run's own config.yaml as well
-    if not resume and _coerce("eval_only", False, last_value(sources, "eval_only") or False,
-                              "the eval_only key"):
-        evaluated = _coerce("model_dir", None, last_value(sources, "model_dir"),
-                            "the model_dir key")
-        if evaluated and not os.path.isfile(os.path.join(evaluated, RUN_CONFIG)):
-            evaluated = None  # no run there: reading its checkpoint says so, in one line
-    base_dir = resume or evaluated
-    stored_source = (_run_config_pairs(base_dir, "resume" if resume else "model_dir")
-                     if base_dir else None)
-    # The plug-ins the run's config.yaml names (its keys must merge), then the ones
-    # this invocation names, the last mention winning.
-    for layer in ([[stored_source]] if stored_source else []) + [sources]:
-        plugins: tuple[list[str], str] = ([], "")
-        for pairs, source in layer:
-            for key, value in pairs:
-                if key == "plugins":
-                    plugins = (_coerce(key, [], value, source), source)
-        _import_plugins(*plugins)
-    cfg = get_cfg_defaults()
-    seen_inert: list[str] = []
-    stored = None
-    if stored_source:  # a resume starts from the run's config.yaml
-        _merge(cfg, *stored_source, seen_inert)
-        stored = cfg.clone()
-    for pairs, source in sources:
-        _merge(cfg, pairs, source, seen_inert)
-    if cfg_file and not cfg.setting:
-        cfg.setting = os.path.splitext(os.path.basename(cfg_file))[0]
-    if cfg_file and cfg.output_dir and "{config}" in cfg.output_dir:  # the file's name
-        name = os.path.splitext(os.path.basename(cfg_file))[0]
-        cfg.output_dir = cfg.output_dir.replace("{config}",
-                                                name.replace("{", "{{").replace("}", "}}"))
-    if stored is not None:
-        if cfg.seed is None:  # seed null (a YAML's default): the run's own seed
-            cfg.seed = stored.seed
-        if resume:
-            cfg.output_dir = resume  # a resumed run writes into its own folder
-    _validate(cfg)
-    if resume:
-        _resume_changes(stored, cfg, base_dir)
-    elif stored is not None:
-        keep_run_config(stored, cfg, base_dir, "eval_only")
-    if seen_inert:
-        log.warning("config keys with no effect in FineSSL, accepted for compatibility: %s",
-                    ", ".join(seen_inert))
-    cfg.freeze()
-    return cfg

@@ -8,7 +8,7 @@ from __future__ import annotations
 import finessl.algorithms
 import finessl.data
 import finessl.models
-from finessl import config
+from finessl import config_load
 
 __all__ = ["load_config"]
 
@@ -16,6 +16,6 @@ _BUILTIN = (finessl.algorithms, finessl.data, finessl.models)  # imported above:
 
 
 def load_config(cfg_file: str | None = None, opts: list[str] | None = None):
-    """:func:`finessl.config.load_config` with every built-in plug-in registered, so
+    """:func:`finessl.config_load.load_config` with every built-in plug-in registered, so
     their keys are in the tree and the names a config asks for are checked."""
-    return config.load_config(cfg_file, opts)
+    return config_load.load_config(cfg_file, opts)

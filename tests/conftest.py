@@ -33,14 +33,14 @@ def forget_plugins():
     """Plug-ins a test imports in this process are forgotten after it: the keys they
     declare would otherwise be in the config.yaml of every later in-process run, which
     a fresh process (main.py) could not read back."""
-    saved = (config._C.clone(), dict(config._DECLARED), dict(config._CHOICES),
-             dict(config._CHECKS), list(config._PAIR_REWRITES))
+    saved = (config._C.clone(), dict(config._DECLARED), dict(config.CHOICES),
+             dict(config.CHECKS), list(config.PAIR_REWRITES))
     registries = [(r, dict(r._items)) for r in (ALGORITHMS, DATASETS, BACKBONES, PEFT_METHODS)]
     modules = set(sys.modules)
     yield
     config._C = saved[0]
-    for live, old in zip((config._DECLARED, config._CHOICES, config._CHECKS,
-                          config._PAIR_REWRITES), saved[1:]):
+    for live, old in zip((config._DECLARED, config.CHOICES, config.CHECKS,
+                          config.PAIR_REWRITES), saved[1:]):
         live.clear()
         live.update(old) if isinstance(live, dict) else live.extend(old)
     for r, items in registries:

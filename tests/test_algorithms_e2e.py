@@ -9,7 +9,7 @@ import torch
 
 from conftest import run_main, tiny_args
 from finessl.algorithms import ALGORITHMS
-from finessl.config import load_config
+from finessl.config_load import load_config
 from finessl.errors import UserError
 from finessl.engine.trainer import Trainer
 

@@ -11,7 +11,7 @@ import yaml
 
 from conftest import REPO, run_main, tiny_args
 from fakedata import write_fake_cifar
-from finessl.config import load_config
+from finessl.config_load import load_config
 
 CIFAR100_N4 = os.path.join(REPO, "configs", "peft", "cifar100_N4.yaml")
 

@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from conftest import REPO
-from finessl.config import INERT_KEYS, all_keys, declared_keys, get_cfg_defaults, load_config
+from finessl.config import INERT_KEYS, all_keys, declared_keys, get_cfg_defaults
+from finessl.config_load import load_config
 from finessl.errors import UserError
 
 # The authors' released YAML (Gank0078/FineSSL), verbatim.

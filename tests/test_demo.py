@@ -8,7 +8,7 @@ import os
 import pytest
 
 from conftest import REPO, run_main
-from finessl.config import load_config
+from finessl.config_load import load_config
 
 DEMO = os.path.join(REPO, "configs", "demo", "fashion_mnist_N4.yaml")
 HAVE_ASSETS = (os.path.isdir("/usr/share/datasets/fashion-mnist")

@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import REPO, tiny_args, wait_for_text
-from finessl.config import load_config
+from finessl.config_load import load_config
 from finessl.distributed import init_distributed
 from finessl.engine.trainer import Trainer
 

@@ -18,7 +18,7 @@ import torch.nn as nn
 
 import main as entry
 from conftest import REPO, run_main, tiny_args
-from finessl.config import load_config
+from finessl.config_load import load_config
 from finessl.distributed import SINGLE
 from finessl.engine.checkpoint import (LAST, PREV, RESUME_KEYS, read_checkpoint, rng_state,
                                        set_rng_state, write_checkpoint)

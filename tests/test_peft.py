@@ -13,7 +13,8 @@ import torch.nn.functional as F
 import finessl.models.backbone as backbone_mod
 from benchmarks.plain_step import plain_features, plain_finessl_step
 from conftest import TINY_VIT, tiny_args
-from finessl.config import get_cfg_defaults, load_config
+from finessl.config import get_cfg_defaults
+from finessl.config_load import load_config
 from finessl.engine.trainer import Trainer
 from finessl.errors import UserError
 from finessl.models import build_model

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import REPO, run_main, tiny_args
-from finessl.config import load_config
+from finessl.config_load import load_config
 from finessl.errors import UserError
 from finessl.models.methods import PEFT_METHODS
 

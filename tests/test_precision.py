@@ -10,7 +10,7 @@ import torch
 from open_clip.transformer import LayerNormFp32
 
 from conftest import tiny_args
-from finessl.config import load_config
+from finessl.config_load import load_config
 from finessl.engine.device import Precision
 from finessl.engine.trainer import Trainer
 

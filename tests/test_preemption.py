@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import REPO, run_main, tiny_args, wait_for_text
-from finessl.config import load_config
+from finessl.config_load import load_config
 from finessl.engine import signals
 from finessl.engine.checkpoint import LAST, PREV
 from finessl.engine.trainer import Trainer

@@ -33,8 +33,8 @@ import torch.nn.functional as F
 import yaml
 
 from finessl.algorithms.base import Algorithm, register
-from finessl.config import (RUN_CONFIG, declare, last_value, non_negative, positive,
-                            rewrite_pairs)
+from finessl.config import RUN_CONFIG, declare, non_negative, positive, rewrite_pairs
+from finessl.config_load import last_value
 from finessl.errors import UserError
 from finessl.algorithms.memory import LabelMemory
 from finessl.losses import (add_margin, balanced_margin, pace_from_counts, smoothed_targets,
