@@ -302,7 +302,7 @@ def test_a_half_cnn_tower_cannot_be_tuned(strategy):
 
 
 def test_clip_rn50_feature_is_clip_image_embedding():
-    from finessl.models.backbone import load_clip
+    from finessl.models.clip import load_clip
     clip = load_clip("RN50", "none").eval()
     backbone = build_cnn_backbone(cfg_for("RN50", bias_tuning=True), clip.visual,
                                   IMAGENET_MEAN, IMAGENET_STD).eval()

@@ -19,7 +19,8 @@ from open_clip.transformer import LayerNormFp32, QuickGELU
 
 from conftest import TINY_VIT
 from finessl.config import get_cfg_defaults
-from finessl.models.backbone import OPENAI_MEAN, OPENAI_STD, ViTBackbone, load_clip
+from finessl.models.backbone import ViTBackbone
+from finessl.models.clip import OPENAI_MEAN, OPENAI_STD, load_clip
 from finessl.models.peft import build_vit_backbone
 from finessl.models.peft_adapter import AdaptFormer, Adapter
 from finessl.models.peft_lora import LoRA
@@ -90,7 +91,7 @@ def vit_b16():
 
 # ---- QuickGELU and OpenAI's weights ---------------------------------------------------
 def test_authors_names_map_to_the_quickgelu_architectures():
-    from finessl.models.backbone import BACKBONE_ALIASES
+    from finessl.models.clip import BACKBONE_ALIASES
     assert all(name.endswith("-quickgelu") and name in open_clip.list_models()
                for name in BACKBONE_ALIASES.values())
 
@@ -104,7 +105,7 @@ def test_vit_b16_openai_weights_equal_open_clips_openai_loader(vit_b16, tmp_path
         expected = open_clip.load_openai_model(str(path), "fp32", "cpu").encode_image(x)
     ours = projected_features(load_clip("ViT-B/16", str(path)), x)
     assert rel_err(ours, expected) < 1e-5
-    with caplog.at_level(logging.INFO, logger="finessl.models.backbone"):
+    with caplog.at_level(logging.INFO, logger="finessl.models.clip"):
         gelu_config = load_clip("ViT-B-16", str(path))  # open_clip's GELU spelling: corrected
     assert "QuickGELU" in caplog.text
     assert rel_err(projected_features(gelu_config, x), expected) < 1e-5

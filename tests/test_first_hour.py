@@ -18,7 +18,7 @@ from conftest import REPO, TINY_VIT, run_main, tiny_args
 from fakedata import write_fake_cifar
 from finessl.errors import UserError
 from finessl.models import clip_weights
-from finessl.models.backbone import load_clip
+from finessl.models.clip import load_clip
 
 README = os.path.join(REPO, "README.md")
 

@@ -9,7 +9,8 @@ import finessl.models.backbone as backbone_mod
 from conftest import TINY_VIT
 from finessl.config import get_cfg_defaults
 from finessl.models import build_model
-from finessl.models.backbone import ViTBackbone, load_clip
+from finessl.models.backbone import ViTBackbone
+from finessl.models.clip import load_clip
 from finessl.models.heads import CosineHead, class_text_embeddings, text_init_weight
 
 CLASSES = ["cat", "dog", "frog"]

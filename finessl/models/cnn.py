@@ -24,7 +24,7 @@ import torch.nn as nn
 from open_clip.modified_resnet import ModifiedResNet
 
 from finessl.errors import UserError
-from finessl.models.backbone import OPENAI_MEAN, OPENAI_STD
+from finessl.models.clip import OPENAI_MEAN, OPENAI_STD
 from finessl.models.cnn_weights import TIMM_ALIASES, load_timm, timm_model_name, weights_file
 from finessl.models.families import (BACKBONES, BackboneFamily, OpenClipFamily,
                                      check_supported, open_clip_vision_cfg)

@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from finessl.errors import UserError
 from finessl.models import clip_weights
-from finessl.models.backbone import load_clip, pretrained_source, resolve_model_name
+from finessl.models.clip import load_clip, pretrained_source, resolve_model_name
 from finessl.models.methods import PEFT_METHODS, switched_on
 from finessl.models.tower import ImageTower
 from finessl.registry import Registry

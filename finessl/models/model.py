@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from finessl.errors import UserError
-from finessl.models.backbone import OPENAI_MEAN, OPENAI_STD, resolve_model_name
+from finessl.models.clip import OPENAI_MEAN, OPENAI_STD, resolve_model_name
 from finessl.models.families import family_of
 from finessl.models.heads import CosineHead, ZeroShotHead, class_text_embeddings, text_init_weight
 

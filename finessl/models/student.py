@@ -19,7 +19,7 @@ import finessl.models.cnn  # noqa: F401  (registers the CNN strategies: each get
 import finessl.models.peft  # noqa: F401  (registers the ViT strategies)
 from finessl.config import declare, positive
 from finessl.errors import UserError
-from finessl.models.backbone import resolve_model_name
+from finessl.models.clip import resolve_model_name
 from finessl.models.families import family_of
 from finessl.models.methods import PEFT_METHODS
 from finessl.models.timm_vit import TimmViT, timm_vit_weights
