@@ -93,13 +93,16 @@ def _classnames(cfg, state: dict, model_dir: str) -> list[str]:
 
 
 def _build(cfg, state: dict, classnames: list[str], model_dir: str):
+    """(model, device, precision, input size) of the trained run: the model its
+    algorithm trains (SemiKD: the student), its checkpoint's tensors loaded."""
     device = select_device(cfg)
     precision = Precision(cfg.prec, device)
     seed_everything(checkpoint_seed(state, model_dir))  # a randomly initialised backbone comes out the same
     mean, std = dataset_stats(cfg.DATA.NAME, cfg.DATA.NORMALIZE)
     chosen = ALGORITHMS.get(cfg.algorithm)
-    model = build_model(chosen.model_config(cfg), classnames, device, precision.fp16_params,
-                        mean, std, chosen.zero_shot_head)  # SemiKD: its student
+    model_cfg = chosen.model_config(cfg)
+    model = build_model(model_cfg, classnames, device, precision.fp16_params, mean, std,
+                        chosen.zero_shot_head)
     try:
         model.load_trainable_state_dict({k: v.to(device) for k, v in state["model"].items()})
     except (KeyError, RuntimeError) as e:
@@ -108,7 +111,7 @@ def _build(cfg, state: dict, classnames: list[str], model_dir: str):
     except (AttributeError, TypeError, ValueError) as e:  # not a dict of tensors
         raise UserError(f"{os.path.join(model_dir, LAST)} is not a FineSSL checkpoint (its "
                         f"model entry: {brief(e)})") from None
-    return model.eval(), device, precision
+    return model.eval(), device, precision, input_size(model_cfg)
 
 
 def _check_output(output: str) -> None:
@@ -141,10 +144,9 @@ def predict(model_dir: str, images: str, output: str, cfg_file: str | None = Non
                         f"(extensions: {' '.join(IMAGE_EXTENSIONS)})")
     cfg, state = _load_run(model_dir, cfg_file, list(opts or []))
     classnames = _classnames(cfg, state, model_dir)
-    model, device, precision = _build(cfg, state, classnames, model_dir)
+    model, device, precision, size = _build(cfg, state, classnames, model_dir)
     report = UnreadableLog()
     paths = readable(paths, report)
-    size = input_size(ALGORITHMS.get(cfg.algorithm).model_config(cfg))  # SemiKD: the student's
     loader = DataLoader(ImageFiles(paths, size),
                         batch_size=max(100, cfg.DATA.BATCH_SIZE), shuffle=False,
                         num_workers=cfg.num_workers, collate_fn=_collate)
