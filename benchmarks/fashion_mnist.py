@@ -114,11 +114,13 @@ def sweep(rows: list[tuple[str, str, list[str]]], seeds: list[int], out: str,
     return [f"{s} {m} seed {seed}" for (s, m, _, seed), ok in zip(tasks, done) if ok is False]
 
 
-def markdown(out: str) -> list[str]:
-    """The report's method-by-setting table, in markdown."""
+def markdown(out: str, paired: bool = False) -> list[str]:
+    """The report's method-by-setting table in markdown, or (``paired``) its table of
+    FineSSL against each method, paired by seed."""
     from finessl.report.runs import find_runs
-    from finessl.report.sweep import table
-    header, rows = table(find_runs([out]), "last")
+    from finessl.report import sweep as tables
+    runs = find_runs([out])
+    header, rows = tables.paired(runs, "last") if paired else tables.table(runs, "last")
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
@@ -151,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Fashion-MNIST, EfficientNet-Lite0 (ImageNet), seeds "
               f"{' '.join(map(str, args.seeds))}: test top-1 (%) of the last epoch\n")
         print("\n".join(markdown(args.out)))
+        print("\nFineSSL minus each method, paired by seed, 95 % confidence interval:\n")
+        print("\n".join(markdown(args.out, paired=True)))
         print("\nreference points (frozen features): " + "; ".join(
             f"{name} {100 * acc:.0f}" for name, acc in REFERENCE))
     for name in failed:

@@ -369,3 +369,47 @@ def test_the_report_reads_the_results_file_the_trainer_writes():
     from finessl.engine.run import RESULTS
     from finessl.report.runs import RESULTS as READ
     assert READ == RESULTS
+
+
+# ---- FineSSL against each method, paired by seed ---------------------------------------
+PAIRED = {  # method -> {seed: last top-1 in %}; FineSSL minus each, worked out by hand:
+    "finessl": {1: 70.0, 2: 72.0, 3: 74.0},
+    "fixmatch": {1: 69.0, 2: 70.0, 3: 71.0},    # d = 1, 2, 3: mean 2, sd 1, se 1/sqrt(3)
+    "supervised": {1: 64.5, 2: 66.0, 3: 68.5},  # d = 5.5, 6, 5.5: mean 5.667, sd 0.2887
+    "flexmatch": {1: 80.0, 2: 81.0, 4: 60.0},   # seeds 1, 2 only: d = -10, -9, t(1) = 12.706
+    "softmatch": {1: 71.0, 5: 50.0},            # one common seed: no row
+}
+
+
+def test_t_quantile_is_the_table_then_within_its_accuracy():
+    from finessl.report.sweep import t_quantile
+    assert t_quantile(2) == 4.303 and t_quantile(10) == 2.228
+    for df, table in ((11, 2.201), (15, 2.131), (20, 2.086), (30, 2.042), (120, 1.980)):
+        assert abs(t_quantile(df) - table) < 0.003, df
+
+
+def test_the_paired_table_of_a_sweep_is_worked_out_from_results_json(tmp_path, capsys):
+    for method, seeds in PAIRED.items():
+        for seed, top1 in seeds.items():
+            run = tmp_path / "toy_N4" / method / f"seed{seed}"
+            run.mkdir(parents=True)
+            (run / "results.json").write_text(json.dumps(
+                {"best_top1": top1 / 100, "best_epoch": 1, "last_top1": top1 / 100,
+                 "last_epoch": 1, "seed": seed, "setting": "toy_N4", "algorithm": method,
+                 "history": [{"epoch": 1, "top1": top1 / 100}]}))
+    code, _, err = _report([str(tmp_path), "--out", str(tmp_path / "report")], capsys)
+    assert code == 0, err
+    page = Page((tmp_path / "report" / "report.html").read_text(encoding="utf-8"))
+    half = {"fixmatch": 4.303 / math.sqrt(3), "supervised": 4.303 * 0.288675 / math.sqrt(3),
+            "flexmatch": 12.706 * math.sqrt(0.5) / math.sqrt(2)}
+    assert page.tables["paired"] == [
+        ["setting", "method", "seeds", "finessl − method", "95 % CI", "at 95 %"],
+        ["toy_N4", "supervised", "3", "+5.67",
+         f"[{5.6667 - half['supervised']:+.2f}, {5.6667 + half['supervised']:+.2f}]",
+         "finessl ahead"],
+        ["toy_N4", "fixmatch", "3", "+2.00",
+         f"[{2 - half['fixmatch']:+.2f}, {2 + half['fixmatch']:+.2f}]", "not significant"],
+        ["toy_N4", "flexmatch", "2", "-9.50",
+         f"[{-9.5 - half['flexmatch']:+.2f}, {-9.5 + half['flexmatch']:+.2f}]",
+         "finessl behind"]]
+    assert page.tables["paired"][2][4] == "[-0.48, +4.48]"  # 2 -+ 4.303 / sqrt(3)

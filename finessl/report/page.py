@@ -174,6 +174,12 @@ def sweep_body(runs: list[Run], out: str, links: list[tuple[Run, str]], metric: 
         parts += ["<h2>Method by setting</h2>", _table(header, rows, "sweep"),
                   _figure(sweep.bar_chart(runs, metric), out, "sweep_bars",
                           "mean ± std over seeds; black: the paper's number")]
+    header, rows = sweep.paired(runs, metric)
+    if rows:
+        parts += ["<h2>FineSSL against each method, paired by seed</h2>",
+                  "<p>FineSSL's top-1 minus the method's, per seed, then the mean and "
+                  "its 95 % confidence interval (Student's t).</p>",
+                  _table(header, rows, "paired")]
     parts.append(_figure(sweep.curves(runs), out, "sweep_curves",
                          "learning curves, mean over seeds of each method and setting"))
     parts.append("<h2>Runs</h2>")

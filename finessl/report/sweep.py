@@ -1,8 +1,10 @@
 """Several runs side by side: the method-by-setting table of mean +- std over seeds, its
-bar chart with the paper's number where the config declares one (``paper_top1``), and
-the learning curves overlaid (the mean over seeds of each method and setting)."""
+bar chart with the paper's number where the config declares one (``paper_top1``),
+FineSSL against each other method paired by seed, and the learning curves overlaid
+(the mean over seeds of each method and setting)."""
 from __future__ import annotations
 
+import math
 import re
 import statistics
 
@@ -49,6 +51,60 @@ def cell(runs: list[float]) -> str:
         return f"{runs[0]:.2f} (n=1)"
     text = f"{statistics.fmean(runs):.2f} ± {statistics.stdev(runs):.2f}"
     return text + (f" (n={len(runs)})" if len(runs) < 3 else "")
+
+
+# Student's t, the two-sided 95 % quantile by degrees of freedom (a t table's values).
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+         9: 2.262, 10: 2.228}
+
+
+def t_quantile(df: int) -> float:
+    """The two-sided 95 % quantile of Student's t: the table's value up to 10 degrees of
+    freedom, then the Cornish-Fisher expansion around the normal one (within 0.003)."""
+    if df in T_975:
+        return T_975[df]
+    z = statistics.NormalDist().inv_cdf(0.975)
+    return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+
+
+def by_seed(runs: list[Run], metric: str) -> dict[tuple[str, str], dict]:
+    """(method, setting) -> {seed: test top-1 in %} of the finished runs."""
+    key = METRICS[metric]
+    out: dict[tuple[str, str], dict] = {}
+    for run in runs:
+        if run.finished:
+            out.setdefault((run.method, run.setting), {})[run.get("seed")] = \
+                100.0 * run.results[key]
+    return out
+
+
+def paired(runs: list[Run], metric: str, against: str = "finessl"
+           ) -> tuple[list[str], list[list[str]]]:
+    """``against`` minus each other method of its settings, over the seeds both have:
+    runs of one seed share what the seed draws (head initialisation, sample order,
+    augmentations), so the difference per seed is the comparison with that noise
+    removed. Mean difference, its 95 % confidence interval (Student's t with n - 1
+    degrees of freedom) and what the interval says; pairs with fewer than 2 common
+    seeds are left out."""
+    found = by_seed(runs, metric)
+    rows = []
+    for setting in ordered_settings(s for _, s in found):
+        ours = found.get((against, setting))
+        if ours is None:
+            continue
+        for method in ordered_methods(m for m, s in found if s == setting and m != against):
+            theirs = found[method, setting]
+            seeds = sorted(set(ours) & set(theirs), key=str)
+            if len(seeds) < 2:
+                continue
+            diff = [ours[seed] - theirs[seed] for seed in seeds]
+            mean = statistics.fmean(diff)
+            half = t_quantile(len(diff) - 1) * statistics.stdev(diff) / math.sqrt(len(diff))
+            verdict = (f"{against} ahead" if mean - half > 0 else
+                       f"{against} behind" if mean + half < 0 else "not significant")
+            rows.append([setting, method, str(len(diff)), f"{mean:+.2f}",
+                         f"[{mean - half:+.2f}, {mean + half:+.2f}]", verdict])
+    return ["setting", "method", "seeds", f"{against} − method", "95 % CI", "at 95 %"], rows
 
 
 def paper_numbers(runs: list[Run]) -> dict[str, float]:
