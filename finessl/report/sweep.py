@@ -81,8 +81,8 @@ def by_seed(runs: list[Run], metric: str) -> dict[tuple[str, str], dict]:
 def paired(runs: list[Run], metric: str, against: str = "finessl"
            ) -> tuple[list[str], list[list[str]]]:
     """``against`` minus each other method of its settings, over the seeds both have:
-    runs of one seed share what the seed draws (head initialisation, sample order,
-    augmentations), so the difference per seed is the comparison with that noise
+    runs of one seed draw the same sample order and augmentations (the samplers depend
+    on the seed alone), so the difference per seed is the comparison with that noise
     removed. Mean difference, its 95 % confidence interval (Student's t with n - 1
     degrees of freedom) and what the interval says; pairs with fewer than 2 common
     seeds are left out."""
