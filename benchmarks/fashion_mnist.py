@@ -50,6 +50,8 @@ TABLE = [(N4, m, ["algorithm", m]) for m in (
     (N1, "finessl", ["algorithm", "finessl", "DATA.NUM_L", "1"]),
     (N1, "fixmatch", ["algorithm", "fixmatch", "DATA.NUM_L", "1"]),
 ]
+# FineSSL's components on other thresholds, against the plain method (paired by seed).
+PLUGGED = [("flexmatch+bms+dls", "flexmatch"), ("softmatch+bms+dls", "softmatch")]
 # Reference points measured on this machine (docs/demo.md): frozen-feature probes.
 REFERENCE = [("class-mean classifier of the 40 labeled features", 0.59),
              ("linear probe, 40 labels", 0.62), ("linear probe, 250 labels", 0.77),
@@ -114,13 +116,14 @@ def sweep(rows: list[tuple[str, str, list[str]]], seeds: list[int], out: str,
     return [f"{s} {m} seed {seed}" for (s, m, _, seed), ok in zip(tasks, done) if ok is False]
 
 
-def markdown(out: str, paired: bool = False) -> list[str]:
-    """The report's method-by-setting table in markdown, or (``paired``) its table of
-    FineSSL against each method, paired by seed."""
+def markdown(out: str, against: str | None = None, methods=None) -> list[str]:
+    """The report's method-by-setting table in markdown, or its table of ``against``
+    minus each method (or only ``methods``), paired by seed."""
     from finessl.report.runs import find_runs
     from finessl.report import sweep as tables
     runs = find_runs([out])
-    header, rows = tables.paired(runs, "last") if paired else tables.table(runs, "last")
+    header, rows = (tables.table(runs, "last") if against is None else
+                    tables.paired(runs, "last", against, methods))
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
@@ -154,7 +157,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{' '.join(map(str, args.seeds))}: test top-1 (%) of the last epoch\n")
         print("\n".join(markdown(args.out)))
         print("\nFineSSL minus each method, paired by seed, 95 % confidence interval:\n")
-        print("\n".join(markdown(args.out, paired=True)))
+        print("\n".join(markdown(args.out, "finessl")))
+        print("\nBMS + DLS plugged in, minus the plain method, paired by seed:\n")
+        for plugged, plain in PLUGGED:
+            print("\n".join(markdown(args.out, plugged, [plain])) + "\n")
         print("\nreference points (frozen features): " + "; ".join(
             f"{name} {100 * acc:.0f}" for name, acc in REFERENCE))
     for name in failed:

@@ -413,3 +413,13 @@ def test_the_paired_table_of_a_sweep_is_worked_out_from_results_json(tmp_path, c
          f"[{-9.5 - half['flexmatch']:+.2f}, {-9.5 + half['flexmatch']:+.2f}]",
          "finessl behind"]]
     assert page.tables["paired"][2][4] == "[-0.48, +4.48]"  # 2 -+ 4.303 / sqrt(3)
+    # any method against chosen others: the sweep script's BMS + DLS against plain rows
+    from finessl.report import sweep as tables
+    from finessl.report.runs import find_runs
+    header, rows = tables.paired(find_runs([str(tmp_path / "toy_N4")]), "last", "fixmatch",
+                                 ["supervised"])
+    assert header[3] == "fixmatch − method"
+    assert rows == [["toy_N4", "supervised", "3", "+3.67",  # d = 4.5, 4, 2.5: sd 1.0408
+                     f"[{3.6667 - 4.303 * 1.040833 / math.sqrt(3):+.2f}, "
+                     f"{3.6667 + 4.303 * 1.040833 / math.sqrt(3):+.2f}]", "fixmatch ahead"]]
+    assert rows[0][4] == "[+1.08, +6.25]"

@@ -78,9 +78,10 @@ def by_seed(runs: list[Run], metric: str) -> dict[tuple[str, str], dict]:
     return out
 
 
-def paired(runs: list[Run], metric: str, against: str = "finessl"
+def paired(runs: list[Run], metric: str, against: str = "finessl", methods=None
            ) -> tuple[list[str], list[list[str]]]:
-    """``against`` minus each other method of its settings, over the seeds both have:
+    """``against`` minus each other method of its settings (or only ``methods``), over
+    the seeds both have:
     runs of one seed draw the same sample order and augmentations (the samplers depend
     on the seed alone), so the difference per seed is the comparison with that noise
     removed. Mean difference, its 95 % confidence interval (Student's t with n - 1
@@ -92,7 +93,8 @@ def paired(runs: list[Run], metric: str, against: str = "finessl"
         ours = found.get((against, setting))
         if ours is None:
             continue
-        for method in ordered_methods(m for m, s in found if s == setting and m != against):
+        for method in ordered_methods(m for m, s in found if s == setting and m != against
+                                      and (methods is None or m in methods)):
             theirs = found[method, setting]
             seeds = sorted(set(ours) & set(theirs), key=str)
             if len(seeds) < 2:
