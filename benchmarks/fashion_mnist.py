@@ -96,12 +96,11 @@ def run(setting: str, method: str, overrides: list[str], seed: int, out: str,
             env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
         command = [sys.executable, os.path.join(REPO, "main.py"), *args, *extra]
         start = time.time()
-        if jobs > 1:  # one console file per run: N progress bars on one terminal are unreadable
-            with open(folder + ".console.txt", "a") as console:
-                code = subprocess.run(command, cwd=REPO, env=env, stdout=console,
-                                      stderr=subprocess.STDOUT).returncode
-        else:
-            code = subprocess.run(command, cwd=REPO, env=env).returncode
+        # one console file per run under --jobs: N progress bars on one terminal are unreadable
+        with (open(folder + ".console.txt", "a") if jobs > 1 else contextlib.nullcontext()
+              ) as console:
+            code = subprocess.run(command, cwd=REPO, env=env, stdout=console,
+                                  stderr=subprocess.STDOUT if console else None).returncode
     print(f"{name}: {time.time() - start:.0f} s"
           + (f", failed (exit {code})" if code else ""), file=sys.stderr)
     return code == 0
@@ -112,7 +111,7 @@ def sweep(rows: list[tuple[str, str, list[str]]], seeds: list[int], out: str,
     """Every row at every seed, seed by seed, ``jobs`` at a time: the runs that failed."""
     tasks = [(s, m, o, seed) for seed in seeds for s, m, o in rows]
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        done = list(pool.map(lambda t: run(*t[:3], t[3], out, extra, jobs), tasks))
+        done = list(pool.map(lambda task: run(*task, out, extra, jobs), tasks))
     return [f"{s} {m} seed {seed}" for (s, m, _, seed), ok in zip(tasks, done) if ok is False]
 
 

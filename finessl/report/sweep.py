@@ -35,13 +35,18 @@ def ordered_settings(names) -> list[str]:
     return sorted(set(names), key=_natural)
 
 
+def _scores(runs: list[Run], metric: str):
+    """((method, setting), seed, test top-1 in %) of each finished run, in the runs' order."""
+    key = METRICS[metric]
+    return [((run.method, run.setting), run.get("seed"), 100.0 * run.results[key])
+            for run in runs if run.finished]
+
+
 def values(runs: list[Run], metric: str) -> dict[tuple[str, str], list[float]]:
     """(method, setting) -> test top-1 in % of each finished run, in the runs' order."""
-    key = METRICS[metric]
     out: dict[tuple[str, str], list[float]] = {}
-    for run in runs:
-        if run.finished:
-            out.setdefault((run.method, run.setting), []).append(100.0 * run.results[key])
+    for group, _, top1 in _scores(runs, metric):
+        out.setdefault(group, []).append(top1)
     return out
 
 
@@ -69,22 +74,18 @@ def t_quantile(df: int) -> float:
 
 def by_seed(runs: list[Run], metric: str) -> dict[tuple[str, str], dict]:
     """(method, setting) -> {seed: test top-1 in %} of the finished runs."""
-    key = METRICS[metric]
     out: dict[tuple[str, str], dict] = {}
-    for run in runs:
-        if run.finished:
-            out.setdefault((run.method, run.setting), {})[run.get("seed")] = \
-                100.0 * run.results[key]
+    for group, seed, top1 in _scores(runs, metric):
+        out.setdefault(group, {})[seed] = top1
     return out
 
 
 def paired(runs: list[Run], metric: str, against: str = "finessl", methods=None
            ) -> tuple[list[str], list[list[str]]]:
     """``against`` minus each other method of its settings (or only ``methods``), over
-    the seeds both have:
-    runs of one seed draw the same sample order and augmentations (the samplers depend
-    on the seed alone), so the difference per seed is the comparison with that noise
-    removed. Mean difference, its 95 % confidence interval (Student's t with n - 1
+    the seeds both have. Runs of one seed draw the same sample order and augmentations
+    (the samplers depend on the seed alone), so the difference per seed is the
+    comparison with that noise removed. Mean difference, its 95 % confidence interval (Student's t with n - 1
     degrees of freedom) and what the interval says; pairs with fewer than 2 common
     seeds are left out."""
     found = by_seed(runs, metric)
