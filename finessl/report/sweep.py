@@ -85,9 +85,9 @@ def paired(runs: list[Run], metric: str, against: str = "finessl", methods=None
     """``against`` minus each other method of its settings (or only ``methods``), over
     the seeds both have. Runs of one seed draw the same sample order and augmentations
     (the samplers depend on the seed alone), so the difference per seed is the
-    comparison with that noise removed. Mean difference, its 95 % confidence interval (Student's t with n - 1
-    degrees of freedom) and what the interval says; pairs with fewer than 2 common
-    seeds are left out."""
+    comparison with that noise removed. Mean difference, its 95 % confidence interval
+    (Student's t with n - 1 degrees of freedom) and what the interval says; pairs with
+    fewer than 2 common seeds are left out."""
     found = by_seed(runs, metric)
     rows = []
     for setting in ordered_settings(s for _, s in found):
