@@ -10,33 +10,31 @@ installed offline (see docs/demo.md); the recipe is the demo's for every method,
     python benchmarks/fashion_mnist.py --seeds 1 --methods finessl --settings fashion_mnist_N1
     python benchmarks/fashion_mnist.py --out /tmp/quick --seeds 1 -- num_epochs 1 total_steps 2
 
-Runs go to OUT/<setting>/<method>/seed<s> (default OUT: out/fashion_mnist_bench):
-finished ones (results.json) are reused, interrupted ones (checkpoint_last.pt) resumed,
-so the sweep continues where it stopped. A failed run is reported and the sweep goes
-on (exit status 1 at the end). Then ``main.py report OUT --out OUT/report`` writes
-the report, and the table is printed in markdown.
+Runs go to OUT/<setting>/<method>/seed<s> (default OUT: out/fashion_mnist_bench),
+run by the project's sweep runner (``scripts/sweep.py``): finished ones (results.json)
+are reused, interrupted ones (checkpoint_last.pt) resumed, a run being trained by
+another sweep on the same OUT is passed by, and a failed run is reported while the
+sweep goes on (exit status 1 at the end). Then ``main.py report OUT --out OUT/report``
+writes the report, and the table is printed in markdown.
 
-``--jobs N`` trains N runs at once, each on cores/N threads (``OMP_NUM_THREADS``,
-unless set), with each run's console output in OUT/<setting>/<method>/seed<s>.console.txt.
-On small CPU models this gets more out of a machine than one run on every core:
-EfficientNet-Lite0 at 64 px takes 1.54 s a step on 2 threads and 2.38 s on one
-(``benchmarks/cnn_step.py``), so two runs at once do 1.3x the work. A run is locked
-while it trains (OUT/<setting>/<method>/seed<s>.lock), so two sweeps started on the
-same OUT never train the same run: the second skips it and says so.
+``--jobs N`` trains N runs at once, each on cores/N threads, with each run's console
+output in OUT/<setting>/<method>/seed<s>.console.txt. On small CPU models this gets
+more out of a machine than one run on every core: EfficientNet-Lite0 at 64 px takes
+1.54 s a step on 2 threads and 2.38 s on one (``benchmarks/cnn_step.py``), so two runs
+at once do 1.3x the work.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import os
 import subprocess
 import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+
+from scripts.sweep import MAIN, Run, run_sweep  # noqa: E402
+
 CONFIG = os.path.join(REPO, "configs", "demo", "fashion_mnist_N4.yaml")
 N4, N1 = "fashion_mnist_N4", "fashion_mnist_N1"
 # (setting, method, overrides): the paper's comparison (Table 1's methods), FineSSL's
@@ -58,61 +56,16 @@ REFERENCE = [("class-mean classifier of the 40 labeled features", 0.59),
              ("linear probe, 1000 labels", 0.79)]
 
 
-@contextlib.contextmanager
-def locked(path: str):
-    """Whether this process holds the lock file ``path`` (held until the block ends;
-    the system releases it if the process dies)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def run(setting: str, method: str, overrides: list[str], seed: int, out: str,
-        extra: list[str], jobs: int = 1) -> bool | None:
-    """Train (or resume, or reuse) one run: whether it has finished, or None where
-    another sweep is training it."""
-    folder = os.path.join(out, setting, method, f"seed{seed}")
-    name = f"{setting} {method} seed {seed}"
-    with locked(folder + ".lock") as mine:
-        if not mine:
-            print(f"{name}: skipped, another sweep is training it", file=sys.stderr)
-            return None
-        if os.path.exists(os.path.join(folder, "results.json")):
-            return True
-        args = ["--cfg", CONFIG, *overrides, "setting", setting, "seed", str(seed),
-                "output_dir", folder]
-        if os.path.exists(os.path.join(folder, "checkpoint_last.pt")):
-            args += ["resume", folder]
-        env = dict(os.environ)
-        if jobs > 1:
-            env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
-        command = [sys.executable, os.path.join(REPO, "main.py"), *args, *extra]
-        start = time.time()
-        # one console file per run under --jobs: N progress bars on one terminal are unreadable
-        with (open(folder + ".console.txt", "a") if jobs > 1 else contextlib.nullcontext()
-              ) as console:
-            code = subprocess.run(command, cwd=REPO, env=env, stdout=console,
-                                  stderr=subprocess.STDOUT if console else None).returncode
-    print(f"{name}: {time.time() - start:.0f} s"
-          + (f", failed (exit {code})" if code else ""), file=sys.stderr)
-    return code == 0
-
-
-def sweep(rows: list[tuple[str, str, list[str]]], seeds: list[int], out: str,
-          extra: list[str], jobs: int = 1) -> list[str]:
-    """Every row at every seed, seed by seed, ``jobs`` at a time: the runs that failed."""
-    tasks = [(s, m, o, seed) for seed in seeds for s, m, o in rows]
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        done = list(pool.map(lambda task: run(*task, out, extra, jobs), tasks))
-    return [f"{s} {m} seed {seed}" for (s, m, _, seed), ok in zip(tasks, done) if ok is False]
+def runs(rows: list[tuple[str, str, list[str]]], seeds: list[int], out: str,
+         extra: list[str]) -> list[Run]:
+    """Every row at every seed, seed by seed (a first seed of every row comes soonest)."""
+    out_runs = []
+    for seed in seeds:
+        for setting, method, overrides in rows:
+            folder = os.path.join(out, setting, method, f"seed{seed}")
+            out_runs.append(Run(folder, ("--cfg", CONFIG, *overrides, "setting", setting,
+                                         "seed", str(seed), "output_dir", folder, *extra)))
+    return out_runs
 
 
 def markdown(out: str, against: str | None = None, methods=None) -> list[str]:
@@ -123,8 +76,7 @@ def markdown(out: str, against: str | None = None, methods=None) -> list[str]:
     runs = find_runs([out])
     header, rows = (tables.table(runs, "last") if against is None else
                     tables.paired(runs, "last", against, methods))
-    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+    return tables.markdown(header, rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,9 +100,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--methods / --settings select no row of the table")
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, not {args.jobs}")
-    failed = sweep(chosen, args.seeds, args.out, args.overrides, args.jobs)
-    code = subprocess.run([sys.executable, os.path.join(REPO, "main.py"), "report", args.out,
-                           "--out", os.path.join(args.out, "report")], cwd=REPO).returncode
+    outcome = run_sweep(runs(chosen, args.seeds, args.out, args.overrides), args.jobs)
+    if outcome.signum:
+        return outcome.code
+    code = subprocess.run([sys.executable, MAIN, "report", args.out,
+                           "--out", os.path.join(args.out, "report")]).returncode
     if code == 0:
         print(f"Fashion-MNIST, EfficientNet-Lite0 (ImageNet), seeds "
               f"{' '.join(map(str, args.seeds))}: test top-1 (%) of the last epoch\n")
@@ -162,9 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(markdown(args.out, plugged, [plain])) + "\n")
         print("\nreference points (frozen features): " + "; ".join(
             f"{name} {100 * acc:.0f}" for name, acc in REFERENCE))
-    for name in failed:
-        print(f"failed: {name}", file=sys.stderr)
-    return 1 if failed or code else 0
+    return outcome.code or (1 if code else 0)
 
 
 if __name__ == "__main__":

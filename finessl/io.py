@@ -20,6 +20,7 @@ import torch
 
 from finessl.errors import UserError
 
+RESULTS = "results.json"  # a finished run's record (engine/run.py), read by reports and sweeps
 TEMP = re.compile(r"^\.tmp-[a-z0-9_]{8}$")  # tempfile.mkstemp(prefix=".tmp-")'s names
 _ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789_"
 

@@ -22,6 +22,7 @@ class Algorithm:
     """
 
     name = "base"
+    order = 100  # its row in sweep tables: the paper's order for the built-ins, then by name
     dist: Dist = SINGLE  # set by build_algorithm; all-gathers for multi-process runs
     uses_unlabeled = True  # False: the loop feeds labeled batches only (no ``u_*`` keys)
     trains = True  # False: nothing to train, the run only evaluates (zero-shot CLIP)

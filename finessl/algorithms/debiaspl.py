@@ -31,6 +31,7 @@ declare("DEBIASPL.TAU", 0.5, "strength of the debiasing and of the adaptive marg
 
 @register("debiaspl")
 class DebiasPL(FixMatch):
+    order = 70  # its row in sweep tables (Algorithm.order)
 
     def __init__(self, cfg, model, num_classes, num_unlabeled, device):
         super().__init__(cfg, model, num_classes, num_unlabeled, device)

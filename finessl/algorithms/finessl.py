@@ -20,4 +20,5 @@ from finessl.algorithms.fixmatch import FixMatch
 
 @register("finessl")
 class FineSSL(FixMatch):
+    order = 80  # its row in sweep tables (Algorithm.order)
     uses_finessl_components = True

@@ -16,6 +16,7 @@ from finessl.algorithms.pseudo_labeling import PseudoLabeling, PseudoLabels
 
 @register("fixmatch")
 class FixMatch(PseudoLabeling):
+    order = 30  # its row in sweep tables (Algorithm.order)
 
     def pseudo_label(self, logits_w, batch):
         conf, targets = torch.softmax(logits_w, dim=-1).max(dim=-1)

@@ -46,6 +46,7 @@ declare("FLEXMATCH.WARMUP", True, "threshold warm-up: normalise by max(max_c sig
 
 @register("flexmatch")
 class FlexMatch(FixMatch):
+    order = 40  # its row in sweep tables (Algorithm.order)
 
     def __init__(self, cfg, model, num_classes, num_unlabeled, device):
         super().__init__(cfg, model, num_classes, num_unlabeled, device)

@@ -55,6 +55,7 @@ declare("FREEMATCH.FAIRNESS", 0.01, "weight of the self-adaptive fairness loss",
 
 @register("freematch")
 class FreeMatch(FixMatch):
+    order = 50  # its row in sweep tables (Algorithm.order)
 
     def __init__(self, cfg, model, num_classes, num_unlabeled, device):
         super().__init__(cfg, model, num_classes, num_unlabeled, device)

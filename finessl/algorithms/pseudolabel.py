@@ -13,4 +13,5 @@ from finessl.algorithms.fixmatch import FixMatch
 
 @register("pseudolabel")
 class PseudoLabel(FixMatch):
+    order = 20  # its row in sweep tables (Algorithm.order)
     consistency = False

@@ -137,6 +137,7 @@ def checksum(tensors) -> float:
 
 @register(NAME)
 class SemiKD(Algorithm):
+    order = 90  # its row in sweep tables (Algorithm.order)
     uses_teacher = True
 
     @classmethod

@@ -38,6 +38,7 @@ declare("SOFTMATCH.ALIGN", True, "uniform alignment of the pseudo-label distribu
 
 @register("softmatch")
 class SoftMatch(FixMatch):
+    order = 60  # its row in sweep tables (Algorithm.order)
 
     def __init__(self, cfg, model, num_classes, num_unlabeled, device):
         super().__init__(cfg, model, num_classes, num_unlabeled, device)

@@ -9,6 +9,7 @@ from finessl.algorithms.base import Algorithm, register
 
 @register("supervised")
 class Supervised(Algorithm):
+    order = 10  # its row in sweep tables (Algorithm.order)
     uses_unlabeled = False
 
     def train_step(self, batch):

@@ -9,6 +9,7 @@ from finessl.algorithms.base import Algorithm, register
 
 @register("zeroshot")
 class ZeroShot(Algorithm):
+    order = 0  # its row in sweep tables (Algorithm.order)
     uses_unlabeled = False
     trains = False
     zero_shot_head = True

@@ -17,12 +17,10 @@ from finessl.engine.rundir import (checkpoint_seed, draw_seed, extend_run_config
                                    save_run_config, setting_name)
 from finessl.engine.trainer import Trainer
 from finessl.errors import UserError, brief
-from finessl.io import atomic_write_text
+from finessl.io import RESULTS, atomic_write_text
 from finessl.logs import detach_run_log, setup_logging
 
 log = logging.getLogger(__name__)
-
-RESULTS = "results.json"  # written when a run finishes: what sweeps and summaries read
 
 
 def train(cfg) -> dict:

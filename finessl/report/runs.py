@@ -15,8 +15,8 @@ import yaml
 from finessl.config import RUN_CONFIG
 from finessl.engine.diagnostics import DIAGNOSTICS, FORMAT
 from finessl.errors import UserError
+from finessl.io import RESULTS
 
-RESULTS = "results.json"  # what finessl/engine/run.py writes when a run ends (tested equal)
 SEED_FOLDER = re.compile(r"^seed\d+$")
 
 

@@ -10,15 +10,13 @@ import statistics
 
 import numpy as np
 
+from finessl.algorithms import ALGORITHMS
 from finessl.engine import figures
 from finessl.report.runs import Run
 
 METRICS = {"last": "last_top1", "best": "best_top1"}
 PAPER_ROW = "FineSSL (paper)"
-# Rows in the paper's order (Table 1, then FineSSL's components on other methods).
-METHOD_ORDER = ["zeroshot", "supervised", "pseudolabel", "fixmatch", "flexmatch", "freematch",
-                "softmatch", "debiaspl", "fixmatch+bms", "fixmatch+dls", "flexmatch+bms+dls",
-                "softmatch+bms+dls", "finessl"]
+MISSING = "–"  # a cell with no finished run
 
 
 def _natural(name: str):
@@ -26,9 +24,20 @@ def _natural(name: str):
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
 
 
+def method_rank(name: str) -> tuple:
+    """A row's place: the algorithms in their ``order`` (the paper's for the built-ins,
+    declared in each algorithm's file, so a new one needs no list edited here), each
+    followed by its variants named ``<algorithm>+...`` (``fixmatch+bms``,
+    ``flexmatch+bms+dls``); the other rows (Table 6's ablations, a sweep's own labels)
+    after them, by name."""
+    base = name.split("+", 1)[0]
+    if base in ALGORITHMS:
+        return (0, ALGORITHMS.get(base).order, base, name)
+    return (1, 0, "", name)
+
+
 def ordered_methods(names) -> list[str]:
-    rank = {n: i for i, n in enumerate(METHOD_ORDER)}
-    return sorted(set(names), key=lambda n: (rank.get(n, len(rank)), n))
+    return sorted(set(names), key=method_rank)
 
 
 def ordered_settings(names) -> list[str]:
@@ -120,18 +129,26 @@ def paper_numbers(runs: list[Run]) -> dict[str, float]:
     return out
 
 
-def table(runs: list[Run], metric: str) -> tuple[list[str], list[list[str]]]:
-    """Header and rows: one row per method, one column per setting, and the paper's
-    row when any setting has a number."""
+def table(runs: list[Run], metric: str, paper: bool | None = None
+          ) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: one row per method, one column per setting, and the row of the
+    paper's numbers (``paper``: always, never, or None: when any setting has one)."""
     found = values(runs, metric)
     settings = ordered_settings(s for _, s in found)
     header = ["method"] + settings
-    rows = [[m] + [cell(found[m, s]) if (m, s) in found else "–" for s in settings]
+    rows = [[m] + [cell(found[m, s]) if (m, s) in found else MISSING for s in settings]
             for m in ordered_methods(m for m, _ in found)]
-    paper = paper_numbers(runs)
-    if any(s in paper for s in settings):
-        rows.append([PAPER_ROW] + [f"{paper[s]:.2f}" if s in paper else "–" for s in settings])
+    numbers = paper_numbers(runs)
+    if paper or (paper is None and any(s in numbers for s in settings)):
+        rows.append([PAPER_ROW] + [f"{numbers[s]:.2f}" if s in numbers else MISSING
+                                   for s in settings])
     return header, rows
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A table as the lines of a markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
 def bar_chart(runs: list[Run], metric: str):
