@@ -120,3 +120,25 @@ def one_line_error(call, *args) -> str:
     message = str(exc.value)
     assert message.strip() and len(message.splitlines()) == 1, message
     return message
+
+
+def assert_user_error(rc: int, stderr: str, *needles: str, only_line: bool = False) -> str:
+    """main.py's contract for bad input (docs/running.md#exit-codes): exit 2, exactly one
+    ``error:`` line, the last thing on stderr, naming each of ``needles``, and no
+    traceback; the line.
+
+    Progress lines (run folder, dataset sizes) go to stdout and warnings to stderr;
+    ``only_line`` demands that the error is all there is on stderr (config mistakes,
+    caught before any logging)."""
+    assert rc == 2, stderr
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1, stderr
+    assert lines[-1] == errors[0], stderr
+    assert errors[0][len("error:"):].strip(), stderr
+    if only_line:
+        assert lines == errors, stderr
+    for needle in needles:
+        assert needle in errors[0], (needle, errors[0])
+    return errors[0]
