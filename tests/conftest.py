@@ -49,6 +49,17 @@ def forget_plugins():
         del sys.modules[name]
 
 
+@pytest.fixture
+def figures_not_rasterised(monkeypatch):
+    """The per-epoch tensorboard figures are built (every figure function runs on the
+    epoch's numbers) but not rasterised: matplotlib's Agg drawing is most of a tiny run's
+    time. For tests that do not look at the images; training is the same draw for draw."""
+    import numpy as np
+
+    from finessl.engine import figures
+    monkeypatch.setattr(figures, "to_rgb", lambda figure, dpi=56: np.zeros((4, 4, 3), np.uint8))
+
+
 @pytest.fixture(scope="session")
 def cifar_root(tmp_path_factory) -> str:
     """Fake CIFAR-10: 40 train and 20 test images per class, learnable patterns."""
