@@ -358,7 +358,8 @@ def test_main_refuses_a_training_change_on_resume(finished, cifar_root, key, val
 
 
 @pytest.mark.slow  # main.py in a subprocess, killed: the kill is the point
-def test_resume_alone_continues_a_killed_run_with_its_own_config(cifar_root, tmp_path):
+def test_resume_alone_continues_a_killed_run_with_its_own_config(cifar_root, tmp_path,
+                                                                figures_not_rasterised):
     out = str(tmp_path / "run")
     settings = dict(num_epochs=3, total_steps=12, print_freq=1, seed=3)
     proc = subprocess.Popen([sys.executable, os.path.join(REPO, "main.py"),
@@ -382,7 +383,8 @@ def test_resume_alone_continues_a_killed_run_with_its_own_config(cifar_root, tmp
 
 
 @pytest.mark.slow  # three short runs
-def test_allow_extend_continues_a_finished_run_and_records_it(cifar_root, tmp_path):
+def test_allow_extend_continues_a_finished_run_and_records_it(cifar_root, tmp_path,
+                                                             figures_not_rasterised):
     out = str(tmp_path / "run")
     rc, _, err = main_inprocess(tiny_args(cifar_root, out, **SHORT))
     assert rc == 0, err
@@ -407,7 +409,7 @@ def test_allow_extend_continues_a_finished_run_and_records_it(cifar_root, tmp_pa
 
 
 @pytest.mark.slow  # a short run
-def test_a_second_run_on_a_folder_in_use_is_refused(cifar_root, tmp_path):
+def test_a_second_run_on_a_folder_in_use_is_refused(cifar_root, tmp_path, figures_not_rasterised):
     out = tmp_path / "run"
     out.mkdir()
     path = out / rundir.LOCK
@@ -447,7 +449,7 @@ def test_output_dir_fields_keep_seeds_and_methods_apart(tmp_path):
 
 
 # ---- eval_only takes a run folder alone ----------------------------------------------------
-def test_eval_only_rebuilds_from_the_runs_own_config(cifar_root, tmp_path):
+def test_eval_only_rebuilds_from_the_runs_own_config(cifar_root, tmp_path, figures_not_rasterised):
     from finessl.engine.run import evaluate, train
     run = str(tmp_path / "trained")
     result = train(load_config(None, tiny_args(cifar_root, run, num_epochs=1, total_steps=3,
