@@ -51,13 +51,17 @@ def forget_plugins():
 
 @pytest.fixture
 def figures_not_rasterised(monkeypatch):
-    """The per-epoch tensorboard figures are built (every figure function runs on the
-    epoch's numbers) but not rasterised: matplotlib's Agg drawing is most of a tiny run's
-    time. For tests that do not look at the images; training is the same draw for draw."""
+    """Figures are built (every figure function runs on the numbers) but not rasterised:
+    matplotlib's Agg drawing is most of a tiny run's time and of a report's. The
+    tensorboard images are 4 x 4 black, the report's PNGs 1 x 1. For tests that do not
+    look at the images; training is the same draw for draw."""
     import numpy as np
+    from PIL import Image
 
     from finessl.engine import figures
     monkeypatch.setattr(figures, "to_rgb", lambda figure, dpi=56: np.zeros((4, 4, 3), np.uint8))
+    monkeypatch.setattr(figures, "save_png",
+                        lambda figure, path, dpi=90: Image.new("RGB", (1, 1)).save(path, "PNG"))
 
 
 @pytest.fixture(scope="session")

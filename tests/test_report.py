@@ -383,7 +383,8 @@ def test_t_quantile_is_the_table_then_within_its_accuracy():
         assert abs(t_quantile(df) - table) < 0.003, df
 
 
-def test_the_paired_table_of_a_sweep_is_worked_out_from_results_json(tmp_path):
+def test_the_paired_table_of_a_sweep_is_worked_out_from_results_json(tmp_path,
+                                                                    figures_not_rasterised):
     for method, seeds in PAIRED.items():
         for seed, top1 in seeds.items():
             run = tmp_path / "toy_N4" / method / f"seed{seed}"
