@@ -49,6 +49,21 @@ def forget_plugins():
         del sys.modules[name]
 
 
+@pytest.fixture
+def figures_not_rasterised(monkeypatch):
+    """Figures are built (every figure function runs on the numbers) but not rasterised:
+    matplotlib's Agg drawing is most of a tiny run's time and of a report's. The
+    tensorboard images are 4 x 4 black, the report's PNGs 1 x 1. For tests that do not
+    look at the images; training is the same draw for draw."""
+    import numpy as np
+    from PIL import Image
+
+    from finessl.engine import figures
+    monkeypatch.setattr(figures, "to_rgb", lambda figure, dpi=56: np.zeros((4, 4, 3), np.uint8))
+    monkeypatch.setattr(figures, "save_png",
+                        lambda figure, path, dpi=90: Image.new("RGB", (1, 1)).save(path, "PNG"))
+
+
 @pytest.fixture(scope="session")
 def cifar_root(tmp_path_factory) -> str:
     """Fake CIFAR-10: 40 train and 20 test images per class, learnable patterns."""
@@ -76,6 +91,66 @@ def run_main(args: list[str], env: dict | None = None, timeout: float = 300):
                           capture_output=True, text=True, env=full_env, timeout=timeout,
                           cwd=REPO)
     return proc.returncode, proc.stdout, proc.stderr
+
+
+def main_inprocess(args: list[str], env: dict | None = None):
+    """``main.main(ARGS)`` in this process: (returncode, stdout, stderr) as :func:`run_main`
+    gives them, without the ~5 s a fresh interpreter spends importing torch. Use it where
+    the process boundary is not what a test is about (signals, torchrun, a lock held by
+    another process and import state need :func:`run_main`). An exception main() does not
+    turn into an exit code fails the test with its traceback, where a subprocess would
+    print one.
+
+    What a run changes in the process is put back after it: the root logger's handlers
+    and level (``finessl.logs.setup_logging`` adds console handlers and the run's
+    log.txt), the SIGTERM / SIGUSR1 handlers (``signals.handling``), torch's
+    deterministic-algorithms flag (``deterministic True``), the Python, numpy and torch
+    RNGs, warnings filters, the working directory and ``os.environ`` (``env`` is set for
+    the call only)."""
+    import contextlib
+    import io
+    import logging
+    import random
+    import signal
+    import warnings
+
+    import numpy as np
+
+    import main
+    from finessl.engine import signals
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    handlers_of = {s: signal.getsignal(s) for s in signals.SIGNALS}
+    deterministic = (torch.are_deterministic_algorithms_enabled(),
+                     torch.is_deterministic_algorithms_warn_only_enabled())
+    rngs = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cwd, environ = os.getcwd(), dict(os.environ)
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        os.environ.update(HF_HUB_OFFLINE="1", **(env or {}))
+        os.chdir(REPO)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(out), \
+                contextlib.redirect_stderr(err):
+            try:
+                rc = main.main(list(args))
+            except SystemExit as e:  # argparse: --help or a usage error
+                rc = e.code if isinstance(e.code, int) else int(e.code is not None)
+    finally:
+        os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(environ)
+        for handler in list(root.handlers):
+            if handler not in handlers:
+                root.removeHandler(handler)
+                handler.close()
+        root.setLevel(level)
+        for s, handler in handlers_of.items():
+            assert signal.getsignal(s) is handler, f"main() left a handler of {s!r}"
+        torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
+        random.setstate(rngs[0])
+        np.random.set_state(rngs[1])
+        torch.set_rng_state(rngs[2])
+    return rc, out.getvalue(), err.getvalue()
 
 
 def wait_for_text(path: str, text: str, timeout: float = 300) -> None:

@@ -4,6 +4,7 @@ each other."""
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -113,10 +114,48 @@ def old_format_state():
 
 
 # ---- the one-line error contract ---------------------------------------------------------
-def one_line_error(call, *args) -> str:
-    """``call(*args)`` raises a UserError of one non-empty line; its message."""
+def one_line_error(call, *args, names=()) -> str:
+    """``call(*args)`` raises a UserError of one non-empty line, naming each of ``names``
+    (a key, a file, where to get it); its message."""
     with pytest.raises(UserError) as exc:
         call(*args)
     message = str(exc.value)
     assert message.strip() and len(message.splitlines()) == 1, message
+    assert "Traceback" not in message, message
+    for name in names:
+        assert name in message, (name, message)
     return message
+
+
+def assert_user_error(rc: int, stderr: str, *needles: str, only_line: bool = False) -> str:
+    """main.py's contract for bad input (docs/running.md#exit-codes): exit 2, exactly one
+    ``error:`` line, the last thing on stderr, naming each of ``needles``, and no
+    traceback; the line.
+
+    Progress lines (run folder, dataset sizes) go to stdout and warnings to stderr;
+    ``only_line`` demands that the error is all there is on stderr (config mistakes,
+    caught before any logging)."""
+    assert rc == 2, stderr
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1, stderr
+    assert lines[-1] == errors[0], stderr
+    assert errors[0][len("error:"):].strip(), stderr
+    if only_line:
+        assert lines == errors, stderr
+    for needle in needles:
+        assert needle in errors[0], (needle, errors[0])
+    return errors[0]
+
+
+# ---- the authors' released YAMLs (tests/assets/released/) --------------------------------
+RELEASED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "released")
+
+
+def released_yaml(name: str) -> str:
+    """The text of the authors' released config ``name`` (Gank0078/FineSSL
+    configs/peft/), kept verbatim in tests/assets/released/ so the tests load what
+    the authors shipped, not a copy pasted into each test."""
+    with open(os.path.join(RELEASED, name), encoding="utf-8") as f:
+        return f.read()

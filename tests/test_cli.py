@@ -1,5 +1,7 @@
-"""``python main.py`` as a user runs it: ``--dry-run``, and every bad input ending as
-exit code 2 with one ``error:`` line on stderr and no traceback."""
+"""``main.py``'s command line (``main.main(argv)``, in this process): ``--dry-run``, and
+every bad input ending as exit code 2 with one ``error:`` line on stderr and no
+traceback. Which config mistakes are caught, and how they are worded, is
+test_config.py's; here one of each kind goes through main() for the exit code."""
 from __future__ import annotations
 
 import os
@@ -9,33 +11,12 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, run_main, tiny_args
+from conftest import REPO, main_inprocess as run_main, tiny_args
 from fakedata import write_fake_cifar
 from finessl.config_load import load_config
+from helpers import assert_user_error
 
 CIFAR100_N4 = os.path.join(REPO, "configs", "peft", "cifar100_N4.yaml")
-
-pytestmark = pytest.mark.slow  # every test runs main.py in a subprocess
-
-
-def assert_user_error(rc: int, stderr: str, *needles: str, only_line: bool = False) -> str:
-    """Exit 2, exactly one ``error:`` line (the last thing on stderr), no traceback.
-
-    Progress lines (run folder, dataset sizes) go to stdout, warnings to stderr; ``only_line`` demands
-    that the error is all there is (config mistakes, caught before any logging).
-    """
-    assert rc == 2, stderr
-    assert "Traceback" not in stderr, stderr
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("error:")]
-    assert len(errors) == 1, stderr
-    assert lines[-1] == errors[0], stderr
-    assert errors[0][len("error:"):].strip(), stderr
-    if only_line:
-        assert lines == errors, stderr
-    for needle in needles:
-        assert needle in errors[0], (needle, errors[0])
-    return errors[0]
 
 
 # ---- --dry-run ------------------------------------------------------------------------
@@ -63,21 +44,20 @@ def test_dry_run_prints_the_merged_config(where, tmp_path):
     assert load_config(str(path)).dump() == expected.dump()
 
 
-# ---- config mistakes --------------------------------------------------------------------
-def test_unknown_key():
-    rc, _, err = run_main(["--cfg", CIFAR100_N4, "vpt_dep", "True", "--dry-run"])
-    assert_user_error(rc, err, "vpt_dep", "did you mean 'vpt_deep'", only_line=True)
-
-
-def test_wrong_value_type():
-    rc, _, err = run_main(["--cfg", CIFAR100_N4, "DATA.NUM_L", "2.5"])
-    assert_user_error(rc, err, "DATA.NUM_L", "2.5", only_line=True)
-
-
-def test_missing_config_file(tmp_path):
+# ---- config mistakes: one of each kind through main() -------------------------------------
+@pytest.mark.parametrize("args,needles", [
+    (["vpt_dep", "True", "--dry-run"], ["vpt_dep", "did you mean 'vpt_deep'"]),  # unknown key
+    (["DATA.NUM_L", "2.5"], ["DATA.NUM_L", "2.5"]),  # wrong type, without --dry-run
+    (["--cfg", "{missing}", "--dry-run"], ["{missing}"]),  # missing config file
+], ids=["unknown key", "wrong type", "missing file"])
+def test_config_mistakes_exit_2_with_the_error_alone(args, needles, tmp_path):
     missing = str(tmp_path / "nope.yaml")
-    rc, _, err = run_main(["--cfg", missing, "--dry-run"])
-    assert_user_error(rc, err, missing, only_line=True)
+    args = [a.format(missing=missing) for a in args]
+    if "--cfg" not in args:
+        args = ["--cfg", CIFAR100_N4] + args
+    rc, out, err = run_main(args)
+    assert_user_error(rc, err, *[n.format(missing=missing) for n in needles], only_line=True)
+    assert out == ""
 
 
 # ---- the world is not as the config says ----------------------------------------------

@@ -9,71 +9,18 @@ import os
 
 import pytest
 
-from conftest import REPO, TINY_VIT, run_main
+from conftest import REPO, TINY_VIT, main_inprocess
 from fakedata import write_fake_semi_aves
 from finessl.config import INERT_KEYS
 from finessl.data import datasets, loaders
 from finessl.data.semi_aves import FILES
-from finessl.errors import UserError
+from helpers import one_line_error, released_yaml
 from finessl.plugins import load_config
 
 LABELED, U_IN, U_OUT, TEST = 2, 1, 30, 1  # per class, per class, in all, per class
 
 # The authors' released configs/peft/semi_aves.yaml (Gank0078/FineSSL), verbatim.
-AUTHORS_SEMI_AVES = """\
-dataset: "Semi_Aves"
-root: "../datasets/Semi-Aves"
-backbone: "ViT-B/16"
-resolution: 224
-stride: 16
-
-output_dir: null
-resume: null
-checkpoint_freq: 0
-print_freq: 10
-
-seed: null
-deterministic: False
-gpu: 0
-num_workers: 8
-prec: "fp16"
-
-num_epochs: 30
-lr: 0.03
-weight_decay: 5e-4
-momentum: 0.9
-
-tau: 1.0
-downsampling: True
-n_max: 100
-test_ensemble: True
-
-DATA:
-  NAME: "Semi_Aves"
-  DATAPATH: "../datasets/Semi-Aves"
-  NUMBER_CLASSES: 200
-  BATCH_SIZE: 32
-  MU_U: 1
-#  LABEL_RATIO: 0.01
-  out_ulab: False
-
-bias_tuning: False
-vpt_shallow: False
-vpt_deep: True
-#vpt_len: 10
-vpt_len: 50
-adapter: False
-adapter_dim: 8
-lora: False
-lora_dim: 8
-ssf: False
-
-th: 0.7
-mode: 0
-alpha: 8.0
-w_con: 3.0
-smoothing: 0.5
-"""
+AUTHORS_SEMI_AVES = released_yaml("semi_aves.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -134,13 +81,6 @@ def test_without_ids_images_and_labels_pair_by_position_as_released(tmp_path):
     assert raw.test_targets == [file_class(p) for p in raw.test_images.paths]
 
 
-def _one_line(call, *needles):
-    with pytest.raises(UserError) as info:
-        call()
-    message = str(info.value)
-    assert "\n" not in message and all(n in message for n in needles), message
-
-
 @pytest.mark.parametrize("key", ["labeled", "in", "out", "test", "solution", "names"])
 def test_a_missing_file_is_one_line_naming_it_and_the_release(tmp_path, key):
     root = write_fake_semi_aves(str(tmp_path), 3, 1, 1, 2, 1)
@@ -148,18 +88,20 @@ def test_a_missing_file_is_one_line_naming_it_and_the_release(tmp_path, key):
     os.remove(missing)
     if key == "out":  # only read with DATA.out_ulab True
         assert load(root).num_train == 6
-    _one_line(lambda: load(root, "DATA.out_ulab", True), missing, "FGVC7 Semi-Aves")
+    one_line_error(lambda: load(root, "DATA.out_ulab", True),
+                   names=(missing, "FGVC7 Semi-Aves"))
 
 
 def test_missing_images_and_bad_annotations_name_the_file(tmp_path):
     root = write_fake_semi_aves(str(tmp_path), 3, 1, 1, 2, 1)
     first = json.load(open(os.path.join(root, "annotation", FILES["labeled"])))["images"][0]
     os.remove(os.path.join(root, first["file_name"]))
-    _one_line(lambda: load(root), os.path.join(root, first["file_name"]), FILES["labeled"])
+    one_line_error(lambda: load(root),
+                   names=(os.path.join(root, first["file_name"]), FILES["labeled"]))
     solution = os.path.join(root, "annotation", FILES["solution"])
     with open(solution, "a") as f:
         f.write("123,4\n")
-    _one_line(lambda: load(root), solution, "4 rows", "3 images")
+    one_line_error(lambda: load(root), names=(solution, "4 rows", "3 images"))
 
 
 def test_released_yaml_loads_unchanged_and_its_dead_keys_warn_once(tmp_path, caplog):
@@ -193,7 +135,7 @@ def test_released_yaml_trains_through_main_with_out_of_class_data(aves, tmp_path
     path = tmp_path / "semi_aves.yaml"
     path.write_text(AUTHORS_SEMI_AVES)
     out = str(tmp_path / "run")
-    code, _, err = run_main([
+    code, _, err = main_inprocess([
         "--cfg", str(path), "DATA.DATAPATH", aves, "DATA.out_ulab", "True",
         "DATA.BATCH_SIZE", "8", "gpu", "None", "backbone", TINY_VIT, "pretrained", "none",
         "prec", "fp32", "vpt_len", "4", "num_epochs", "1", "total_steps", "3",

@@ -11,66 +11,18 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO, TINY_VIT, run_main
+from conftest import REPO, TINY_VIT, main_inprocess
 from fakedata import write_fake_imagenet
 from finessl.config import INERT_KEYS
 from finessl.data import datasets, file_index, loaders
 from finessl.errors import UserError
+from helpers import one_line_error, released_yaml
 from finessl.plugins import load_config
 
 PER_CLASS, VAL_PER_CLASS, CLASSES = 6, 2, 10
 
 # The authors' released configs/peft/semi_imagenet.yaml (Gank0078/FineSSL), verbatim.
-AUTHORS_SEMI_IMAGENET = """\
-dataset: "semi_ImageNet"
-root: "Path to ImageNet"
-backbone: "ViT-B/16"
-resolution: 224
-stride: 16
-
-output_dir: null
-resume: null
-checkpoint_freq: 0
-print_freq: 10
-
-seed: null
-deterministic: False
-gpu: null
-num_workers: 8
-prec: "fp16"
-
-num_epochs: 30
-batch_size: 32
-lr: 0.03
-weight_decay: 5e-4
-momentum: 0.9
-
-tau: 1.0
-
-DATA:
-  NAME: "semi_ImageNet"
-  DATAPATH: "Path to ImageNet"
-  NUMBER_CLASSES: 1000
-  BATCH_SIZE: 16
-  LABEL_RATIO: 0.01
-
-bias_tuning: False
-vpt_shallow: False
-vpt_deep: False
-vpt_len: 50
-adapter: False
-adapter_dim: 8
-lora: False
-lora_dim: 8
-ssf: False
-
-th: 0.7
-
-alpha: 8.0
-w_con: 3.0
-smoothing: 0.5
-total_steps: 500
-"""
+AUTHORS_SEMI_IMAGENET = released_yaml("semi_imagenet.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -183,29 +135,23 @@ def test_index_cache_is_reused_until_a_class_folder_changes(tmp_path, monkeypatc
     assert f"{wnid}_new.JPEG".encode() in changed.names.tolist()
 
 
-def _one_line(call, *needles):
-    with pytest.raises(UserError) as info:
-        call()
-    message = str(info.value)
-    assert "\n" not in message and all(n in message for n in needles), message
-
-
 def test_missing_data_is_one_line_naming_the_file_and_where_to_get_it(tree, tmp_path):
     root, info = tree
     empty = str(tmp_path / "empty")
     os.makedirs(empty)
-    _one_line(lambda: load(empty), os.path.join(empty, "train"), "image-net.org")
-    _one_line(lambda: load(root, "IMAGENET.LABEL_FILE", "2percent.txt"),
-              os.path.join(root, "2percent.txt"), "SimCLR", "imagenet_subsets")
+    one_line_error(lambda: load(empty), names=(os.path.join(empty, "train"), "image-net.org"))
+    one_line_error(lambda: load(root, "IMAGENET.LABEL_FILE", "2percent.txt"),
+                   names=(os.path.join(root, "2percent.txt"), "SimCLR", "imagenet_subsets"))
     wrong = tmp_path / "wrong.txt"
     first = info["lists"]["1percent.txt"][0]
     wrong.write_text(f"{first}\n{first.split('_')[0]}_999999.JPEG\n")
-    _one_line(lambda: load(root, "IMAGENET.LABEL_FILE", str(wrong)),
-              f"{wrong} line 2", "_999999.JPEG", os.path.join(root, "train", first.split("_")[0]))
+    one_line_error(lambda: load(root, "IMAGENET.LABEL_FILE", str(wrong)),
+                   names=(f"{wrong} line 2", "_999999.JPEG",
+                          os.path.join(root, "train", first.split("_")[0])))
     no_val = str(tmp_path / "no_val")
     os.makedirs(os.path.join(no_val, "train", "n00000001"))
     open(os.path.join(no_val, "train", "n00000001", "n00000001_1.JPEG"), "wb").close()
-    _one_line(lambda: load(no_val), os.path.join(no_val, "val"), "image-net.org")
+    one_line_error(lambda: load(no_val), names=(os.path.join(no_val, "val"), "image-net.org"))
 
 
 def test_released_yaml_loads_unchanged_and_its_dead_keys_warn_once(tmp_path, caplog):
@@ -241,7 +187,7 @@ def test_released_yaml_trains_through_main(tmp_path):
     path = tmp_path / "semi_imagenet.yaml"
     path.write_text(AUTHORS_SEMI_IMAGENET)
     out = str(tmp_path / "run")
-    code, _, err = run_main([
+    code, _, err = main_inprocess([
         "--cfg", str(path), "DATA.DATAPATH", root, "IMAGENET.LABEL_FILE", "1percent.txt",
         "IMAGENET.INDEX_CACHE", str(tmp_path / "cache"), "DATA.BATCH_SIZE", "8",
         "backbone", TINY_VIT, "pretrained", "none", "prec", "fp32", "num_epochs", "1",

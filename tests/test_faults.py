@@ -8,24 +8,22 @@ import errno
 import os
 import pickle
 import random
-import subprocess
-import sys
+import shutil
 
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
-import main as entry
-from conftest import REPO, run_main, tiny_args
+from conftest import main_inprocess, tiny_args
+from finessl.algorithms import ALGORITHMS
 from finessl.config_load import load_config
 from finessl.distributed import SINGLE
 from finessl.engine.checkpoint import (LAST, PREV, RESUME_KEYS, read_checkpoint, rng_state,
                                        set_rng_state, write_checkpoint)
 from finessl.engine.guard import StepGuard
 from finessl.engine.trainer import Trainer
-from finessl.errors import UserError
-from helpers import fake_precision, old_format_state
+from helpers import assert_user_error, fake_precision, old_format_state, one_line_error
 
 
 class WouldRunCode:
@@ -36,12 +34,6 @@ class WouldRunCode:
 
     def __reduce__(self):
         return open, (self.path, "w")
-
-
-def one_line(e) -> str:
-    text = str(e.value if hasattr(e, "value") else e)
-    assert "\n" not in text and "Traceback" not in text, text
-    return text
 
 
 def state(epoch: int) -> dict:
@@ -67,47 +59,44 @@ def test_a_checkpoint_that_would_run_code_is_refused_in_one_line(tmp_path, conta
     else:
         with open(path, "wb") as f:
             pickle.dump(payload, f)
-    with pytest.raises(UserError) as e:
-        read_checkpoint(str(tmp_path), RESUME_KEYS)
-    assert "could run code" in one_line(e) and "refused" in str(e.value)
+    message = one_line_error(read_checkpoint, str(tmp_path), RESUME_KEYS)
+    assert "could run code" in message and "refused" in message
     assert not marker.exists()
     if container == "torch.save":  # the file is what it claims: an unrestricted load runs it
         torch.load(path, weights_only=False)
         assert marker.exists()
 
 
-def test_an_old_format_checkpoint_is_named_and_converted_only_with_trust(tmp_path, capsys,
-                                                                        caplog):
+def test_an_old_format_checkpoint_is_named_and_converted_only_with_trust(tmp_path):
     old, keys = old_format_state()
     path = tmp_path / LAST
     torch.save(old, path)
     original = read_bytes(path)
-    with pytest.raises(UserError) as e:
-        read_checkpoint(str(tmp_path), RESUME_KEYS)
-    assert f"convert-checkpoint {tmp_path} --trust" in one_line(e) and "older FineSSL" in str(e.value)
+    message = one_line_error(read_checkpoint, str(tmp_path), RESUME_KEYS)
+    assert f"convert-checkpoint {tmp_path} --trust" in message and "older FineSSL" in message
 
-    assert entry.main(["convert-checkpoint", str(tmp_path)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--trust" in err[0], err
+    rc, _, err = main_inprocess(["convert-checkpoint", str(tmp_path)])
+    assert_user_error(rc, err, "--trust", only_line=True)
     assert read_bytes(path) == original and not (tmp_path / (LAST + ".bak")).exists()
 
-    with caplog.at_level("INFO"):
-        assert entry.main(["convert-checkpoint", str(tmp_path), "--trust"]) == 0
-    assert any("converted" in r.getMessage() and ".bak" in r.getMessage() for r in caplog.records)
+    rc, out, err = main_inprocess(["convert-checkpoint", str(tmp_path), "--trust"])
+    assert rc == 0, err
+    assert any("converted" in line and ".bak" in line for line in out.splitlines()), out
     assert read_bytes(tmp_path / (LAST + ".bak")) == original
     new = read_checkpoint(str(tmp_path), RESUME_KEYS)  # weights_only=True reads it now
     assert torch.equal(new["model"]["w"], old["model"]["w"])
     assert new["history"] == [{"top1": 0.5, "epoch": 1}] and type(new["history"][0]["top1"]) is float
     set_rng_state(new["rng"])
     assert np.random.rand() == keys["numpy"] and random.random() == keys["python"]
-    assert entry.main(["convert-checkpoint", str(tmp_path), "--trust"]) == 0  # nothing left to do
+    assert main_inprocess(["convert-checkpoint", str(tmp_path), "--trust"])[0] == 0  # nothing left
 
 
-def test_convert_refuses_a_file_that_names_code_even_with_trust(tmp_path, capsys):
+def test_convert_refuses_a_file_that_names_code_even_with_trust(tmp_path):
     marker = tmp_path / "code-ran"
     torch.save({**state(1), "extra": WouldRunCode(marker)}, tmp_path / LAST)
-    assert entry.main(["convert-checkpoint", str(tmp_path), "--trust"]) == 2
-    assert "not converted" in capsys.readouterr().err and not marker.exists()
+    rc, _, err = main_inprocess(["convert-checkpoint", str(tmp_path), "--trust"])
+    assert_user_error(rc, err, "not converted")
+    assert not marker.exists()
 
 
 # ---- nothing is lost ---------------------------------------------------------------
@@ -152,15 +141,14 @@ def test_a_full_disk_is_one_line_naming_the_file_and_keeps_both_checkpoints(tmp_
         f.write(b"half a checkpoint")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(UserError) as e:
-        write_checkpoint(state(3), run, 3)
-    assert os.path.join(run, LAST) in one_line(e) and "No space left on device" in str(e.value)
+    message = one_line_error(write_checkpoint, state(3), run, 3)
+    assert os.path.join(run, LAST) in message and "No space left on device" in message
     assert {name: read_bytes(tmp_path / name) for name in (LAST, PREV)} == before
     assert sorted(os.listdir(run)) == [LAST, PREV]  # no temp file left behind
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
-def test_a_damaged_last_checkpoint_offers_the_previous_one(tmp_path, capsys, damage):
+def test_a_damaged_last_checkpoint_offers_the_previous_one(tmp_path, damage):
     run = str(tmp_path)
     write_checkpoint(state(1), run, 1)
     write_checkpoint(state(2), run, 2)
@@ -168,23 +156,22 @@ def test_a_damaged_last_checkpoint_offers_the_previous_one(tmp_path, capsys, dam
     broken = {"truncated": good[:len(good) // 2], "garbage": b"\x00not a checkpoint" * 50,
               "empty": b""}[damage]
     (tmp_path / LAST).write_bytes(broken)
-    with pytest.raises(UserError) as e:
-        read_checkpoint(run, RESUME_KEYS)
-    assert "damaged" in one_line(e) and f"{PREV} (epoch 1) is intact" in str(e.value)
-    assert f"python main.py restore-checkpoint {run}" in str(e.value)
+    message = one_line_error(read_checkpoint, run, RESUME_KEYS)
+    assert "damaged" in message and f"{PREV} (epoch 1) is intact" in message
+    assert f"python main.py restore-checkpoint {run}" in message
 
-    assert entry.main(["restore-checkpoint", run]) == 0
+    rc, _, err = main_inprocess(["restore-checkpoint", run])
+    assert rc == 0, err
     assert read_checkpoint(run, RESUME_KEYS)["epoch"] == 1
     assert read_bytes(tmp_path / (LAST + ".damaged")) == broken
-    assert entry.main(["restore-checkpoint", run]) == 2  # the last one is intact now
-    assert "nothing to restore" in capsys.readouterr().err
+    rc, _, err = main_inprocess(["restore-checkpoint", run])  # the last one is intact now
+    assert_user_error(rc, err, "nothing to restore")
 
 
 def test_a_damaged_checkpoint_without_a_previous_one_says_so(tmp_path):
     (tmp_path / LAST).write_bytes(b"garbage")
-    with pytest.raises(UserError) as e:
-        read_checkpoint(str(tmp_path), RESUME_KEYS)
-    assert "damaged" in one_line(e) and PREV not in str(e.value)
+    message = one_line_error(read_checkpoint, str(tmp_path), RESUME_KEYS)
+    assert "damaged" in message and PREV not in message
 
 
 def test_orphan_temp_files_are_removed_when_a_run_starts_in_the_folder(cifar_root, tmp_path):
@@ -221,11 +208,10 @@ def test_the_guard_finds_a_non_finite_gradient_or_batchnorm_statistic():
     assert guard.check(torch.tensor(float("nan"))) == (False, False)
 
 
-@pytest.mark.slow  # main.py in a subprocess
 def test_exploding_weights_stop_the_run_with_one_line_and_exit_code_3(cifar_root, tmp_path):
     out = tmp_path / "run"
-    code, _, err = run_main(tiny_args(cifar_root, str(out), num_epochs=1, total_steps=60,
-                                      lr=1e4))
+    code, _, err = main_inprocess(tiny_args(cifar_root, str(out), num_epochs=1, total_steps=60,
+                                          lr=1e8))  # diverges within ~5 steps
     assert code == 3, err
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: training diverged at epoch 1/1 step ") and "loss/x " in last
@@ -234,42 +220,29 @@ def test_exploding_weights_stop_the_run_with_one_line_and_exit_code_3(cifar_root
     assert not (out / LAST).exists() and not (out / "results.json").exists()
 
 
-NAN_IN_EPOCH_TWO = """
-import shutil, sys
-sys.path[:0] = [{repo!r}]
-import finessl.plugins
-from finessl.algorithms import ALGORITHMS
-import main
-cls = ALGORITHMS.get("finessl")
-step, calls = cls.train_step, [0]
-def nan_at_step_3_of_epoch_2(self, batch):
-    calls[0] += 1
-    loss, logs = step(self, batch)
-    if calls[0] == {steps} + 3:
-        shutil.copy({ckpt!r}, {snapshot!r})  # checkpoint_last.pt as epoch 1 left it
-        loss = loss * float("nan")
-        logs = {{**logs, "loss/total": loss.detach()}}
-    return loss, logs
-cls.train_step = nan_at_step_3_of_epoch_2
-sys.exit(main.main(sys.argv[1:]))
-"""
-
-
-@pytest.mark.slow  # main.py in a subprocess
-def test_a_nan_loss_stops_at_its_step_and_leaves_the_last_checkpoint_untouched(cifar_root,
-                                                                              tmp_path):
+@pytest.mark.slow  # two short epochs
+def test_a_nan_loss_stops_at_its_step_and_leaves_the_last_checkpoint_untouched(
+        cifar_root, tmp_path, monkeypatch, figures_not_rasterised):
     out, snapshot, steps = tmp_path / "run", tmp_path / "snapshot.pt", 8
-    code = NAN_IN_EPOCH_TWO.format(repo=REPO, steps=steps, ckpt=str(out / LAST),
-                                   snapshot=str(snapshot))
-    proc = subprocess.run([sys.executable, "-c", code,
-                           *tiny_args(cifar_root, str(out), num_epochs=2, total_steps=steps)],
-                          capture_output=True, text=True, cwd=REPO, timeout=300,
-                          env=dict(os.environ, HF_HUB_OFFLINE="1"))
-    assert proc.returncode == 3, proc.stderr
-    last = proc.stderr.strip().splitlines()[-1]
+    cls = ALGORITHMS.get("finessl")
+    step, calls = cls.train_step, [0]
+
+    def nan_at_step_3_of_epoch_2(self, batch):
+        calls[0] += 1
+        loss, logs = step(self, batch)
+        if calls[0] == steps + 3:
+            shutil.copy(out / LAST, snapshot)  # checkpoint_last.pt as epoch 1 left it
+            loss = loss * float("nan")
+            logs = {**logs, "loss/total": loss.detach()}
+        return loss, logs
+    monkeypatch.setattr(cls, "train_step", nan_at_step_3_of_epoch_2)
+    code, _, err = main_inprocess(tiny_args(cifar_root, str(out), num_epochs=2,
+                                            total_steps=steps))
+    assert code == 3, err
+    last = err.strip().splitlines()[-1]
     assert last.startswith(f"error: training diverged at epoch 2/2 step 3/{steps}: the loss is "
                            f"not finite (loss/total nan"), last
-    assert f"{LAST} (epoch 1) is left as it was" in last and "Traceback" not in proc.stderr
+    assert f"{LAST} (epoch 1) is left as it was" in last and "Traceback" not in err
     assert last[len("error: "):] in (out / "log.txt").read_text()
     assert read_bytes(out / LAST) == read_bytes(snapshot)
     assert torch.load(out / LAST, weights_only=True)["epoch"] == 1

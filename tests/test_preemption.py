@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, run_main, tiny_args, wait_for_text
+from conftest import REPO, main_inprocess, tiny_args, wait_for_text
 from finessl.config_load import load_config
 from finessl.engine import signals
 from finessl.engine.checkpoint import LAST, PREV
@@ -100,11 +100,12 @@ def test_sigusr1_in_process_stops_cleanly_and_resume_is_exact(cifar_root, tmp_pa
     assert_same_run(load(tmp_path / "reference" / LAST), load(tmp_path / "stopped" / LAST))
 
 
-@pytest.mark.slow  # main.py in a subprocess
-def test_sigterm_mid_epoch_two_then_resume_is_bit_identical(cifar_root, tmp_path):
-    settings = dict(num_epochs=3, total_steps=40, seed=5, print_freq=10)
+@pytest.mark.slow  # main.py in a subprocess, stopped by SIGTERM: the signal is the point
+def test_sigterm_mid_epoch_two_then_resume_is_bit_identical(cifar_root, tmp_path,
+                                                           figures_not_rasterised):
+    settings = dict(num_epochs=3, total_steps=20, seed=5, print_freq=5)
     reference = tmp_path / "reference"
-    code, _, err = run_main(tiny_args(cifar_root, str(reference), **settings))
+    code, _, err = main_inprocess(tiny_args(cifar_root, str(reference), **settings))
     assert code == 0, err
 
     run = tmp_path / "preempted"
@@ -113,21 +114,21 @@ def test_sigterm_mid_epoch_two_then_resume_is_bit_identical(cifar_root, tmp_path
                                  *tiny_args(cifar_root, str(run), **settings)], cwd=REPO,
                                 stdout=subprocess.DEVNULL, stderr=stderr,
                                 env=dict(os.environ, HF_HUB_OFFLINE="1"))
-        wait_for_text(str(run / "log.txt"), "epoch 2/3 step 10/40")
+        wait_for_text(str(run / "log.txt"), "epoch 2/3 step 5/20")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 143
     last = (tmp_path / "stderr.txt").read_text().strip().splitlines()[-1]
     assert last.startswith("stopped by SIGTERM at epoch 2/3 step ") and f"'resume {run}'" in last
     assert f"WARNING {last}" in (run / "log.txt").read_text()
     state = load(run / LAST)
-    assert state["epoch"] == 1 and 10 <= state["step"] < 40, "the signal came too late"
-    assert last.split(" step ")[1].startswith(f"{state['step']}/40:")
+    assert state["epoch"] == 1 and 5 <= state["step"] < 20, "the signal came too late"
+    assert last.split(" step ")[1].startswith(f"{state['step']}/20:")
     assert (load(run / PREV)["epoch"], load(run / PREV)["step"]) == (1, 0)
     assert not (run / "results.json").exists()
 
     # resume with loader workers: the skipped batches and the augmentations do not depend on them
-    code, out, err = run_main(tiny_args(cifar_root, str(run), **settings, num_workers=2)
-                            + ["resume", str(run)])
+    code, out, err = main_inprocess(tiny_args(cifar_root, str(run), **settings, num_workers=2)
+                                    + ["resume", str(run)])
     assert code == 0, err
     assert f"resumed from {run / LAST} at epoch 1 step {state['step']}" in out  # progress: stdout
     assert_same_run(load(reference / LAST), load(run / LAST))

@@ -18,8 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-import main
-from conftest import run_main, tiny_args
+from conftest import main_inprocess, tiny_args
 from finessl.config import get_cfg_defaults
 from finessl.engine import diagnostics
 from finessl.engine.device import Precision
@@ -27,7 +26,7 @@ from finessl.engine.evaluate import evaluate
 from finessl.metrics import (CATEGORIES, expected_calibration_error, ece_from_bins,
                              reliability_bins)
 from finessl.algorithms import build_algorithm
-from helpers import TableModel, id_images
+from helpers import TableModel, assert_user_error, id_images
 
 L = math.log
 RUN_FIGURES = ("curves", "pace", "confidence", "reliability", "per_class")
@@ -182,10 +181,8 @@ class Page(HTMLParser):
             self.pre += data
 
 
-def _report(args, capsys) -> tuple[int, str, str]:
-    code = main.main(["report", *args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+def _report(args) -> tuple[int, str, str]:
+    return main_inprocess(["report", *args])
 
 
 def _check_figures(folder: str, names, page: Page) -> None:
@@ -209,9 +206,9 @@ def sweep(cifar_root, tmp_path_factory):
     root = str(tmp_path_factory.mktemp("sweep"))
     for seed in (1, 2):
         out = os.path.join(root, "tiny_N4", "finessl", f"seed{seed}")
-        code, _, err = run_main(tiny_args(cifar_root, out, num_epochs=2, total_steps=3,
-                                          print_freq=2, seed=seed, setting="tiny_N4",
-                                          paper_top1=97.39))
+        code, _, err = main_inprocess(tiny_args(cifar_root, out, num_epochs=2, total_steps=3,
+                                                print_freq=2, seed=seed, setting="tiny_N4",
+                                                paper_top1=97.39))
         assert code == 0, err
     return root
 
@@ -221,10 +218,10 @@ def _results(run: str) -> dict:
         return json.load(f)
 
 
-@pytest.mark.slow  # main.py in a subprocess
-def test_report_of_one_run(sweep, tmp_path, capsys):
+@pytest.mark.slow  # two tiny runs, then the report
+def test_report_of_one_run(sweep, tmp_path):
     run, out = os.path.join(sweep, "tiny_N4", "finessl", "seed1"), str(tmp_path / "one")
-    code, printed, err = _report([run, "--out", out], capsys)
+    code, printed, err = _report([run, "--out", out])
     assert code == 0, err
     assert printed.strip() == os.path.join(out, "report.html")
     page = Page(open(os.path.join(out, "report.html"), encoding="utf-8").read())
@@ -271,10 +268,10 @@ def test_report_of_one_run(sweep, tmp_path, capsys):
             assert value.step == 2 and value.histogram_value.num == sum(counts)
             assert list(value.histogram_value.bucket) == counts
 
-@pytest.mark.slow  # main.py in a subprocess
-def test_report_of_a_sweep_and_of_a_run_in_progress(sweep, tmp_path, capsys):
+@pytest.mark.slow  # two tiny runs, then the report
+def test_report_of_a_sweep_and_of_a_run_in_progress(sweep, tmp_path):
     out = str(tmp_path / "sweep")
-    code, _, err = _report([sweep, "--out", out, "--epochs", "2"], capsys)
+    code, _, err = _report([sweep, "--out", out, "--epochs", "2"])
     assert code == 0, err
     page = Page(open(os.path.join(out, "report.html"), encoding="utf-8").read())
     _check_figures(out, ("sweep_bars", "sweep_curves"), page)
@@ -293,7 +290,7 @@ def test_report_of_a_sweep_and_of_a_run_in_progress(sweep, tmp_path, capsys):
     running = str(tmp_path / "running")
     shutil.copytree(os.path.join(sweep, "tiny_N4", "finessl", "seed2"), running)
     os.unlink(os.path.join(running, "results.json"))
-    code, _, err = _report([running, "--out", str(tmp_path / "r")], capsys)
+    code, _, err = _report([running, "--out", str(tmp_path / "r")])
     assert code == 0, err
     text = open(tmp_path / "r" / "report.html", encoding="utf-8").read()
     summary = dict(row for row in Page(text).tables["summary"][1:])
@@ -301,7 +298,7 @@ def test_report_of_a_sweep_and_of_a_run_in_progress(sweep, tmp_path, capsys):
     assert summary["last test top-1 (%)"] == f"{last[1]:.2f}"
 
 
-def test_a_run_of_an_older_finessl_still_gets_every_figure(tmp_path, capsys):
+def test_a_run_of_an_older_finessl_still_gets_every_figure(tmp_path):
     """results.json alone, its history without the report's records: the figures say
     'not recorded' where they have nothing, the tables hold what there is."""
     run = tmp_path / "old"
@@ -311,7 +308,7 @@ def test_a_run_of_an_older_finessl_still_gets_every_figure(tmp_path, capsys):
     (run / "results.json").write_text(json.dumps(
         {"best_top1": 0.4, "best_epoch": 2, "last_top1": 0.4, "last_epoch": 2,
          "algorithm": "fixmatch", "seed": 3, "history": history}))
-    code, _, err = _report([str(run)], capsys)
+    code, _, err = _report([str(run)])
     assert code == 0, err
     page = Page((run / "report" / "report.html").read_text(encoding="utf-8"))
     _check_figures(str(run / "report"), RUN_FIGURES, page)
@@ -351,18 +348,16 @@ MALFORMED = {  # what the folder holds -> what the one line names
 
 
 @pytest.mark.parametrize("case", sorted(MALFORMED))
-def test_missing_or_malformed_run_folders_are_one_line_exit_2(case, tmp_path, capsys):
+def test_missing_or_malformed_run_folders_are_one_line_exit_2(case, tmp_path):
     files, expected = MALFORMED[case]
     run = tmp_path / "run"
     if files is not None:
         run.mkdir()
         for name, content in files.items():
             (run / name).write_text(content if isinstance(content, str) else json.dumps(content))
-    code, _, err = _report([str(run), "--out", str(tmp_path / "out")], capsys)
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], err
-    assert re.search(re.escape(str(run)), lines[0])
+    code, _, err = _report([str(run), "--out", str(tmp_path / "out")])
+    line = assert_user_error(code, err, expected, str(run), only_line=True)
+    assert re.search(re.escape(str(run)), line)
 
 
 def test_the_report_reads_the_results_file_the_trainer_writes():
@@ -388,7 +383,8 @@ def test_t_quantile_is_the_table_then_within_its_accuracy():
         assert abs(t_quantile(df) - table) < 0.003, df
 
 
-def test_the_paired_table_of_a_sweep_is_worked_out_from_results_json(tmp_path, capsys):
+def test_the_paired_table_of_a_sweep_is_worked_out_from_results_json(tmp_path,
+                                                                    figures_not_rasterised):
     for method, seeds in PAIRED.items():
         for seed, top1 in seeds.items():
             run = tmp_path / "toy_N4" / method / f"seed{seed}"
@@ -397,7 +393,7 @@ def test_the_paired_table_of_a_sweep_is_worked_out_from_results_json(tmp_path, c
                 {"best_top1": top1 / 100, "best_epoch": 1, "last_top1": top1 / 100,
                  "last_epoch": 1, "seed": seed, "setting": "toy_N4", "algorithm": method,
                  "history": [{"epoch": 1, "top1": top1 / 100}]}))
-    code, _, err = _report([str(tmp_path), "--out", str(tmp_path / "report")], capsys)
+    code, _, err = _report([str(tmp_path), "--out", str(tmp_path / "report")])
     assert code == 0, err
     page = Page((tmp_path / "report" / "report.html").read_text(encoding="utf-8"))
     half = {"fixmatch": 4.303 / math.sqrt(3), "supervised": 4.303 * 0.288675 / math.sqrt(3),

@@ -17,8 +17,8 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import REPO, TINY_VIT, run_main, tiny_args, wait_for_text
-from helpers import one_line_error
+from conftest import REPO, TINY_VIT, main_inprocess, tiny_args, wait_for_text
+from helpers import assert_user_error, one_line_error
 from finessl.config import RESUME_RUNTIME_KEYS, all_keys
 from finessl.data import datasets, folder
 from finessl.engine import rundir
@@ -26,18 +26,6 @@ from finessl.engine.predict import predict
 from finessl.engine.run import fit_schedule
 from finessl.errors import UserError
 from finessl.plugins import load_config
-
-
-def assert_exit_2_one_line(rc: int, stderr: str, *needles: str) -> str:
-    """main.py's contract: exit 2, one ``error:`` line last on stderr, no traceback."""
-    assert rc == 2, stderr
-    assert "Traceback" not in stderr, stderr
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("error:")]
-    assert len(errors) == 1 and lines[-1] == errors[0], stderr
-    for needle in needles:
-        assert needle in errors[0], (needle, errors[0])
-    return errors[0]
 
 
 @pytest.fixture
@@ -349,12 +337,11 @@ SHORT = dict(num_epochs=2, total_steps=3)
 @pytest.fixture(scope="module")
 def finished(cifar_root, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("guard") / "run")
-    rc, _, err = run_main(tiny_args(cifar_root, out, **SHORT))
+    rc, _, err = main_inprocess(tiny_args(cifar_root, out, **SHORT))
     assert rc == 0, err
     return out
 
 
-@pytest.mark.slow  # main.py in a subprocess
 @pytest.mark.parametrize("key,value,needle", [
     ("lr", "0.3", "lr (0.03 -> 0.3)"),
     ("DATA.NUM_L", "2", "DATA.NUM_L (4 -> 2)"),
@@ -362,16 +349,17 @@ def finished(cifar_root, tmp_path_factory):
 ])
 def test_main_refuses_a_training_change_on_resume(finished, cifar_root, key, value, needle):
     before = {f: os.path.getmtime(os.path.join(finished, f)) for f in os.listdir(finished)}
-    rc, _, err = run_main(tiny_args(cifar_root, finished, **SHORT, **{key: value})
+    rc, _, err = main_inprocess(tiny_args(cifar_root, finished, **SHORT, **{key: value})
                           + ["resume", finished])
-    assert_exit_2_one_line(rc, err, f"resume: {finished} differs from its config.yaml", needle)
+    assert_user_error(rc, err, f"resume: {finished} differs from its config.yaml", needle)
     assert len([line for line in err.splitlines() if line.strip()]) == 1  # before any work
     after = {f: os.path.getmtime(os.path.join(finished, f)) for f in os.listdir(finished)}
     assert after == before
 
 
-@pytest.mark.slow  # main.py in a subprocess
-def test_resume_alone_continues_a_killed_run_with_its_own_config(cifar_root, tmp_path):
+@pytest.mark.slow  # main.py in a subprocess, killed: the kill is the point
+def test_resume_alone_continues_a_killed_run_with_its_own_config(cifar_root, tmp_path,
+                                                                figures_not_rasterised):
     out = str(tmp_path / "run")
     settings = dict(num_epochs=3, total_steps=12, print_freq=1, seed=3)
     proc = subprocess.Popen([sys.executable, os.path.join(REPO, "main.py"),
@@ -385,7 +373,7 @@ def test_resume_alone_continues_a_killed_run_with_its_own_config(cifar_root, tmp
     assert torch.load(ckpt, weights_only=False)["epoch"] in (1, 2), "the kill came too late"
     assert os.path.exists(os.path.join(out, rundir.LOCK))  # left by the killed run
     stored = open(os.path.join(out, "config.yaml")).read()
-    rc, _, err = run_main(["resume", out])  # nothing else given
+    rc, _, err = main_inprocess(["resume", out])  # nothing else given
     assert rc == 0, err
     state = torch.load(ckpt, weights_only=False)
     assert state["epoch"] == 3 and state["global_step"] == 3 * 12
@@ -394,12 +382,13 @@ def test_resume_alone_continues_a_killed_run_with_its_own_config(cifar_root, tmp
     assert not os.path.exists(os.path.join(out, rundir.LOCK))
 
 
-@pytest.mark.slow  # main.py in a subprocess
-def test_allow_extend_continues_a_finished_run_and_records_it(cifar_root, tmp_path):
+@pytest.mark.slow  # three short runs
+def test_allow_extend_continues_a_finished_run_and_records_it(cifar_root, tmp_path,
+                                                             figures_not_rasterised):
     out = str(tmp_path / "run")
-    rc, _, err = run_main(tiny_args(cifar_root, out, **SHORT))
+    rc, _, err = main_inprocess(tiny_args(cifar_root, out, **SHORT))
     assert rc == 0, err
-    rc, stdout, err = run_main(["resume", out, "num_epochs", "4", "allow_extend", "True",
+    rc, stdout, err = main_inprocess(["resume", out, "num_epochs", "4", "allow_extend", "True",
                                 "num_workers", "1"])  # a runtime key may change too
     assert rc == 0, err
     assert "extended from 2 to 4 epochs" in stdout  # progress on stdout, not stderr
@@ -413,14 +402,14 @@ def test_allow_extend_continues_a_finished_run_and_records_it(cifar_root, tmp_pa
              for line in open(os.path.join(out, "log.txt")) if "step 3/3" in line]
     assert rates == pytest.approx([_closed_form(0.03, e, 2) for e in range(2)]
                                   + [_closed_form(0.03, e, 4) for e in (2, 3)], rel=1e-3)
-    rc, _, err = run_main(["resume", out])  # the recorded length: nothing more to train
+    rc, _, err = main_inprocess(["resume", out])  # the recorded length: nothing more to train
     assert rc == 0, err
     assert torch.load(os.path.join(out, "checkpoint_last.pt"),
                       weights_only=False)["epoch"] == 4
 
 
-@pytest.mark.slow  # main.py in a subprocess
-def test_a_second_run_on_a_folder_in_use_is_refused(cifar_root, tmp_path):
+@pytest.mark.slow  # a short run
+def test_a_second_run_on_a_folder_in_use_is_refused(cifar_root, tmp_path, figures_not_rasterised):
     out = tmp_path / "run"
     out.mkdir()
     path = out / rundir.LOCK
@@ -428,13 +417,13 @@ def test_a_second_run_on_a_folder_in_use_is_refused(cifar_root, tmp_path):
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.write(fd, f"{os.getpid()}\n".encode())
-        rc, _, err = run_main(tiny_args(cifar_root, str(out), **SHORT))
-        assert_exit_2_one_line(rc, err, f"output_dir {out} is in use by process {os.getpid()}")
+        rc, _, err = main_inprocess(tiny_args(cifar_root, str(out), **SHORT))
+        assert_user_error(rc, err, f"output_dir {out} is in use by process {os.getpid()}")
         assert sorted(os.listdir(out)) == [rundir.LOCK]  # nothing written
     finally:
         os.close(fd)  # released; the file stays, as a killed run leaves it
     path.write_text(f"{_dead_pid()}\n")
-    rc, _, err = run_main(tiny_args(cifar_root, str(out), **SHORT))
+    rc, _, err = main_inprocess(tiny_args(cifar_root, str(out), **SHORT))
     assert rc == 0, err
     assert os.path.isfile(out / "results.json") and not path.exists()
 
@@ -460,7 +449,7 @@ def test_output_dir_fields_keep_seeds_and_methods_apart(tmp_path):
 
 
 # ---- eval_only takes a run folder alone ----------------------------------------------------
-def test_eval_only_rebuilds_from_the_runs_own_config(cifar_root, tmp_path):
+def test_eval_only_rebuilds_from_the_runs_own_config(cifar_root, tmp_path, figures_not_rasterised):
     from finessl.engine.run import evaluate, train
     run = str(tmp_path / "trained")
     result = train(load_config(None, tiny_args(cifar_root, run, num_epochs=1, total_steps=3,

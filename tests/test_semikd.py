@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import TINY_VIT, run_main, tiny_args
+from conftest import TINY_VIT, main_inprocess, tiny_args
 from fakedata import write_image_folder
 from finessl.algorithms import build_algorithm
 from finessl.algorithms.semikd import Teacher, checksum
@@ -28,7 +28,7 @@ from finessl.engine.teacher import load_teacher
 from finessl.engine.trainer import Trainer
 from finessl.models import build_model
 from finessl.plugins import load_config
-from helpers import TableModel, ce, id_images, one_line_error
+from helpers import TableModel, assert_user_error, ce, id_images, one_line_error
 
 L = math.log
 CPU = torch.device("cpu")
@@ -238,7 +238,8 @@ def test_the_loaded_teacher_is_the_trained_run(teacher_run, cifar_root, tmp_path
 
 
 @pytest.mark.slow  # trains the tiny teacher run (once per module)
-def test_kill_and_resume_in_kd_mode_is_exact(teacher_run, cifar_root, tmp_path):
+def test_kill_and_resume_in_kd_mode_is_exact(teacher_run, cifar_root, tmp_path,
+                                            figures_not_rasterised):
     """SIGUSR1 (a preemption) at epoch 2 step 2 of 5, with a updated every 2 steps: the
     window of ratios, the step within the epoch, a and the pace memory all come back, and
     the run ends bit-identical to one never stopped."""
@@ -314,20 +315,13 @@ def test_teacher_tensors_or_classes_that_do_not_fit_are_one_line(teacher_run, ci
 
 
 # ---- through main.py --------------------------------------------------------------------
-def _assert_exit_2_one_line(rc: int, stderr: str) -> str:
-    assert rc == 2 and "Traceback" not in stderr, stderr
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("error:")]
-    assert len(errors) == 1 and lines[-1] == errors[0], stderr
-    return errors[0]
-
-
-@pytest.mark.slow  # main.py in a subprocess, after the tiny teacher run
-def test_a_tiny_teacher_teaches_a_student_through_main(teacher_run, cifar_root, tmp_path):
+@pytest.mark.slow  # 30 KD steps, after the tiny teacher run
+def test_a_tiny_teacher_teaches_a_student_through_main(teacher_run, cifar_root, tmp_path,
+                                                      figures_not_rasterised):
     out = tmp_path / "kd"
-    code, _, err = run_main(tiny_args(cifar_root, str(out), num_epochs=2, total_steps=15,
-                                      **{"DATA.NUM_TEST": 100})
-                            + STUDENT + ["resume", teacher_run.folder])
+    code, _, err = main_inprocess(tiny_args(cifar_root, str(out), num_epochs=2, total_steps=15,
+                                            **{"DATA.NUM_TEST": 100})
+                                  + STUDENT + ["resume", teacher_run.folder])
     assert code == 0, err
     result = json.load(open(out / "results.json"))
     assert result["algorithm"] == "semikd"
@@ -347,15 +341,15 @@ def test_a_tiny_teacher_teaches_a_student_through_main(teacher_run, cifar_root, 
     assert rows["predicted"] == 12 and rows["skipped"] == 0, rows
 
 
-@pytest.mark.slow  # main.py in a subprocess, after the tiny teacher run
+@pytest.mark.slow  # after the tiny teacher run
 def test_a_teacher_config_mismatch_is_one_line_exit_2(teacher_run, cifar_root, tmp_path):
-    code, _, err = run_main(tiny_args(cifar_root, str(tmp_path / "kd"), vpt_deep=False)
-                            + STUDENT + ["resume", teacher_run.folder])
-    line = _assert_exit_2_one_line(code, err)
+    code, _, err = main_inprocess(tiny_args(cifar_root, str(tmp_path / "kd"), vpt_deep=False)
+                                  + STUDENT + ["resume", teacher_run.folder])
+    line = assert_user_error(code, err)
     assert f"teacher: {teacher_run.folder} was trained with vpt_deep True (this config: False)" \
         in line, line
     # --dry-run checks the teacher as the run does: the same line, and no folder left
-    code, _, err = run_main(tiny_args(cifar_root, str(tmp_path / "dry"), vpt_deep=False)
-                            + STUDENT + ["resume", teacher_run.folder, "--dry-run"])
-    assert _assert_exit_2_one_line(code, err) == line
+    code, _, err = main_inprocess(tiny_args(cifar_root, str(tmp_path / "dry"), vpt_deep=False)
+                                  + STUDENT + ["resume", teacher_run.folder, "--dry-run"])
+    assert assert_user_error(code, err) == line
     assert not os.path.exists(tmp_path / "dry") and not os.path.exists(tmp_path / "kd")

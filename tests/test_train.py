@@ -13,7 +13,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO, run_main, tiny_args, wait_for_text
+from conftest import REPO, main_inprocess, tiny_args, wait_for_text
 from finessl.config_load import load_config
 from finessl.engine.trainer import Trainer
 
@@ -21,12 +21,13 @@ from finessl.engine.trainer import Trainer
 @pytest.fixture(scope="module")
 def finished_run(cifar_root, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("run") / "tiny")
-    code, stdout, err = run_main(tiny_args(cifar_root, out, num_epochs=4, total_steps=25, seed=2))
+    code, stdout, err = main_inprocess(tiny_args(cifar_root, out, num_epochs=4, total_steps=25,
+                                                 seed=2))
     assert code == 0, err
     return out, stdout
 
 
-@pytest.mark.slow  # main.py in a subprocess
+@pytest.mark.slow  # the shared run: 100 steps
 def test_run_learns_well_above_chance(finished_run):
     out, out_text = finished_run
     state = torch.load(os.path.join(out, "checkpoint_last.pt"), weights_only=False)
@@ -37,7 +38,7 @@ def test_run_learns_well_above_chance(finished_run):
     assert last_line.startswith("best top-1") and f"last top-1 {100 * top1[-1]:.2f}%" in last_line
 
 
-@pytest.mark.slow  # main.py in a subprocess
+@pytest.mark.slow  # the shared run: 100 steps
 def test_run_folder_holds_config_split_log_and_checkpoint(finished_run):
     out, _ = finished_run
     cfg = load_config(os.path.join(out, "config.yaml"))
@@ -55,7 +56,7 @@ def test_run_folder_holds_config_split_log_and_checkpoint(finished_run):
     assert not glob.glob(os.path.join(out, ".tmp-*"))
 
 
-@pytest.mark.slow  # main.py in a subprocess
+@pytest.mark.slow  # the shared run: 100 steps
 def test_tensorboard_has_every_loss_term_and_diagnostic(finished_run):
     out, _ = finished_run
     events = EventAccumulator(os.path.join(out, "tensorboard"))
@@ -71,23 +72,24 @@ def test_tensorboard_has_every_loss_term_and_diagnostic(finished_run):
     assert "pseudo/class" in events.Tags()["histograms"]
 
 
-@pytest.mark.slow  # main.py in a subprocess
+@pytest.mark.slow  # the shared run: 100 steps
 def test_eval_only_reproduces_the_last_top1(finished_run, cifar_root):
     out, _ = finished_run
     state = torch.load(os.path.join(out, "checkpoint_last.pt"), weights_only=False)
     args = tiny_args(cifar_root, out) + ["eval_only", "True", "model_dir", out]
-    code, stdout, err = run_main(args)
+    code, stdout, err = main_inprocess(args)
     assert code == 0, err
     assert f"test top-1 {100 * state['history'][-1]['top1']:.2f}%" in stdout
     # the training command's keys that differ from the run's were named and ignored
     assert "num_epochs 3, total_steps 20, seed 1 ignored" in err
 
 
-@pytest.mark.slow  # main.py in a subprocess
-def test_kill_mid_epoch_two_then_resume_is_bit_identical(cifar_root, tmp_path):
-    settings = dict(num_epochs=3, total_steps=60, seed=5, print_freq=10)
+@pytest.mark.slow  # main.py in a subprocess, killed: the kill is the point
+def test_kill_mid_epoch_two_then_resume_is_bit_identical(cifar_root, tmp_path,
+                                                        figures_not_rasterised):
+    settings = dict(num_epochs=3, total_steps=20, seed=5, print_freq=5)
     reference = str(tmp_path / "reference")
-    code, _, err = run_main(tiny_args(cifar_root, reference, **settings))
+    code, _, err = main_inprocess(tiny_args(cifar_root, reference, **settings))
     assert code == 0, err
 
     killed = str(tmp_path / "killed")
@@ -96,15 +98,15 @@ def test_kill_mid_epoch_two_then_resume_is_bit_identical(cifar_root, tmp_path):
     proc = subprocess.Popen([sys.executable, os.path.join(REPO, "main.py"),
                              *tiny_args(cifar_root, killed, **settings)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    # the progress line of step 10 of epoch 2 is in log.txt: kill inside epoch 2
-    wait_for_text(os.path.join(killed, "log.txt"), "epoch 2/3 step 10/60")
+    # the progress line of step 5 of epoch 2 is in log.txt: kill inside epoch 2
+    wait_for_text(os.path.join(killed, "log.txt"), "epoch 2/3 step 5/20")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert torch.load(ckpt, weights_only=False)["epoch"] == 1, "kill came too late"
 
     # resume with dataloader workers: augmentation is seeded per sample, so it must not matter
-    code, _, err = run_main(tiny_args(cifar_root, killed, **settings, num_workers=2)
-                            + ["resume", killed])
+    code, _, err = main_inprocess(tiny_args(cifar_root, killed, **settings, num_workers=2)
+                                  + ["resume", killed])
     assert code == 0, err
     a = torch.load(os.path.join(reference, "checkpoint_last.pt"), weights_only=False)
     b = torch.load(ckpt, weights_only=False)
