@@ -15,7 +15,7 @@ from conftest import run_main, tiny_args
 from finessl.data import datasets, loaders
 from finessl.data.base import DATASETS, ArrayImages, Dataset
 from finessl.errors import UserError
-from finessl.plugins import load_config
+from finessl.config_load import load_config
 
 # A whole dataset in one file, as a user writes it: ten classes of generated images,
 # made in memory (no files), with a config key of its own.

@@ -10,7 +10,8 @@ import subprocess
 
 import pytest
 
-import finessl.plugins  # noqa: F401  (the built-in plug-ins declare their config keys)
+
+import_builtin_plugins()  # every built-in plug-in registered, its config keys in the tree
 from conftest import REPO
 from finessl.config import all_keys, get_cfg_defaults
 

@@ -237,7 +237,7 @@ def test_exploding_weights_stop_the_run_with_one_line_and_exit_code_3(cifar_root
 NAN_IN_EPOCH_TWO = """
 import shutil, sys
 sys.path[:0] = [{repo!r}]
-import finessl.plugins
+import finessl.algorithms
 from finessl.algorithms import ALGORITHMS
 import main
 cls = ALGORITHMS.get("finessl")
