@@ -10,8 +10,6 @@ import subprocess
 
 import pytest
 
-
-import_builtin_plugins()  # every built-in plug-in registered, its config keys in the tree
 from conftest import REPO
 from finessl.config import all_keys, get_cfg_defaults
 

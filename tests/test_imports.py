@@ -1,5 +1,5 @@
 """The package's floors run one way: errors / io / logs (and the other leaf helpers) ->
-config -> data, models -> algorithms -> plugins -> engine -> report -> main.py. A
+config -> data, models -> algorithms -> engine -> report -> main.py. A
 module never imports from a floor above its own, data and models do not import each
 other, and no two modules import each other in a circle, whether the import sits at
 the top of the file or inside a function."""
@@ -13,7 +13,7 @@ from conftest import REPO
 PACKAGE = os.path.join(REPO, "finessl")
 FLOORS = {  # the first dotted part below finessl -> floor
     "errors": 0, "io": 0, "logs": 0, "registry": 0, "distributed": 0, "metrics": 0,
-    "config": 1, "config_values": 1, "config_load": 1, "data": 2, "models": 2, "losses": 2, "algorithms": 3, "plugins": 4,
+    "config": 1, "config_values": 1, "config_load": 1, "data": 2, "models": 2, "losses": 2, "algorithms": 3,
     "engine": 5, "report": 6,
 }
 
