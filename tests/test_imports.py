@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import ast
 import os
+import subprocess
+import sys
 
 from conftest import REPO
 
@@ -99,3 +101,28 @@ def test_the_test_sees_an_upward_import(tmp_path):
     deps = imports_of(str(path), set(modules()))
     assert "finessl.algorithms.base" in deps
     assert any(floor(i) > floor("finessl.config") for i in deps)
+
+
+HEAVY = {"open_clip", "timm", "tensorboard", "matplotlib"}
+
+
+def test_a_config_error_imports_no_model_or_logging_library():
+    """A mistyped key is answered in one line without importing open_clip, timm,
+    tensorboard or matplotlib (torch is fine): the plug-ins' key declarations are cheap
+    to import, the libraries come with the models built."""
+    code = ("import sys, main\n"
+            "rc = main.main(['--cfg', 'configs/demo/vit_tiny.yaml', 'no_such_key', '1'])\n"
+            f"print(rc, sorted(set({sorted(HEAVY)!r}) & set(sys.modules)))\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.stdout.split() == ["2", "[]"], proc.stdout + proc.stderr[-2000:]
+    assert proc.stderr.strip() == "error: unknown config key 'no_such_key' (command line)"
+
+
+def test_the_import_check_sees_a_heavy_import():
+    """The check is not vacuous: building a model's name lookup does import open_clip."""
+    code = ("import sys\nfrom finessl.models.clip import resolve_model_name\n"
+            "resolve_model_name('RN50')\nprint('open_clip' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.stdout.split() == ["True"], proc.stderr[-2000:]
