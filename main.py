@@ -17,7 +17,7 @@ import argparse
 import sys
 
 from finessl.engine import signals
-from finessl.plugins import load_config
+from finessl.config_load import load_config
 from finessl.errors import UserError
 from finessl.logs import setup_logging
 

@@ -92,7 +92,7 @@ def measure(root: str, cache: str, out: str) -> dict:
     if not __package__:
         sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from finessl.data.loaders import build_data
-    from finessl.plugins import load_config
+    from finessl.config_load import load_config
 
     cfg = load_config(None, ["DATA.NAME", "semi_ImageNet", "DATA.DATAPATH", root,
                              "DATA.DOWNLOAD", "False", "DATA.MU_U", "2", "DATA.BATCH_SIZE", "16",

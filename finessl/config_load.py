@@ -20,6 +20,17 @@ from finessl.registry import import_plugin
 
 log = logging.getLogger(__name__)
 
+# The built-in plug-in packages, loaded as a user's ``plugins`` are: by module name.
+# Each imports its modules, which register themselves and declare their config keys;
+# none imports open_clip or timm until a model is built, so a config error stays cheap.
+BUILTIN_PLUGINS = ("finessl.algorithms", "finessl.data", "finessl.models")
+
+
+def import_builtin_plugins() -> None:
+    """Register every built-in plug-in (their keys join the defaults tree); idempotent."""
+    for package in BUILTIN_PLUGINS:
+        import_plugin(package)
+
 
 def _import_plugins(specs: list[str], source: str) -> None:
     for spec in specs:
@@ -122,11 +133,12 @@ def load_config(cfg_file: str | None = None, opts: list[str] | None = None) -> C
     and only :data:`EVAL_RUNTIME_KEYS` may differ from it (others are ignored, with a
     warning).
 
-    The ``plugins`` the file and the pairs name are imported first, so the keys they
-    declare can be set. The built-in plug-ins' keys are in the tree once their packages
-    are imported: :func:`finessl.plugins.load_config` does both and checks the names.
-    Raises :class:`UserError` naming the offending key, file or value.
+    The built-in plug-ins (:data:`BUILTIN_PLUGINS`), then the ``plugins`` the file and
+    the pairs name, are imported first, so the keys they declare can be set and the
+    names a config asks for are checked. Raises :class:`UserError` naming the offending
+    key, file or value.
     """
+    import_builtin_plugins()
     sources = []
     if cfg_file:
         sources.append((flatten(read_yaml(cfg_file)), show_path(cfg_file)))

@@ -14,7 +14,7 @@ import os
 import yaml
 from yacs.config import CfgNode as CN
 
-from finessl.config import CHECKS, CHOICES, INERT_KEYS, INT_RANGE, NONE_TYPES, all_keys
+from finessl.config import CROSS_CHECKS, INERT_KEYS, INT_RANGE, KEYS, all_keys, show
 from finessl.errors import UserError
 from finessl.registry import CONFIG_REGISTRIES
 
@@ -36,14 +36,6 @@ def parse_cli_value(text: str):
         return ast.literal_eval(text)
     except Exception:  # ValueError, SyntaxError; RecursionError or MemoryError when deep
         return text
-
-
-def show(value) -> str:
-    """A value in a one-line message: strings quoted (so a newline shows as \\n), long
-    values cut."""
-    text = repr(value) if isinstance(value, str) else str(value)
-    text = " ".join(text.split()) if "\n" in text else text
-    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def show_path(path: str) -> str:
@@ -82,14 +74,14 @@ def _to_float(key: str, value, source: str) -> float:
 
 
 def _coerce_type(key: str, default, value, source: str):
-    if key in NONE_TYPES:
+    allowed = KEYS[key].types if key in KEYS else None  # a key whose default is None
+    if allowed:
         if value is None:
             return None
-        allowed = NONE_TYPES[key]
         if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
-            if str in NONE_TYPES[key]:
+            if str in allowed:
                 return str(value)
-            raise UserError(f"{key}: expected {NONE_TYPES[key][0].__name__} or null, "
+            raise UserError(f"{key}: expected {allowed[0].__name__} or null, "
                             f"got {show(value)} ({source})")
         return value
     if isinstance(default, bool):
@@ -145,63 +137,26 @@ def merge(cfg: CN, pairs: list[tuple[str, object]], source: str, seen_inert: lis
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise UserError(f"unknown config key {show(key)} ({source}){hint}")
         value = coerce(key, get_key(cfg, key), value, source)
-        if key in CHOICES and value not in CHOICES[key]:
-            raise UserError(f"{key}: {show(value)} is not one of {', '.join(CHOICES[key])} "
+        choices = KEYS[key].choices if key in KEYS else None
+        if choices and value not in choices:
+            raise UserError(f"{key}: {show(value)} is not one of {', '.join(map(str, choices))} "
                             f"({source})")
         set_key(cfg, key, value)
 
 
 def validate(cfg: CN) -> None:
+    """The merged tree's checks: every plug-in name a key asks for is registered, every
+    declared ``check`` holds (``KEY: why, got VALUE``), then the checks that read two
+    keys (:data:`~finessl.config.CROSS_CHECKS`)."""
     for key, registry in CONFIG_REGISTRIES.items():  # plug-in names: one line, the choices
         registry.get(get_key(cfg, key))
-    positive = ("DATA.NUM_L", "DATA.BATCH_SIZE", "DATA.MU_U", "num_epochs", "total_steps",
-                "print_freq")
-    for key in positive:
-        if get_key(cfg, key) <= 0:
-            raise UserError(f"{key}: must be positive, got {get_key(cfg, key)}")
-    if cfg.partial is not None and cfg.partial <= 0:
-        raise UserError(f"partial: the number of last blocks must be positive, got {cfg.partial}")
-    # w_con and alpha: the unlabeled loss weight and the margin scale (a negative one
-    # would reward the loss it weighs); seed: torch, numpy and random take it as is.
-    for key in ("DATA.NUM_U", "DATA.NUM_TEST", "num_workers", "checkpoint_freq", "lr",
-                "weight_decay", "input_size", "w_con", "alpha"):
-        if get_key(cfg, key) < 0:
-            raise UserError(f"{key}: must be >= 0, got {get_key(cfg, key)}")
-    for key in ("seed", "gpu"):
-        if get_key(cfg, key) is not None and get_key(cfg, key) < 0:
-            raise UserError(f"{key}: must be >= 0 (or null), got {get_key(cfg, key)}")
-    if not 0.0 <= cfg.momentum < 1.0:
-        raise UserError(f"momentum: SGD momentum must lie in [0, 1), got {cfg.momentum}")
-    for key in ("DATA.IMB_L", "DATA.IMB_U"):
-        if get_key(cfg, key) < 1.0:
-            raise UserError(f"{key}: imbalance ratio must be >= 1, got {get_key(cfg, key)}")
-    for key, check in CHECKS.items():
-        problem = check(get_key(cfg, key))
+    for key, spec in KEYS.items():
+        value = get_key(cfg, key)
+        problem = spec.check(value) if spec.check and value is not None else None
         if problem:
-            raise UserError(f"{key}: {problem}, got {get_key(cfg, key)}")
-    for key in ("th", "th_min"):
-        if not 0.0 <= get_key(cfg, key) <= 1.0:
-            raise UserError(f"{key}: a confidence threshold must lie in [0, 1], got {get_key(cfg, key)}")
-    if cfg.DATA.CUTOUT < -1:
-        raise UserError(f"DATA.CUTOUT: a side in px, -1 (FixMatch's random side) or 0 (none), "
-                        f"got {cfg.DATA.CUTOUT}")
-    if not 0.0 <= cfg.smoothing < 1.0:
-        raise UserError(f"smoothing: must lie in [0, 1), got {cfg.smoothing}")
-    if cfg.vpt_deep and cfg.vpt_shallow:
-        raise UserError("vpt_deep and vpt_shallow are both True: choose one")
-    if cfg.eval_only and not cfg.model_dir:
-        raise UserError("eval_only True needs model_dir DIR (a run folder with a checkpoint)")
-    if "{}" not in cfg.template:
-        raise UserError(f"template: needs a '{{}}' for the class name, got {show(cfg.template)}")
-    try:
-        cfg.template.format("class name")
-    except (IndexError, KeyError, ValueError) as e:
-        raise UserError(f"template: {show(cfg.template)} is not a format string with one "
-                        f"'{{}}' ({type(e).__name__}: {show(str(e))}); write other braces "
-                        f"as '{{{{' and '}}}}'") from None
-    if cfg.allow_extend and not cfg.resume:
-        raise UserError("allow_extend True only applies to resume RUN (to continue a run "
-                        "past its num_epochs); drop it for a fresh run")
+            raise UserError(f"{key}: {problem}, got {show(value)}")
+    for check in CROSS_CHECKS:
+        check(cfg)
 
 
 def read_yaml(cfg_file: str) -> dict:

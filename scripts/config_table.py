@@ -34,7 +34,8 @@ def _literal(value) -> str:
 def rows() -> list[str]:
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)
-    import finessl.plugins  # noqa: F401  (every built-in plug-in declares its keys)
+    from finessl.config_load import import_builtin_plugins
+    import_builtin_plugins()  # every built-in plug-in declares its keys
     from finessl.config import declared_keys
 
     out = ["| key | default | meaning |", "|---|---|---|"]

@@ -10,12 +10,14 @@ import pytest
 import torch
 
 import finessl.config as config
-import finessl.plugins  # noqa: F401  (every built-in plug-in's config keys in the tree)
 from finessl.algorithms.base import ALGORITHMS
+from finessl.config_load import import_builtin_plugins
 from finessl.data.base import DATASETS
 from finessl.models.families import BACKBONES
 from finessl.models.methods import PEFT_METHODS
 from fakedata import write_fake_cifar
+
+import_builtin_plugins()  # every built-in plug-in registered, its config keys in the tree
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_VIT = os.path.join(REPO, "tests", "assets", "ViT-Tiny-8.json")
@@ -33,14 +35,13 @@ def forget_plugins():
     """Plug-ins a test imports in this process are forgotten after it: the keys they
     declare would otherwise be in the config.yaml of every later in-process run, which
     a fresh process (main.py) could not read back."""
-    saved = (config._C.clone(), dict(config._DECLARED), dict(config.CHOICES),
-             dict(config.CHECKS), list(config.PAIR_REWRITES))
+    saved = (config._C.clone(), dict(config.KEYS), list(config.CROSS_CHECKS),
+             list(config.PAIR_REWRITES))
     registries = [(r, dict(r._items)) for r in (ALGORITHMS, DATASETS, BACKBONES, PEFT_METHODS)]
     modules = set(sys.modules)
     yield
     config._C = saved[0]
-    for live, old in zip((config._DECLARED, config.CHOICES, config.CHECKS,
-                          config.PAIR_REWRITES), saved[1:]):
+    for live, old in zip((config.KEYS, config.CROSS_CHECKS, config.PAIR_REWRITES), saved[1:]):
         live.clear()
         live.update(old) if isinstance(live, dict) else live.extend(old)
     for r, items in registries:

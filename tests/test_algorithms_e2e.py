@@ -7,21 +7,42 @@ import os
 import pytest
 import torch
 
-from conftest import run_main, tiny_args
+from conftest import REPO, run_main, tiny_args
 from finessl.algorithms import ALGORITHMS
 from finessl.config_load import load_config
 from finessl.errors import UserError
 from finessl.engine.trainer import Trainer
+from finessl.registry import import_plugin
 
-# a teacher-taught algorithm (SemiKD) has its own end-to-end tests (tests/test_semikd.py)
-TRAINED = sorted(name for name, cls in ALGORITHMS.items() if cls.trains and not cls.uses_teacher)
+
+
+def trained_algorithms() -> list[str]:
+    """Every registered algorithm that trains, enumerated from the registry (a new one is
+    tested with no edit here); a teacher-taught one (SemiKD) has its own end-to-end
+    tests (tests/test_semikd.py)."""
+    return sorted(name for name, cls in ALGORITHMS.items()
+                  if cls.trains and not cls.uses_teacher)
+
+
+TRAINED = trained_algorithms()
+PAPER_METHODS = {"finessl", "supervised", "zeroshot", "pseudolabel", "fixmatch", "flexmatch",
+                 "freematch", "softmatch", "debiaspl", "semikd"}
 
 
 def test_every_paper_method_is_registered_and_unknown_names_are_refused():
-    assert set(ALGORITHMS) == {"finessl", "supervised", "zeroshot", "pseudolabel", "fixmatch",
-                               "flexmatch", "freematch", "softmatch", "debiaspl", "semikd"}
-    with pytest.raises(UserError, match="algorithm: 'mymatch' is not one of debiaspl"):
+    assert PAPER_METHODS <= set(ALGORITHMS)
+    assert PAPER_METHODS - {"zeroshot", "semikd"} <= set(TRAINED)  # no training: zero-shot
+    with pytest.raises(UserError, match="algorithm: 'mymatch' is not one of debiaspl") as info:
         load_config(None, ["algorithm", "mymatch"])
+    assert all(name in str(info.value) for name in ALGORITHMS)
+
+
+def test_a_registered_algorithm_joins_the_tested_set(forget_plugins):
+    """The end-to-end tests enumerate the registry: the toy plug-in, once imported, is
+    among the algorithms they train."""
+    assert "toymatch" not in trained_algorithms()
+    import_plugin(os.path.join(REPO, "tests", "assets", "plugins", "toy_match.py"))
+    assert "toymatch" in trained_algorithms() and "toymatch" in ALGORITHMS
 
 
 @pytest.mark.slow  # main.py in a subprocess

@@ -14,7 +14,7 @@ from open_clip.modified_resnet import ModifiedResNet
 from finessl.config import get_cfg_defaults
 from finessl.errors import UserError
 from finessl.models import build_model
-from finessl.models.cnn import CNNBackbone, build_cnn_backbone, load_timm
+from finessl.models.cnn import BatchNormTuning, CNNBackbone, build_cnn_backbone, load_timm
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 STRATEGIES = ("linear", "bn_tuning", "bias_tuning", "ssf", "finetune")
@@ -230,7 +230,10 @@ def test_batchnorm_mode_after_model_train(tower, strategy):
 
 
 def test_batch_statistics_can_be_asked_for():
-    backbone = CNNBackbone(pretrained_like(tiny_clip_resnet()), bn_tuning=True, bn_batch_stats=True)
+    backbone = CNNBackbone(pretrained_like(tiny_clip_resnet()), bn_batch_stats=True)
+    BatchNormTuning.attach(None, backbone)  # a strategy applies itself to a built tower
+    assert all(p.requires_grad for m in backbone.visual.modules()
+               if isinstance(m, nn.BatchNorm2d) for p in m.parameters())
     backbone.train()
     assert all(m.training == isinstance(m, nn.BatchNorm2d) for m in backbone.visual.modules())
 

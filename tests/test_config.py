@@ -3,17 +3,16 @@ defaults are the released values, and every user mistake is one ``UserError``.""
 from __future__ import annotations
 
 import glob
-import io
 import logging
 import os
 import re
-import tokenize
 
 import pytest
 import yaml
 
 from conftest import REPO
-from finessl.config import INERT_KEYS, all_keys, declared_keys, get_cfg_defaults
+from finessl.config import (CORE_KEYS, CROSS_CHECKS, INERT_KEYS, KEYS, all_keys, declare,
+                            declared_keys, get_cfg_defaults, model_keys, positive)
 from finessl.config_load import load_config
 from finessl.errors import UserError
 
@@ -208,24 +207,44 @@ def test_no_file_no_overrides_gives_defaults():
     assert cfg.dump() == get_cfg_defaults().dump()
 
 
-def test_every_default_key_has_a_one_line_comment():
-    path = os.path.join(REPO, "finessl", "config.py")
-    with open(path) as f:
-        source = f.read()
-    comments = {tok.start[0] for tok in tokenize.generate_tokens(io.StringIO(source).readline)
-                if tok.type == tokenize.COMMENT}
-    assigned = {}
-    for lineno, line in enumerate(source.splitlines(), 1):
-        m = re.match(r"_C\.([\w.]+)\s*=\s*(.*)$", line)
-        if m and not m.group(2).startswith("CN()"):
-            assigned[m.group(1)] = lineno
-    declared = declared_keys()  # plug-ins' keys, declared beside their code
-    assert declared and not set(assigned) & set(declared)
-    assert set(assigned) | set(declared) == set(all_keys(get_cfg_defaults()))
-    uncommented = [k for k, lineno in assigned.items() if lineno not in comments]
-    uncommented += [k for k, (_, comment) in declared.items()
-                    if not comment.strip() or "\n" in comment]
+def test_every_key_is_declared_once_with_a_one_line_comment():
+    """One way to declare a key: the core's in finessl/config.py and the plug-ins' all go
+    through declare(), so the tree and the declarations are the same set of keys."""
+    declared = declared_keys()
+    assert set(declared) == set(all_keys(get_cfg_defaults()))
+    assert set(CORE_KEYS) < set(declared) and "vpt_deep" not in CORE_KEYS
+    uncommented = [k for k, (_, comment) in declared.items()
+                   if not comment.strip() or "\n" in comment]
     assert uncommented == []
+    source = open(os.path.join(REPO, "finessl", "config.py")).read()
+    assert not re.search(r"^_C\.\w+ = ", source, re.M)  # no key set outside declare()
+
+
+def test_core_and_plug_in_keys_are_checked_the_same_way(forget_plugins):
+    """A core key's range (DATA.NUM_L), choices (prec) and None types (seed) are
+    declarations, read by the same code as a plug-in key's."""
+    assert KEYS["DATA.NUM_L"].check is positive and KEYS["lora_dim"].check is positive
+    assert KEYS["prec"].choices == ("fp16", "fp32", "amp", "bf16")
+    assert KEYS["seed"].types == (int,)
+    declare("TOY.SIDE", 3, "a toy key", check=positive, choices=(1, 2, 3))
+    assert load_config(None, ["TOY.SIDE", "2"]).TOY.SIDE == 2
+    assert _error(opts=["TOY.SIDE", "4"]) == "TOY.SIDE: 4 is not one of 1, 2, 3 (command line)"
+
+
+def test_model_keys_are_derived_from_the_declarations(forget_plugins):
+    keys = model_keys()
+    assert {"backbone", "DATA.NAME", "partial", "vpt_len", "lora_dim", "adapter_dim",
+            "ffn_num", "ln_opt", "ffn_opt", "vpt_deep", "lora", "bn_tuning"} <= set(keys)
+    assert "stu_vpt_len" not in keys and "lr" not in keys
+    declare("toy_width", 4, "a toy strategy's width", shapes_model=True)
+    assert model_keys()[-1] == "toy_width"
+
+
+def test_vpt_deep_with_vpt_shallow_is_the_vpt_plug_in_s_cross_check():
+    from finessl.models import peft_vpt
+    assert peft_vpt._one_prompt_depth in CROSS_CHECKS
+    assert _error(opts=["vpt_deep", "True", "vpt_shallow", "True"]) == \
+        "vpt_deep and vpt_shallow are both True: choose one"
 
 
 # ---- user mistakes ------------------------------------------------------------------------

@@ -17,14 +17,15 @@ from hypothesis import HealthCheck, configuration, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-import finessl.plugins  # noqa: F401  (every built-in plug-in's keys in the tree)
 from conftest import tiny_args
 from finessl.config import INERT_KEYS, all_keys, get_cfg_defaults
 from finessl.engine import run, rundir
 from finessl.engine.checkpoint import LAST, RESUME_KEYS
 from finessl.engine.predict import predict
 from finessl.errors import UserError
-from finessl.plugins import load_config
+from finessl.config_load import import_builtin_plugins, load_config
+
+import_builtin_plugins()  # every built-in plug-in registered, its config keys in the tree
 
 # Hypothesis keeps caches in ./.hypothesis unless told otherwise: not in the checkout.
 configuration.set_hypothesis_home_dir(os.path.join(tempfile.gettempdir(), "finessl-hypothesis"))

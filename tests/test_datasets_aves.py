@@ -15,7 +15,7 @@ from finessl.config import INERT_KEYS
 from finessl.data import datasets, loaders
 from finessl.data.semi_aves import FILES
 from helpers import one_line_error, released_yaml
-from finessl.plugins import load_config
+from finessl.config_load import load_config
 
 LABELED, U_IN, U_OUT, TEST = 2, 1, 30, 1  # per class, per class, in all, per class
 

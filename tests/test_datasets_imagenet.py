@@ -17,7 +17,7 @@ from finessl.config import INERT_KEYS
 from finessl.data import datasets, file_index, loaders
 from finessl.errors import UserError
 from helpers import one_line_error, released_yaml
-from finessl.plugins import load_config
+from finessl.config_load import load_config
 
 PER_CLASS, VAL_PER_CLASS, CLASSES = 6, 2, 10
 

@@ -13,7 +13,7 @@ from conftest import REPO, TINY_VIT, main_inprocess
 from fakedata import CIFAR100_NAMES, write_fake_cifar
 from finessl.data import datasets, loaders
 from finessl.errors import UserError
-from finessl.plugins import load_config
+from finessl.config_load import load_config
 
 TRAIN, TEST = 8, 3  # images per class in the fake CIFAR-100
 CONFIGS = os.path.join(REPO, "configs", "openset")

@@ -10,7 +10,6 @@ import subprocess
 
 import pytest
 
-import finessl.plugins  # noqa: F401  (the built-in plug-ins declare their config keys)
 from conftest import REPO
 from finessl.config import all_keys, get_cfg_defaults
 

@@ -18,9 +18,9 @@ from torchvision import transforms as T
 
 from fakedata import write_fake_cifar, write_fake_food101
 from finessl.config import get_cfg_defaults
-from finessl.data import datasets, loaders, transforms
+from finessl.data import base, datasets, loaders, transforms
 
-CLIP = (datasets.CLIP_MEAN, datasets.CLIP_STD)
+CLIP = (base.CLIP_MEAN, base.CLIP_STD)
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 

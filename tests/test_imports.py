@@ -1,5 +1,5 @@
 """The package's floors run one way: errors / io / logs (and the other leaf helpers) ->
-config -> data, models -> algorithms -> plugins -> engine -> report -> main.py. A
+config -> data, models -> algorithms -> engine -> report -> main.py. A
 module never imports from a floor above its own, data and models do not import each
 other, and no two modules import each other in a circle, whether the import sits at
 the top of the file or inside a function."""
@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import ast
 import os
+import subprocess
+import sys
 
 from conftest import REPO
 
 PACKAGE = os.path.join(REPO, "finessl")
 FLOORS = {  # the first dotted part below finessl -> floor
     "errors": 0, "io": 0, "logs": 0, "registry": 0, "distributed": 0, "metrics": 0,
-    "config": 1, "config_values": 1, "config_load": 1, "data": 2, "models": 2, "losses": 2, "algorithms": 3, "plugins": 4,
+    "config": 1, "config_values": 1, "config_load": 1, "data": 2, "models": 2, "losses": 2, "algorithms": 3,
     "engine": 5, "report": 6,
 }
 
@@ -99,3 +101,28 @@ def test_the_test_sees_an_upward_import(tmp_path):
     deps = imports_of(str(path), set(modules()))
     assert "finessl.algorithms.base" in deps
     assert any(floor(i) > floor("finessl.config") for i in deps)
+
+
+HEAVY = {"open_clip", "timm", "tensorboard", "matplotlib"}
+
+
+def test_a_config_error_imports_no_model_or_logging_library():
+    """A mistyped key is answered in one line without importing open_clip, timm,
+    tensorboard or matplotlib (torch is fine): the plug-ins' key declarations are cheap
+    to import, the libraries come with the models built."""
+    code = ("import sys, main\n"
+            "rc = main.main(['--cfg', 'configs/demo/vit_tiny.yaml', 'no_such_key', '1'])\n"
+            f"print(rc, sorted(set({sorted(HEAVY)!r}) & set(sys.modules)))\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.stdout.split() == ["2", "[]"], proc.stdout + proc.stderr[-2000:]
+    assert proc.stderr.strip() == "error: unknown config key 'no_such_key' (command line)"
+
+
+def test_the_import_check_sees_a_heavy_import():
+    """The check is not vacuous: building a model's name lookup does import open_clip."""
+    code = ("import sys\nfrom finessl.models.clip import resolve_model_name\n"
+            "resolve_model_name('RN50')\nprint('open_clip' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.stdout.split() == ["True"], proc.stderr[-2000:]

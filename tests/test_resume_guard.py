@@ -25,7 +25,7 @@ from finessl.engine import rundir
 from finessl.engine.predict import predict
 from finessl.engine.run import fit_schedule
 from finessl.errors import UserError
-from finessl.plugins import load_config
+from finessl.config_load import load_config
 
 
 @pytest.fixture
@@ -431,7 +431,7 @@ def test_a_second_run_on_a_folder_in_use_is_refused(cifar_root, tmp_path, figure
 # ---- output_dir fields ---------------------------------------------------------------------
 def test_output_dir_fields_keep_seeds_and_methods_apart(tmp_path):
     from finessl.engine.rundir import format_run_dir, prepare_run_dir
-    from finessl.plugins import load_config as load
+    from finessl.config_load import load_config as load
     cfg = load(os.path.join(REPO, "configs", "peft", "cifar10_N4.yaml"),
                ["output_dir", str(tmp_path / "{config}" / "{algorithm}" / "seed{seed}")])
     assert cfg.output_dir == str(tmp_path / "cifar10_N4" / "{algorithm}" / "seed{seed}")

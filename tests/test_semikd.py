@@ -27,7 +27,7 @@ from finessl.engine.predict import predict
 from finessl.engine.teacher import load_teacher
 from finessl.engine.trainer import Trainer
 from finessl.models import build_model
-from finessl.plugins import load_config
+from finessl.config_load import load_config
 from helpers import TableModel, assert_user_error, ce, id_images, one_line_error
 
 L = math.log

@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO
 from helpers import one_line_error, released_yaml
 from finessl.engine import rundir
-from finessl.plugins import load_config
+from finessl.config_load import load_config
 
 
 # The authors' configs/peft/cifar100_N4_kd.yaml, as released.

@@ -16,7 +16,7 @@ from finessl.models.families import family_of
 from finessl.models.methods import PEFT_METHODS
 from finessl.models.student import STUDENT_ALIASES, student_config
 from finessl.models.timm_vit import timm_vit_to_open_clip
-from finessl.plugins import load_config
+from finessl.config_load import load_config
 
 CPU = torch.device("cpu")
 

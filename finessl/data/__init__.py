@@ -3,8 +3,9 @@
 ``build_data`` turns the DATA section of the config into a :class:`DataBundle`;
 ``build_train_loaders`` and ``build_test_loader`` wrap it for the training loop.
 
-Datasets are plug-ins, one file each (``cifar``, ``food101``, ``fashion_mnist``,
-``folder``), registered by name in :data:`DATASETS` (config key ``DATA.NAME``). To add
+Datasets are plug-ins, one file each (``cifar``: CIFAR-10 / CIFAR-100,
+``cifar_openset``: open-set CIFAR-100, ``food101``, ``semi_aves``: Semi-Aves,
+``imagenet``: semi-supervised ImageNet, ``fashion_mnist``, ``folder``), registered by name in :data:`DATASETS` (config key ``DATA.NAME``). To add
 one, write ``mydata.py`` here with a :class:`~finessl.data.base.Dataset` subclass
 registered as ``@register("mydata")`` (finessl/data/base.py shows one): every module
 of this package is imported below, so ``DATA.NAME mydata`` works with no other edit.

@@ -3,8 +3,9 @@ and :func:`dataset_stats` look the name up in the registry
 (:data:`finessl.data.base.DATASETS`).
 
 Each dataset is one file that registers itself (finessl/data/base.py shows one):
-CIFAR-10 and CIFAR-100 (``cifar``), Food-101 (``food101``), Fashion-MNIST
-(``fashion_mnist``) and your own folders of images (``folder``). ``finessl.data``
+CIFAR-10 and CIFAR-100 (``cifar``), open-set CIFAR-100 (``cifar_openset``), Food-101
+(``food101``), Semi-Aves (``semi_aves``), semi-supervised ImageNet (``imagenet``),
+Fashion-MNIST (``fashion_mnist``) and your own folders of images (``folder``). ``finessl.data``
 imports every module of its package, and the ``plugins`` config key imports yours,
 so a new dataset needs no edit here. Nothing here augments or normalises: a
 :class:`RawDataset` hands out RGB PIL images and integer labels. Class names are
@@ -17,15 +18,7 @@ from __future__ import annotations
 import logging
 import os
 
-from finessl.data.base import (  # noqa: F401  (re-exported: their old home)
-    CLIP_MEAN,
-    CLIP_STD,
-    DATASETS,
-    ArrayImages,
-    FileImages,
-    RawDataset,
-    get_dataset,
-)
+from finessl.data.base import CLIP_MEAN, CLIP_STD, DATASETS, RawDataset, get_dataset
 
 log = logging.getLogger(__name__)
 

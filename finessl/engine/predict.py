@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from finessl.config_load import keep_run_config
-from finessl.plugins import load_config
+from finessl.config_load import load_config
 from finessl.data.datasets import dataset_classnames, dataset_stats
 from finessl.data.folder import IMAGE_EXTENSIONS, UnreadableLog, list_images, open_rgb, readable
 from finessl.data.transforms import test_transform

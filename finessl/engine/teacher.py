@@ -23,21 +23,16 @@ import yaml
 
 from finessl.algorithms import ALGORITHMS
 from finessl.algorithms.semikd import Teacher, checksum
-from finessl.config import RUN_CONFIG
+from finessl.config import RUN_CONFIG, model_keys
 from finessl.data.datasets import dataset_stats
 from finessl.engine.checkpoint import LAST, load_file, read_checkpoint, seed_everything
 from finessl.engine.device import Precision
 from finessl.errors import UserError, brief
 from finessl.models import build_model
 from finessl.models.families import family_of
-from finessl.models.methods import PEFT_METHODS
 from finessl.models.model import input_size
-from finessl.plugins import load_config
+from finessl.config_load import load_config
 
-# What shapes the teacher's model, besides the strategy switches: must agree between
-# this run's config and the teacher's.
-TEACHER_KEYS = ("backbone", "vpt_len", "lora_dim", "adapter_dim", "ffn_num", "partial",
-                "ln_opt", "ffn_opt", "DATA.NAME")
 # Where a run was, not what it trained: dropped from the teacher's config before loading.
 _PLACE_KEYS = ("resume", "output_dir", "eval_only", "model_dir", "allow_extend")
 
@@ -91,8 +86,10 @@ def _same(theirs, ours) -> bool:
 
 
 def check_match(cfg, model_cfg, source: str) -> None:
-    """This run's teacher keys against the teacher's own: every difference in one line."""
-    keys = TEACHER_KEYS + tuple(PEFT_METHODS.names())
+    """This run's teacher keys against the teacher's own: every difference in one line.
+    The teacher keys are those declared ``shapes_model`` (:func:`finessl.config.model_keys`:
+    the backbone, the dataset, every strategy switch and size), plug-ins' included."""
+    keys = model_keys()
     differ = [(k, _get(model_cfg, k), _get(cfg, k)) for k in keys
               if not _same(_get(model_cfg, k), _get(cfg, k))]
     if differ:

@@ -18,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from finessl.errors import UserError
 from finessl.models.clip import OPENAI_MEAN, OPENAI_STD
+from finessl.models.methods import Strategy
 from finessl.models.tower import ImageTower
 
 
@@ -97,8 +98,10 @@ def block_forward(block: nn.Module, x: torch.Tensor, n_out: int | None = None,
 IN_BLOCK_HOOKS = ("qkv", "attn_out", "fc1", "fc2", "mlp")
 
 
-class PeftModule(nn.Module):
+class PeftModule(Strategy, nn.Module):
     """Base of a PEFT module: override the hook points it needs (docs/method.md §1).
+    Registered with :func:`~finessl.models.methods.peft_method`, it is built by its
+    ``from_config(cfg, visual, first_block)`` into the ViT's hooks.
 
     Token hooks, called by :meth:`ViTBackbone.forward` before every block:
 

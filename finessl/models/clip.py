@@ -11,7 +11,6 @@ import os
 import warnings
 import zipfile
 
-import open_clip
 import torch
 import torch.nn as nn
 
@@ -33,7 +32,19 @@ BACKBONE_ALIASES = {"ViT-B/16": "ViT-B-16-quickgelu", "ViT-B/32": "ViT-B-32-quic
 # Architectures FineSSL ships as data (open_clip model configs): ViT-Tiny-4, the tiny ViT
 # of the offline demo (configs/demo/vit_tiny.yaml).
 MODEL_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "model_configs")
-open_clip.add_model_config(MODEL_CONFIGS)
+_configs_added = False
+
+
+def open_clip_lib():
+    """open_clip, with FineSSL's model configs registered: imported on first use (a
+    model looked up or built), so reading a config never waits for it."""
+    global _configs_added
+    import open_clip
+
+    if not _configs_added:
+        open_clip.add_model_config(MODEL_CONFIGS)
+        _configs_added = True
+    return open_clip
 
 
 def resolve_model_name(backbone: str) -> str:
@@ -44,6 +55,7 @@ def resolve_model_name(backbone: str) -> str:
     open_clip model-config JSON (registered on the fly, so custom architectures are
     data, not code).
     """
+    open_clip = open_clip_lib()
     if backbone.endswith(".json"):
         if not os.path.isfile(backbone):
             raise UserError(f"backbone: model config file not found: {backbone}")
@@ -66,7 +78,7 @@ def pretrained_source(name: str, pretrained: str) -> str | None:
         if not os.path.isfile(pretrained):
             raise UserError(f"pretrained: weights file not found: {pretrained}")
         return pretrained
-    tags = open_clip.list_pretrained_tags_by_model(name)
+    tags = open_clip_lib().list_pretrained_tags_by_model(name)
     if pretrained not in tags:
         raise UserError(f"pretrained: '{pretrained}' is not an open_clip tag for {name} "
                         f"(tags: {', '.join(tags) or 'none'}); or give a local weights file")
@@ -113,6 +125,7 @@ def load_clip(backbone: str, pretrained: str, cache_dir: str = "",
     built with QuickGELU instead, and the log says so. ``precision`` is open_clip's:
     ``fp16`` gives fp16 linear and conv weights, with fp32 LayerNorms and embeddings.
     """
+    open_clip = open_clip_lib()
     name = resolve_model_name(backbone)
     source = pretrained_source(name, pretrained)
     is_file = source is not None and os.path.isfile(source)

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import os
 
-import open_clip
-
 from finessl.errors import UserError
 from finessl.io import unreachable
 
@@ -46,6 +44,8 @@ def _hub_candidates(hf_hub: str) -> tuple[str, list[str]]:
 def locate(name: str, tag: str, cache_dir: str = "") -> tuple[str | None, str]:
     """(the cached weights file of open_clip tag ``tag`` for model ``name`` or None,
     the cache folder searched)."""
+    import open_clip  # with the model, not the config
+
     cfg = open_clip.get_pretrained_cfg(name, tag)
     if cfg.get("file"):
         return cfg["file"], os.path.dirname(cfg["file"])
@@ -65,6 +65,8 @@ def locate(name: str, tag: str, cache_dir: str = "") -> tuple[str | None, str]:
 
 
 def _source_url(name: str, tag: str) -> str:
+    import open_clip  # with the model, not the config
+
     cfg = open_clip.get_pretrained_cfg(name, tag)
     return HF_URL if cfg.get("hf_hub") else cfg.get("url", HF_URL)
 

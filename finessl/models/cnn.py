@@ -14,6 +14,9 @@ class, 150 supervised steps, 1000 test images, two label draws): bn_tuning with
 frozen statistics 0.66 / 0.69, with batch statistics 0.53 / 0.51 (linear probe 0.63).
 ``finetune`` runs BN in train mode as usual (0.66 vs 0.67 frozen: no difference).
 ``CNNBackbone(bn_batch_stats=...)`` overrides the rule.
+
+Strategies apply themselves to the built tower (``attach``, as on a ViT): the tower
+has no argument per strategy, and a new CNN strategy is one registered class.
 """
 from __future__ import annotations
 
@@ -21,26 +24,34 @@ import logging
 
 import torch
 import torch.nn as nn
-from open_clip.modified_resnet import ModifiedResNet
 
 from finessl.errors import UserError
 from finessl.models.clip import OPENAI_MEAN, OPENAI_STD
 from finessl.models.cnn_weights import TIMM_ALIASES, load_timm, timm_model_name, weights_file
 from finessl.models.families import (BACKBONES, BackboneFamily, OpenClipFamily,
                                      check_supported, open_clip_vision_cfg)
-from finessl.models.methods import CNN_FAMILIES, WeightStrategy, peft_method
-from finessl.models.peft_ssf import scale_shift_convs
-from finessl.models.tower import ImageTower, train_tower_weights
+from finessl.models.methods import CNN, WeightStrategy, attach_all, peft_method
+from finessl.models.tower import ImageTower
 
 __all__ = ["TIMM_ALIASES", "load_timm", "CNNBackbone", "build_cnn_backbone"]
 
 log = logging.getLogger(__name__)
 
 
-
-@peft_method("bn_tuning", "CNN backbones: BatchNorm affine parameters trainable", CNN_FAMILIES)
+@peft_method("bn_tuning", "CNN backbones: BatchNorm affine parameters trainable", (CNN,))
 class BatchNormTuning(WeightStrategy):
-    """The affine weight and bias of every BatchNorm layer (:class:`CNNBackbone`)."""
+    """The affine weight and bias of every BatchNorm layer (the running statistics
+    stay frozen: see this module's docstring)."""
+
+    @classmethod
+    def attach(cls, cfg, tower) -> None:
+        norms = _batchnorms(tower.visual)
+        if not norms:
+            raise UserError(f"bn_tuning: {type(tower.visual).__name__} has no BatchNorm layers")
+        for m in norms:
+            for p in (m.weight, m.bias):
+                if p is not None:
+                    p.requires_grad_(True)
 
 
 _BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
@@ -60,9 +71,8 @@ class CNNBackbone(ImageTower):
     """
 
     def __init__(self, visual: nn.Module, mean=OPENAI_MEAN, std=OPENAI_STD,
-                 image_size: tuple[int, int] = (224, 224), bn_tuning: bool = False,
-                 bias_tuning: bool = False, ssf: bool = False, finetune: bool = False,
-                 bn_batch_stats: bool | None = None, channels_last: bool = True):
+                 image_size: tuple[int, int] = (224, 224), bn_batch_stats: bool | None = None,
+                 channels_last: bool = True):
         super().__init__(visual, mean, std)
         # NHWC weights and activations: oneDNN's (and cuDNN's) fast convolution layout;
         # the demo's training step runs about 2x faster on CPU (benchmarks/cnn_step.py).
@@ -71,20 +81,16 @@ class CNNBackbone(ImageTower):
         self.feat_dim = cnn_feat_dim(visual)
         self.proj = None  # features are used as is (see the class docstring)
         self.image_size = tuple(image_size)
-        self.finetune = finetune
-        self.bn_batch_stats = finetune if bn_batch_stats is None else bn_batch_stats
-        train_tower_weights(self, bias_tuning, finetune)
-        if bn_tuning:
-            norms = _batchnorms(visual)
-            if not norms:
-                raise UserError(f"bn_tuning: {type(visual).__name__} has no BatchNorm layers")
-            for m in norms:
-                for p in (m.weight, m.bias):
-                    if p is not None:
-                        p.requires_grad_(True)
-        self.ssf = scale_shift_convs(visual) if ssf else nn.ModuleList()
+        self._bn_batch_stats = bn_batch_stats
+        self.ssf = nn.ModuleList()  # SSF's scale-shift modules, when it attaches
         self._grad_checkpointing = False
         self.train(self.training)
+
+    @property
+    def bn_batch_stats(self) -> bool:
+        """BN layers normalise with batch statistics (and update them): when the whole
+        tower is fine-tuned, unless the constructor said otherwise."""
+        return self.finetune if self._bn_batch_stats is None else self._bn_batch_stats
 
     def set_channels_last(self, enable: bool) -> None:
         """Tower weights and inputs in NHWC (True) or NCHW (False) layout."""
@@ -135,6 +141,8 @@ class CNNBackbone(ImageTower):
 
 
 def cnn_feat_dim(visual: nn.Module) -> int:
+    from open_clip.modified_resnet import ModifiedResNet  # with the model, not the config
+
     if isinstance(visual, ModifiedResNet):
         return visual.output_dim
     if hasattr(visual, "pretrained_cfg") and hasattr(visual, "num_features"):  # timm
@@ -143,26 +151,31 @@ def cnn_feat_dim(visual: nn.Module) -> int:
                     f"backbones are CLIP ResNets (RN50, ...) and timm CNNs (timm:<model>)")
 
 
-def build_cnn_backbone(cfg, visual: nn.Module, mean, std) -> CNNBackbone:
-    """CNN image tower with the strategies ``cfg`` switches on (none = linear probe).
+def build_cnn_backbone(cfg, visual: nn.Module, mean, std,
+                       family: type[BackboneFamily] | None = None) -> CNNBackbone:
+    """CNN image tower with the strategies ``cfg`` switches on (none = linear probe),
+    of ``family`` (None: told from the tower, a CLIP ResNet or a timm CNN).
 
     ``mean`` / ``std`` are the dataset's, as for ViTs (also for ImageNet CNNs).
     """
-    check_supported(cfg, ClipResNet if isinstance(visual, ModifiedResNet) else TimmCNN)
+    from open_clip.modified_resnet import ModifiedResNet  # with the model, not the config
+
+    clip_resnet = isinstance(visual, ModifiedResNet)
+    check_supported(cfg, family or (ClipResNet if clip_resnet else TimmCNN))
     if cfg.partial is not None:
         raise UserError(f"partial: a ViT-only strategy (the last K blocks); {cfg.backbone} "
                         f"is a CNN")
-    if isinstance(visual, ModifiedResNet):
+    if clip_resnet:
         size = visual.image_size
         if cfg.input_size and cfg.input_size != size:
             raise UserError(f"input_size: {cfg.backbone} takes {size} px inputs (its attention "
                             f"pool has fixed position embeddings), got {cfg.input_size}")
     else:
         size = cfg.input_size or 224  # global pooling takes any size; 224 as model.input_size
-    backbone = CNNBackbone(visual, mean, std, image_size=(size, size), bn_tuning=cfg.bn_tuning,
-                           bias_tuning=cfg.bias_tuning, ssf=cfg.ssf, finetune=cfg.finetune)
+    backbone = CNNBackbone(visual, mean, std, image_size=(size, size))
+    chosen = attach_all(cfg, backbone)
+    backbone.train(backbone.training)  # the BN mode full fine-tuning asks for
     backbone.grad_checkpointing = cfg.grad_checkpointing
-    chosen = [k for k in ("bn_tuning", "bias_tuning", "ssf", "finetune") if getattr(cfg, k)]
     n_train = sum(p.numel() for p in backbone.parameters() if p.requires_grad)
     log.info("CNN %s: %s, %d trainable backbone parameters", cfg.backbone,
              " + ".join(chosen) or "linear probe", n_train)
@@ -173,7 +186,7 @@ def build_cnn_backbone(cfg, visual: nn.Module, mean, std) -> CNNBackbone:
 class ClipResNet(OpenClipFamily):
     """open_clip's CLIP ResNets (``RN50``, ...): a CNN tower with CLIP's text tower."""
 
-    label, priority = "CNN", 20
+    kind, label, priority = CNN, "CNN", 20
 
     @classmethod
     def claims(cls, backbone):
@@ -187,14 +200,14 @@ class ClipResNet(OpenClipFamily):
 
     @classmethod
     def build(cls, cfg, visual, mean, std):
-        return build_cnn_backbone(cfg, visual, mean, std)
+        return build_cnn_backbone(cfg, visual, mean, std, cls)
 
 
 @BACKBONES.register("timm_cnn")
 class TimmCNN(BackboneFamily):
     """timm CNNs (``timm:<model>``, ``efficientnet_lite0``), weights from local files."""
 
-    label, priority = "CNN", 10
+    kind, label, priority = CNN, "CNN", 10
 
     @classmethod
     def claims(cls, backbone):
@@ -205,9 +218,15 @@ class TimmCNN(BackboneFamily):
         weights_file(timm_model_name(cfg.backbone), cfg.pretrained)
 
     @classmethod
+    def student_pretrained(cls, backbone, value, cache_dir):
+        """'default': the ImageNet weights a pip package ships (else the timm loader says
+        what to do)."""
+        return "imagenet" if value.lower() == "default" else value
+
+    @classmethod
     def load(cls, cfg, half):
         return load_timm(cfg.backbone, cfg.pretrained, cfg.cache_dir), None
 
     @classmethod
     def build(cls, cfg, visual, mean, std):
-        return build_cnn_backbone(cfg, visual, mean, std)
+        return build_cnn_backbone(cfg, visual, mean, std, cls)

@@ -10,7 +10,6 @@ import difflib
 import logging
 import os
 
-import timm
 import torch
 import torch.nn as nn
 
@@ -36,6 +35,8 @@ _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 
 def timm_model_name(backbone: str) -> str:
     """``timm:<model>`` or an alias -> the timm model name (checked to exist)."""
+    import timm  # with the model, not the config
+
     name = backbone[len("timm:"):] if backbone.startswith("timm:") else TIMM_ALIASES[backbone]
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
@@ -54,6 +55,8 @@ def load_timm(backbone: str, pretrained: str, cache_dir: str = "", num_classes: 
     for a model whose weights ship in a pip package. ``cache_dir`` is unused: nothing
     is downloaded.
     """
+    import timm
+
     name = timm_model_name(backbone)
     source = weights_file(name, pretrained)
     model = timm.create_model(name, pretrained=False, num_classes=num_classes)

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import logging
 
-import open_clip
 import torch
 import torch.nn as nn
 
 from finessl.errors import UserError
-from finessl.models.clip import OPENAI_MEAN, OPENAI_STD, resolve_model_name
+from finessl.models.clip import OPENAI_MEAN, OPENAI_STD, open_clip_lib, resolve_model_name
 from finessl.models.families import family_of
 from finessl.models.heads import CosineHead, ZeroShotHead, class_text_embeddings, text_init_weight
 
@@ -101,7 +100,7 @@ def build_model(cfg, classnames: list[str], device: torch.device, half: bool,
         if clip_model is None:
             raise UserError(f"rand_init False and algorithm {cfg.algorithm} need a CLIP "
                             f"backbone with a text tower; {cfg.backbone} has none")
-        tokenizer = open_clip.get_tokenizer(resolve_model_name(cfg.backbone))
+        tokenizer = open_clip_lib().get_tokenizer(resolve_model_name(cfg.backbone))
         text = class_text_embeddings(clip_model, tokenizer, classnames, cfg.template)
         weight = None if cfg.rand_init else text_init_weight(text, backbone.proj)
     if half and clip_model is None:

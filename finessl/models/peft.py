@@ -17,9 +17,9 @@ import torch.nn as nn
 
 from finessl.errors import UserError
 from finessl.models.backbone import PeftModule, ViTBackbone
-from finessl.models.families import BACKBONES, OpenClipFamily, check_supported
-from finessl.models.methods import (ALL_FAMILIES, PEFT_METHODS, WeightStrategy, peft_method,
-                                    switched_on)
+from finessl.models.families import BACKBONES, BackboneFamily, OpenClipFamily, check_supported
+from finessl.models.methods import (CNN, PEFT_METHODS, VIT, WeightStrategy, attach_all,
+                                    peft_method, switched_on)
 from finessl.models.peft_adapter import AdaptFormer, Adapter
 from finessl.models.peft_lora import LoRA
 from finessl.models.peft_ssf import SSF
@@ -29,16 +29,27 @@ from finessl.models.tower import train_tower_weights
 __all__ = ["PEFT_METHODS", "VisualPrompts", "LoRA", "Adapter", "AdaptFormer", "SSF",
            "build_peft", "build_vit_backbone"]
 
-@peft_method("bias_tuning", "BitFit: all backbone biases trainable", ALL_FAMILIES)
+
+@peft_method("bias_tuning", "BitFit: all backbone biases trainable", (VIT, CNN))
 class BitFit(WeightStrategy):
     """BitFit (Ben Zaken et al., ACL 2022): every bias of the tower
     (:func:`~finessl.models.tower.train_tower_weights`)."""
 
+    @classmethod
+    def attach(cls, cfg, tower):
+        train_tower_weights(tower, bias_tuning=True, finetune=False, partial=cfg.partial)
 
-@peft_method("finetune", "full fine-tuning: every backbone weight trainable", ALL_FAMILIES)
+
+@peft_method("finetune", "full fine-tuning: every backbone weight trainable", (VIT, CNN))
 class FullFineTuning(WeightStrategy):
     """Every weight that computes the feature
-    (:func:`~finessl.models.tower.train_tower_weights`)."""
+    (:func:`~finessl.models.tower.train_tower_weights`); the tower is told it is
+    fine-tuned whole (a CNN then runs its BatchNorms in train mode)."""
+
+    @classmethod
+    def attach(cls, cfg, tower):
+        train_tower_weights(tower, bias_tuning=False, finetune=True, partial=cfg.partial)
+        tower.finetune = True
 
 
 def first_tuned_block(cfg, num_blocks: int) -> int:
@@ -60,12 +71,15 @@ def build_peft(cfg, visual: nn.Module) -> list[PeftModule]:
             if issubclass(cls, PeftModule)]
 
 
-def build_vit_backbone(cfg, visual: nn.Module, mean, std) -> ViTBackbone:
-    """CLIP ViT image tower (frozen) with the fine-tuning strategy ``cfg`` asks for."""
-    check_supported(cfg, ClipViT)
+def build_vit_backbone(cfg, visual: nn.Module, mean, std,
+                       family: type[BackboneFamily] | None = None) -> ViTBackbone:
+    """ViT image tower (frozen) with the fine-tuning strategies ``cfg`` switches on, of
+    ``family`` (None: an open_clip ViT): module strategies built into its hooks, then
+    every strategy attached (weight strategies switch on tower weights)."""
+    check_supported(cfg, family or ClipViT)
     backbone = ViTBackbone(visual, build_peft(cfg, visual), mean, std)
     first_tuned_block(cfg, backbone.num_blocks)  # a partial K beyond the blocks: an error
-    train_tower_weights(backbone, cfg.bias_tuning, cfg.finetune, cfg.partial)
+    attach_all(cfg, backbone)
     backbone.grad_checkpointing = cfg.grad_checkpointing
     return backbone
 
@@ -74,7 +88,7 @@ def build_vit_backbone(cfg, visual: nn.Module, mean, std) -> ViTBackbone:
 class ClipViT(OpenClipFamily):
     """open_clip ViTs: any open_clip name no other family claims (asked last)."""
 
-    label, priority = "ViT", 90
+    kind, label, priority = VIT, "ViT", 90
 
     @classmethod
     def claims(cls, backbone):
@@ -90,4 +104,4 @@ class ClipViT(OpenClipFamily):
 
     @classmethod
     def build(cls, cfg, visual, mean, std):
-        return build_vit_backbone(cfg, visual, mean, std)
+        return build_vit_backbone(cfg, visual, mean, std, cls)

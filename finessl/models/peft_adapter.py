@@ -10,15 +10,15 @@ import torch.nn.functional as F
 
 from finessl.config import declare, positive
 from finessl.models.backbone import BlockwisePeft
-from finessl.models.methods import VIT_FAMILIES, peft_method
+from finessl.models.methods import peft_method
 
-declare("adapter_dim", 8, "adapter bottleneck width", check=positive)
-declare("ffn_num", 64, "AdaptFormer bottleneck width", check=positive)
+declare("adapter_dim", 8, "adapter bottleneck width", check=positive, shapes_model=True)
+declare("ffn_num", 64, "AdaptFormer bottleneck width", check=positive, shapes_model=True)
 declare("ln_opt", "in", "AdaptFormer LayerNorm: 'in' before the down-projection (released "
-        "default), 'out' after the scaling, 'none'", choices=("in", "out", "none"))
+        "default), 'out' after the scaling, 'none'", choices=("in", "out", "none"), shapes_model=True)
 declare("ffn_opt", "parallel", "AdaptFormer branch: 'parallel' beside the MLP (input: the "
         "block's residual stream), 'sequential' after it (input: the MLP output)",
-        choices=("parallel", "sequential"))
+        choices=("parallel", "sequential"), shapes_model=True)
 
 
 def layer_norm_fp32(ln: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
@@ -59,7 +59,7 @@ class Bottleneck(nn.Module):
         return layer_norm_fp32(self.ln, out) if self.ln_out else out
 
 
-@peft_method("adapter", "bottleneck adapter after each MLP", VIT_FAMILIES, order=30)
+@peft_method("adapter", "bottleneck adapter after each MLP", order=30)
 class Adapter(BlockwisePeft):
     """Adapter after each MLP: h + 0.1 * up(ReLU(down(LN(h)))), with h the MLP branch's
     output (bottleneck ``adapter_dim``)."""
@@ -76,7 +76,7 @@ class Adapter(BlockwisePeft):
         return h + self.blocks[str(i)](h)
 
 
-@peft_method("adaptformer", "AdaptFormer: parallel bottleneck branch beside each MLP", VIT_FAMILIES,
+@peft_method("adaptformer", "AdaptFormer: parallel bottleneck branch beside each MLP",
              order=40)
 class AdaptFormer(BlockwisePeft):
     """AdaptFormer's branch a = 0.1 * up(dropout(ReLU(down(LN(.))))) (bottleneck

@@ -8,9 +8,9 @@ import torch.nn as nn
 
 from finessl.config import declare, positive
 from finessl.models.backbone import BlockwisePeft
-from finessl.models.methods import VIT_FAMILIES, peft_method
+from finessl.models.methods import peft_method
 
-declare("lora_dim", 8, "LoRA rank r (scaling 1/r)", check=positive)
+declare("lora_dim", 8, "LoRA rank r (scaling 1/r)", check=positive, shapes_model=True)
 declare("lora_init", "released", "LoRA A init: 'released' U(+-1/sqrt(r)) (fan_in = r), 'standard' "
         "U(+-1/sqrt(width)) as in the LoRA paper's code", choices=("released", "standard"))
 
@@ -38,7 +38,7 @@ class LowRank(nn.Module):
         return x @ self.lora_A.to(x.dtype) @ self.lora_B.to(x.dtype) * self.scaling
 
 
-@peft_method("lora", "LoRA on the q and v projections of every block", VIT_FAMILIES, order=20)
+@peft_method("lora", "LoRA on the q and v projections of every block", order=20)
 class LoRA(BlockwisePeft):
     """q += LoRA_q(x), v += LoRA_v(x) in every block (or the last K), k untouched, x the
     ``ln_1`` output. Added after SSF's scaling of the in-projection (SSF is built, and

@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from finessl.models.backbone import BlockwisePeft
-from finessl.models.methods import ALL_FAMILIES, peft_method
+from finessl.models.backbone import BlockwisePeft, ViTBackbone
+from finessl.models.methods import CNN, VIT, peft_method
 
 
 class ScaleShift(nn.Module):
@@ -41,16 +41,21 @@ def scale_shift_convs(visual: nn.Module) -> nn.ModuleList:
 
 
 @peft_method("ssf", "SSF: learnable per-channel scale and shift (ViT: after qkv, out-proj, fc1, "
-             "fc2; CNN: after convs)", ALL_FAMILIES, order=10)
+             "fc2; CNN: after convs)", (VIT, CNN), order=10)
 class SSF(BlockwisePeft):
     """SSF on a ViT: scale and shift after the attention in-projection (q, k, v: 3 x
     width channels), the attention out-projection, and the MLP's fc1 and fc2. On a CNN
-    the tower places them after its convs (:func:`scale_shift_convs`)."""
+    they follow its convs (:func:`scale_shift_convs`), attached to the built tower."""
 
     def __init__(self, blocks, width: int, mlp_width: int):
         super().__init__({i: nn.ModuleDict({
             "qkv": ScaleShift(3 * width), "attn_out": ScaleShift(width),
             "fc1": ScaleShift(mlp_width), "fc2": ScaleShift(width)}) for i in blocks})
+
+    @classmethod
+    def attach(cls, cfg, tower) -> None:
+        if not isinstance(tower, ViTBackbone):  # a ViT's are in its hooks (from_config)
+            tower.ssf = scale_shift_convs(tower.visual)
 
     @classmethod
     def from_config(cls, cfg, visual: nn.Module, first: int) -> SSF:

@@ -6,11 +6,19 @@ import math
 import torch
 import torch.nn as nn
 
-from finessl.config import declare, positive
+from finessl.config import cross_check, declare, positive
+from finessl.errors import UserError
 from finessl.models.backbone import PeftModule
-from finessl.models.methods import VIT_FAMILIES, peft_method
+from finessl.models.methods import peft_method
 
-declare("vpt_len", 50, "prompt tokens per block", check=positive)
+declare("vpt_len", 50, "prompt tokens per block", check=positive, shapes_model=True)
+
+
+@cross_check
+def _one_prompt_depth(cfg) -> None:
+    """Deep and shallow prompts are two readings of one prompt table: one at a time."""
+    if cfg.vpt_deep and cfg.vpt_shallow:
+        raise UserError("vpt_deep and vpt_shallow are both True: choose one")
 
 
 class VisualPrompts(PeftModule):
@@ -53,7 +61,7 @@ class VisualPrompts(PeftModule):
 
 
 @peft_method("vpt_deep", "VPT-deep: new prompt tokens before every transformer block",
-             VIT_FAMILIES, order=0)
+             order=0)
 class DeepPrompts(VisualPrompts):
     """The ``vpt_deep`` switch: builds deep :class:`VisualPrompts`."""
 
@@ -61,7 +69,7 @@ class DeepPrompts(VisualPrompts):
 
 
 @peft_method("vpt_shallow", "VPT-shallow: prompt tokens before the first block only",
-             VIT_FAMILIES, order=0)
+             order=0)
 class ShallowPrompts(VisualPrompts):
     """The ``vpt_shallow`` switch: builds shallow :class:`VisualPrompts`."""
 

@@ -13,16 +13,13 @@ config with the ``stu_`` values in the teacher's keys.
 """
 from __future__ import annotations
 
-import open_clip
-
 import finessl.models.cnn  # noqa: F401  (registers the CNN strategies: each gets its stu_ switch)
 import finessl.models.peft  # noqa: F401  (registers the ViT strategies)
+import finessl.models.timm_vit  # noqa: F401  (registers the timm ViT family: the IN21K-* students)
 from finessl.config import declare, positive
 from finessl.errors import UserError
-from finessl.models.clip import resolve_model_name
 from finessl.models.families import family_of
 from finessl.models.methods import PEFT_METHODS
-from finessl.models.timm_vit import TimmViT, timm_vit_weights
 
 # The released student names (trainer_kd.py: timm's ``pretrained=True`` models), mapped to
 # the weights they loaded then: AugReg, IN-21k pretrained then IN-1k fine-tuned at 224 px
@@ -53,21 +50,10 @@ def student_backbone(cfg) -> str:
 
 
 def _pretrained(backbone: str, cfg) -> str:
-    """``pretrained`` of the student: 'default' made concrete for its family; a timm ViT's
-    weights are found (or fetched) now, so a miss is one line naming ``stu_pretrained``."""
-    value = cfg.stu_pretrained.strip()
-    family = family_of(backbone)
-    if family is TimmViT:
-        return timm_vit_weights(backbone, value, cfg.cache_dir, key="stu_pretrained") or "none"
-    if value.lower() != "default":
-        return value
-    if family.name == "timm_cnn":
-        return "imagenet"  # the weights a pip package ships, else the timm loader says what to do
-    tags = open_clip.list_pretrained_tags_by_model(resolve_model_name(backbone))
-    if not tags:
-        raise UserError(f"stu_pretrained: {backbone} has no open_clip pretrained weights; give a "
-                        f"local file (stu_pretrained /path/to/weights.pt) or none (random init)")
-    return "openai" if "openai" in tags else tags[0]
+    """``pretrained`` of the student: ``stu_pretrained`` as its family reads it ('default'
+    made concrete: :meth:`~finessl.models.families.BackboneFamily.student_pretrained`)."""
+    return family_of(backbone).student_pretrained(backbone, cfg.stu_pretrained.strip(),
+                                                  cfg.cache_dir)
 
 
 def student_config(cfg):

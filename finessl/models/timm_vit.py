@@ -6,7 +6,8 @@ blocks, the final LayerNorm on the class token) computes exactly what open_clip'
 VisionTransformer computes, with other parameter names: its weights are moved into an
 open_clip tower of the same shape (:func:`timm_vit_to_open_clip`), so the one ViT
 forward with its PEFT hooks (``finessl/models/backbone.py``) serves it unchanged, and
-VPT, LoRA, Adapter, AdaptFormer, SSF, BitFit and full fine-tuning all apply. The
+VPT, LoRA, Adapter, AdaptFormer, SSF, BitFit and full fine-tuning all apply (the
+family's ``kind`` is ``"vit"``: every ViT strategy serves it). The
 differences a timm ViT brings are parameters of that tower: GELU (not QuickGELU),
 LayerNorm eps 1e-6, a patch embedding with a bias, no projection. Variants with other
 math (register tokens, average pooling, qk-norm, a distillation token) are refused in
@@ -24,15 +25,14 @@ import functools
 import logging
 import os
 
-import timm
 import torch
 import torch.nn as nn
-from open_clip.transformer import LayerNorm, VisionTransformer
 
 from finessl.errors import UserError, brief
 from finessl.io import unreachable
 from finessl.models.cnn_weights import read_state_dict
 from finessl.models.families import BACKBONES, BackboneFamily
+from finessl.models.methods import VIT
 from finessl.models.peft import build_vit_backbone
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,8 @@ _DEFAULT_TAGS = ("", "default", "openai")  # the model's default weights ('opena
 
 @functools.lru_cache(maxsize=None)
 def _vit_architectures() -> frozenset[str]:
+    import timm
+
     return frozenset(timm.list_models(module="vision_transformer"))
 
 
@@ -58,6 +60,8 @@ def split_name(backbone: str) -> tuple[str, str]:
 def weights_name(backbone: str, pretrained: str, key: str = "pretrained") -> str:
     """The timm ``architecture.tag`` whose weights ``pretrained`` (a tag, or a default
     spelling) asks for: the tag given, else the name's own, else timm's default."""
+    import timm
+
     arch, tag = split_name(backbone)
     if pretrained.strip().lower() not in _DEFAULT_TAGS:
         tag = pretrained.strip()
@@ -81,6 +85,8 @@ def _hf_cache(cache_dir: str) -> str:
 
 def _cached(full: str, cache_dir: str) -> str | None:
     """The weights file of ``full`` in the Hugging Face cache or timm's own, or None."""
+    import timm
+
     cfg = timm.models.get_pretrained_cfg(full)
     if cfg is None:
         return None
@@ -106,6 +112,8 @@ def timm_vit_weights(backbone: str, pretrained: str, cache_dir: str = "",
     into the Hugging Face cache when the hub answers, else a one-line error naming the
     model and every way to provide the weights (``key`` is the config key named).
     """
+    import timm
+
     value = pretrained.strip()
     if value.lower() == "none":
         return None
@@ -140,6 +148,8 @@ def timm_vit_weights(backbone: str, pretrained: str, cache_dir: str = "",
 def create_timm_vit(backbone: str, weights: str | None, image_size: int | None = None) -> nn.Module:
     """The timm model of ``backbone`` (no classifier) with ``weights`` loaded, its
     position embeddings resampled by timm when ``image_size`` differs from its own."""
+    import timm
+
     arch, _ = split_name(backbone)
     kwargs = {"img_size": image_size} if image_size else {}
     # a state dict replaces every tensor: no random init to draw first (it is slow)
@@ -189,9 +199,11 @@ def _unsupported(model: nn.Module) -> str:
     return f"it needs {', '.join(missing)}" if missing else ""
 
 
-def timm_vit_to_open_clip(model: nn.Module) -> VisionTransformer:
+def timm_vit_to_open_clip(model: nn.Module) -> nn.Module:
     """An open_clip VisionTransformer computing exactly what timm's ``model`` computes up
     to its final LayerNorm on the class token, holding the same tensors (copied)."""
+    from open_clip.transformer import LayerNorm, VisionTransformer
+
     why = _unsupported(model)
     if why:
         name = getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
@@ -242,7 +254,7 @@ class TimmViT(BackboneFamily):
     """timm ViTs (``timm:vit_*``), asked before the timm CNN family (which takes any
     other ``timm:`` name)."""
 
-    label, priority = "ViT", 5
+    kind, label, priority = VIT, "ViT", 5
 
     @classmethod
     def claims(cls, backbone):
@@ -253,12 +265,20 @@ class TimmViT(BackboneFamily):
         """``input_size`` (the position embeddings are resampled to it), else the model's own."""
         if cfg.input_size:
             return cfg.input_size
+        import timm
+
         cfg_ = timm.models.get_pretrained_cfg(split_name(cfg.backbone)[0])
         return cfg_.input_size[-1] if cfg_ is not None else 224
 
     @classmethod
     def check_weights(cls, cfg):
         timm_vit_weights(cfg.backbone, cfg.pretrained, cfg.cache_dir)
+
+    @classmethod
+    def student_pretrained(cls, backbone, value, cache_dir):
+        """The weights found (or fetched) now, so a miss is one line naming
+        ``stu_pretrained``; 'default' is timm's default tag."""
+        return timm_vit_weights(backbone, value, cache_dir, key="stu_pretrained") or "none"
 
     @classmethod
     def load(cls, cfg, half):
@@ -270,4 +290,4 @@ class TimmViT(BackboneFamily):
 
     @classmethod
     def build(cls, cfg, visual, mean, std):
-        return build_vit_backbone(cfg, visual, mean, std)
+        return build_vit_backbone(cfg, visual, mean, std, cls)

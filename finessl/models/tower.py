@@ -16,7 +16,10 @@ class ImageTower(nn.Module):
 
     Subclasses set ``feat_dim`` and ``proj``: the matrix from the feature into CLIP's
     joint space (text init, zero-shot), or None where the feature already lives there.
+    ``finetune`` says the whole tower trains (full fine-tuning sets it when it attaches).
     """
+
+    finetune = False
 
     def __init__(self, visual: nn.Module, mean, std):
         super().__init__()

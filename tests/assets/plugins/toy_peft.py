@@ -7,13 +7,13 @@ import torch.nn as nn
 
 from finessl.config import declare
 from finessl.models.backbone import BlockwisePeft
-from finessl.models.methods import VIT_FAMILIES, peft_method
+from finessl.models.methods import VIT, peft_method
 
 declare("mlp_shift_init", 0.0, "toy strategy: initial value of the MLP-output shift")
 
 
 @peft_method("mlp_shift", "toy strategy: a learnable shift of each block's MLP output",
-             families=VIT_FAMILIES)
+             serves=(VIT,))
 class MLPShift(BlockwisePeft):
     def __init__(self, blocks, width: int, init: float):
         super().__init__({i: nn.ParameterDict({"shift": nn.Parameter(torch.full((width,), init))})
