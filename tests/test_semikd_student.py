@@ -12,7 +12,7 @@ from conftest import TINY_VIT
 from helpers import one_line_error
 from finessl.models import build_model
 from finessl.models.backbone import ViTBackbone
-from finessl.models.families import family_of
+from finessl.models.families import BACKBONES, family_of
 from finessl.models.methods import PEFT_METHODS
 from finessl.models.student import STUDENT_ALIASES, student_config
 from finessl.models.timm_vit import timm_vit_to_open_clip
@@ -112,8 +112,8 @@ def test_student_weights_from_the_hf_cache_or_a_file_resampled_to_the_input(sour
     assert torch.equal(visual.positional_embedding[0], state["pos_embed"][0, 0])  # class token's
 
 
-VIT_STRATEGIES = sorted(n for n, m in PEFT_METHODS.items() if "clip_vit" in m.families)
-CNN_STRATEGIES = sorted(n for n, m in PEFT_METHODS.items() if "timm_cnn" in m.families)
+VIT_STRATEGIES = sorted(n for n, m in PEFT_METHODS.items() if m.serves_family(BACKBONES["clip_vit"]))
+CNN_STRATEGIES = sorted(n for n, m in PEFT_METHODS.items() if m.serves_family(BACKBONES["timm_cnn"]))
 
 
 @pytest.mark.parametrize("backbone, strategy",
