@@ -42,10 +42,10 @@ class _Formatter(argparse.HelpFormatter):
 class Parser(argparse.ArgumentParser):
     """A wrong command line is one line, as any bad input: ``error: ...``, exit 2."""
 
+    pairs_anywhere = False  # KEY VALUE pairs may sit before, between and after options
+
     def __init__(self, **kwargs):
         super().__init__(formatter_class=_Formatter, **kwargs)
-
-    pairs_anywhere = False  # KEY VALUE pairs may sit before, between and after options
 
     def error(self, message):
         self.exit(2, f"error: {self.prog}: {message} (see python {self.prog} --help)\n")
