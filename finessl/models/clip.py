@@ -6,6 +6,7 @@ format, or none. Every way this fails is one line naming what is missing.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
@@ -112,6 +113,27 @@ def read_openai_weights(path: str) -> dict | None:
     return {k.removeprefix("module."): v for k, v in state.items() if k not in OPENAI_INT_KEYS}
 
 
+class _NoWeightsNotice(logging.Filter):
+    """open_clip's "No pretrained weights loaded" warning, dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No pretrained weights loaded for model")
+
+
+@contextlib.contextmanager
+def _expected_random_init():
+    """While open_clip builds a model FineSSL asked to build without weights
+    (``pretrained none``, or OpenAI-format weights that :func:`load_clip` loads itself
+    right after), its warning that no weights were loaded says nothing wrong: silence
+    exactly that one (open_clip logs it through the root logger). Anywhere else it stays."""
+    root, notice = logging.getLogger(), _NoWeightsNotice()
+    root.addFilter(notice)
+    try:
+        yield
+    finally:
+        root.removeFilter(notice)
+
+
 def load_clip(backbone: str, pretrained: str, cache_dir: str = "",
               precision: str = "fp32") -> nn.Module:
     """Build the open_clip CLIP model with its weights, failing in one clear line.
@@ -141,9 +163,11 @@ def load_clip(backbone: str, pretrained: str, cache_dir: str = "",
         if quick_gelu and not open_clip.get_model_config(name).get("quick_gelu"):
             log.info("%s: OpenAI weights, trained with QuickGELU: building %s with QuickGELU "
                      "instead of GELU", tag or source, name)
-        model = open_clip.create_model(
-            name, pretrained=None if openai_state is not None else source, precision=precision,
-            force_quick_gelu=quick_gelu, cache_dir=cache_dir or None)
+        weights = None if openai_state is not None else source
+        with _expected_random_init() if weights is None else contextlib.nullcontext():
+            model = open_clip.create_model(name, pretrained=weights, precision=precision,
+                                           force_quick_gelu=quick_gelu,
+                                           cache_dir=cache_dir or None)
         if openai_state is not None:
             model.load_state_dict(openai_state)
     except UserError:
