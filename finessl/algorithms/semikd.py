@@ -138,6 +138,7 @@ def checksum(tensors) -> float:
 @register(NAME)
 class SemiKD(Algorithm):
     uses_teacher = True
+    uses_finessl_components = bms = dls = True  # always on: the student learns as FineSSL
 
     @classmethod
     def model_config(cls, cfg):
