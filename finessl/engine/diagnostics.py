@@ -20,7 +20,6 @@ import os
 
 import numpy as np
 import torch
-from torch.utils.tensorboard import SummaryWriter
 
 from finessl.io import atomic_write_text
 from finessl.logs import PROGRESS
@@ -75,10 +74,12 @@ def open_writer(run_dir: str, global_step: int, is_main: bool):
     a killed run logged beyond ``global_step`` purged, so a resume does not log twice."""
     if not is_main:
         return NullWriter()
+    from torch.utils.tensorboard import SummaryWriter  # not with the report, which reads this file
     return SummaryWriter(os.path.join(run_dir, "tensorboard"), purge_step=global_step)
 
 
 def log_parameter_counts(model, params: list) -> None:
+    """How much a run trains (docs/models.md compares the strategies by it)."""
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in params)
     heads = sum(p.numel() for m in (model.head, model.aux_head) for p in m.parameters())

@@ -101,6 +101,8 @@ class Trainer:
 
     # ---- training ----------------------------------------------------------------
     def fit(self) -> dict:
+        """Train from where the run stands (its start or a resumed checkpoint) to
+        ``num_epochs``; the best and last test top-1 (results.json)."""
         cfg = self.cfg
         writer = diagnostics.open_writer(self.run_dir, self.global_step, self.dist.is_main)
         if not self.algorithm.trains:
