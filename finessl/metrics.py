@@ -82,14 +82,6 @@ def reliability_bins(conf: torch.Tensor, correct: torch.Tensor,
     return {"count": count.tolist(), "conf_sum": conf_sum.tolist(), "correct": hits.tolist()}
 
 
-def ece_from_bins(bins: dict[str, list]) -> float:
-    """ECE of :func:`reliability_bins`' counts: sum over bins of |accuracy - confidence|
-    times the bin's share of the predictions."""
-    total = sum(bins["count"])
-    return sum(abs(hits - conf) for n, conf, hits in
-               zip(bins["count"], bins["conf_sum"], bins["correct"]) if n) / max(total, 1)
-
-
 def confusion_matrix(preds: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(true class, predicted class) counts, a (C, C) tensor."""
     flat = torch.bincount(targets.long() * num_classes + preds.long(),

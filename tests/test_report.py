@@ -12,7 +12,6 @@ import re
 import shutil
 import statistics
 from html.parser import HTMLParser
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -23,8 +22,7 @@ from finessl.config import get_cfg_defaults
 from finessl.engine import diagnostics
 from finessl.engine.device import Precision
 from finessl.engine.evaluate import evaluate
-from finessl.metrics import (CATEGORIES, expected_calibration_error, ece_from_bins,
-                             reliability_bins)
+from finessl.metrics import CATEGORIES, expected_calibration_error, reliability_bins
 from finessl.algorithms import build_algorithm
 from helpers import TableModel, assert_user_error, id_images
 
@@ -108,12 +106,30 @@ def test_epoch_means_weight_each_window_by_its_steps():
     assert means.pop() == {"loss/total": 2.0} and means.pop() == {}
 
 
+def _algorithm(name: str, **settings):
+    """An algorithm built on the tiny table model, with config ``settings``."""
+    cfg = get_cfg_defaults()
+    cfg.algorithm = name
+    for key, value in settings.items():
+        setattr(cfg, key, value)
+    model = TableModel(torch.zeros(1, 3), torch.zeros(1, 3))
+    return build_algorithm(cfg, model, 3, 6, torch.device("cpu"))
+
+
 def test_method_label_names_the_components_switched_from_the_default():
-    plain = SimpleNamespace(uses_finessl_components=False, bms=True, dls=True)
-    assert diagnostics.method_label("flexmatch", plain) == "flexmatch+bms+dls"
-    fine = SimpleNamespace(uses_finessl_components=True, bms=True, dls=False)
-    assert diagnostics.method_label("finessl", fine) == "finessl-dls"
-    assert diagnostics.method_label("supervised", SimpleNamespace()) == "supervised"
+    assert _algorithm("flexmatch", bms=True, dls=True).method_label() == "flexmatch+bms+dls"
+    assert _algorithm("finessl", bms=True, dls=False).method_label() == "finessl-dls"
+    assert _algorithm("finessl").method_label() == "finessl"
+    assert _algorithm("supervised").method_label() == "supervised"
+
+
+def ece_from_bins(bins: dict[str, list]) -> float:
+    """The reference: ECE of :func:`reliability_bins`' counts, the sum over bins of
+    |accuracy - confidence| times the bin's share of the predictions. The reliability
+    diagram draws those bins beside the recorded ECE, so the two must agree."""
+    total = sum(bins["count"])
+    return sum(abs(hits - conf) for n, conf, hits in
+               zip(bins["count"], bins["conf_sum"], bins["correct"]) if n) / max(total, 1)
 
 
 def test_evaluation_gives_both_heads_reliability_and_the_confusion_matrix():

@@ -1,10 +1,14 @@
-"""What every semi-supervised algorithm is: a small class with a train step and state."""
+"""What every semi-supervised algorithm is: a small class with a train step and state,
+and the few things the engine reads from it, declared here with their defaults."""
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import torch
 import torch.nn as nn
 
 from finessl.distributed import SINGLE, Dist
+from finessl.metrics import PseudoLabelStats
 from finessl.registry import Registry
 
 ALGORITHMS = Registry("algorithm", "algorithm")
@@ -14,20 +18,33 @@ register = ALGORITHMS.register  # class decorator: ``@register("mymatch")``
 class Algorithm:
     """Base class. Subclasses implement :meth:`train_step`.
 
-    ``train_step(batch)`` gets one labeled + unlabeled batch (a dict: ``x``, ``y``,
-    ``u_w``, ``u_s1``, ``u_s2``, ``u_idx``, ``u_true``) already on the device and
-    returns ``(loss, logs)``; ``logs`` holds floats or 0-dim tensors named as in
-    tensorboard. Counters and EMAs live in tensors saved by :meth:`state_dict`, so
-    resuming is exact.
+    ``train_step(batch)`` gets one labeled + unlabeled batch already on the device (a
+    :class:`finessl.engine.batches.Batch`, read as ``batch["x"]`` or ``batch.x``:
+    ``x``, ``y``, ``u_w``, ``u_s1``, ``u_s2``, ``u_idx``, ``u_true``; a plain dict with
+    those keys does as well) and returns ``(loss, logs)``; ``logs`` holds floats or
+    0-dim tensors named as in tensorboard. Counters and EMAs live in tensors saved by
+    :meth:`state_dict`, so resuming is exact.
+
+    What the engine reads, besides the step (finessl/engine/diagnostics.py and the
+    run report, docs/results.md#the-run-report), is declared below with defaults that
+    fit an algorithm without pseudo-labels: no BMS, no DLS, no confidence histograms,
+    no pseudo-label memory. An algorithm that has them says so by overriding them.
     """
 
-    name = "base"
+    name = "base"  # set by ``@register``: the config's ``algorithm`` value
     order = 100  # its row in sweep tables: the paper's order for the built-ins, then by name
     dist: Dist = SINGLE  # set by build_algorithm; all-gathers for multi-process runs
     uses_unlabeled = True  # False: the loop feeds labeled batches only (no ``u_*`` keys)
     trains = True  # False: nothing to train, the run only evaluates (zero-shot CLIP)
     zero_shot_head = False  # True: the main head is CLIP's text classifier (build_model)
     uses_teacher = False  # True: the trainer hands it a frozen trained model (set_teacher)
+
+    # ---- what the engine reads (diagnostics, the report) -----------------------------
+    uses_finessl_components = False  # what bms / dls are by default: the method label
+    # names only the components switched away from it (``flexmatch+bms``, ``finessl-dls``)
+    bms = False  # Balanced Margin Softmax is on (docs/method.md §3)
+    dls = False  # Decoupled Label Smoothing is on: the aux head learns (else it stays as built)
+    stats: PseudoLabelStats | None = None  # this epoch's confidence histograms, if it has them
 
     def __init__(self, cfg, model: nn.Module, num_classes: int, num_unlabeled: int,
                  device: torch.device):
@@ -51,12 +68,23 @@ class Algorithm:
     def on_epoch_start(self, epoch: int) -> None:
         """Reset per-epoch state."""
 
-    def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+    def train_step(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
 
     def pseudo_label_memory(self) -> torch.Tensor | None:
-        """Current pseudo-label per unlabeled image (-1 = none), for diagnostics."""
+        """Current pseudo-label per unlabeled image (-1 = none), for diagnostics; None:
+        the algorithm keeps no pseudo-labels."""
         return None
+
+    def method_label(self) -> str:
+        """``flexmatch+bms+dls``: the algorithm's name, and each FineSSL component that
+        is switched away from the algorithm's default (``+`` on, ``-`` off): what the
+        report and a sweep's tables call the run."""
+        parts = [self.name]
+        for component, value in (("bms", self.bms), ("dls", self.dls)):
+            if value != self.uses_finessl_components:
+                parts.append(("+" if value else "-") + component)
+        return "".join(parts)
 
     def state_dict(self) -> dict:
         return {}

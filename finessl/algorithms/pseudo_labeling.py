@@ -47,12 +47,11 @@ class PseudoLabels:
 class PseudoLabeling(Algorithm):
     """Base of every algorithm that learns from pseudo-labels of unlabeled images."""
 
-    uses_finessl_components = False  # default of ``bms`` / ``dls`` when the config leaves them None
     consistency = True  # L_u on the strong views (False: on the weak view, as Pseudo-Label)
 
     def __init__(self, cfg, model, num_classes, num_unlabeled, device):
         super().__init__(cfg, model, num_classes, num_unlabeled, device)
-        default = self.uses_finessl_components
+        default = self.uses_finessl_components  # what the config's None means here
         self.bms = default if cfg.bms is None else cfg.bms
         self.dls = default if cfg.dls is None else cfg.dls
         # this epoch's confident pseudo-label per image, counted as it changes (O(batch))

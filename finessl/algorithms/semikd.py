@@ -139,6 +139,7 @@ def checksum(tensors) -> float:
 class SemiKD(Algorithm):
     order = 90  # its row in sweep tables (Algorithm.order)
     uses_teacher = True
+    uses_finessl_components = bms = dls = True  # always on: the student learns as FineSSL
 
     @classmethod
     def model_config(cls, cfg):

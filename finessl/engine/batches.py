@@ -1,11 +1,78 @@
-"""Where a resumed epoch starts: its loaders skip the batches it had already trained on."""
+"""What one step trains on (:class:`Batch`, its fields named once, here), and where a
+resumed epoch starts: its loaders skip the batches it had already trained on."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
+from collections.abc import Mapping
 from contextlib import contextmanager
 
 import torch
-from torch.utils.data import BatchSampler, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Sampler
+
+from finessl.data import build_train_loaders
+
+# The fields of what each training loader yields, in its order (finessl/data/loaders.py:
+# LabeledDataset, UnlabeledDataset).
+LABELED_FIELDS = ("x", "y")  # weak view, label
+UNLABELED_FIELDS = ("u_w", "u_s1", "u_s2", "u_idx", "u_true")  # weak, 2 strong, index, truth
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Batch(Mapping):
+    """One step's labeled batch and, when the algorithm learns from unlabeled images,
+    the unlabeled one: ``x``, ``y``; ``u_w``, ``u_s1``, ``u_s2`` (weak and two strong
+    views), ``u_idx`` (position in the unlabeled set: per-image state) and ``u_true``
+    (its true label: diagnostics only; -1 class unknown, -2 out of class).
+
+    Read as ``batch.x`` or ``batch["x"]``, the plug-in contract of an algorithm's
+    ``train_step`` (a dict with these keys does as well): the unlabeled fields are
+    None, and no keys, for an algorithm that uses no unlabeled data."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    u_w: torch.Tensor | None = None
+    u_s1: torch.Tensor | None = None
+    u_s2: torch.Tensor | None = None
+    u_idx: torch.Tensor | None = None
+    u_true: torch.Tensor | None = None
+
+    @classmethod
+    def from_loaders(cls, batches: tuple) -> "Batch":
+        """From what ``zip(labeled_loader[, unlabeled_loader])`` yields for one step."""
+        fields = dict(zip(LABELED_FIELDS, batches[0], strict=True))
+        if len(batches) > 1:
+            fields.update(zip(UNLABELED_FIELDS, batches[1], strict=True))
+        return cls(**fields)
+
+    def to(self, device: torch.device) -> "Batch":
+        """Every field on ``device`` (copied asynchronously from pinned memory)."""
+        return Batch(**{k: v.to(device, non_blocking=True) for k, v in self.items()})
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        value = getattr(self, key, None) if key in _FIELDS else None
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __iter__(self):
+        return (k for k in _FIELDS if getattr(self, k) is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(Batch))
+
+
+def train_loaders(cfg, data, seed: int, device: torch.device, dist,
+                  uses_unlabeled: bool) -> list[DataLoader]:
+    """The loaders whose zipped batches :meth:`Batch.from_loaders` reads: the labeled
+    one, and the unlabeled one when the algorithm learns from unlabeled images."""
+    loaders = build_train_loaders(data, cfg.DATA.BATCH_SIZE, cfg.DATA.MU_U, cfg.total_steps,
+                                  cfg.num_workers, seed, device.type == "cuda", dist.rank,
+                                  dist.world, cfg.DATA.REPLAY)
+    return list(loaders if uses_unlabeled else loaders[:1])
 
 
 class _Skip(Sampler):

@@ -13,6 +13,7 @@ a damaged last checkpoint still leaves the one before it.
 """
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import pickletools
@@ -24,6 +25,8 @@ import torch
 
 from finessl.errors import UserError, brief
 from finessl.io import WriteError, atomic_save
+
+log = logging.getLogger(__name__)
 
 LAST = "checkpoint_last.pt"
 PREV = "checkpoint_prev.pt"  # what checkpoint_last.pt held before the last write
@@ -56,6 +59,45 @@ def write_checkpoint(state: dict, run_dir: str, epoch: int, keep_every: int = 0)
     except WriteError as e:
         raise UserError(f"{e}; the checkpoints already in {run_dir} are intact: make room, then "
                         f"continue with 'resume {run_dir}'") from None
+
+
+def training_state(trainer, epoch: int, step: int) -> dict:
+    """What a checkpoint of ``trainer`` holds after ``epoch`` epochs and ``step`` steps
+    of the next: the trained parameters, optimizer, schedule, algorithm and scaler
+    states, every RNG, the history so far, and the config and class names it ran with."""
+    scaler = trainer.precision.scaler
+    return {
+        "epoch": epoch, "step": step, "global_step": trainer.global_step, "seed": trainer.seed,
+        "model": trainer.model.trainable_state_dict(), "optimizer": trainer.optim.state_dict(),
+        "scheduler": trainer.sched.state_dict(), "algorithm": trainer.algorithm.state_dict(),
+        "scaler": scaler.state_dict() if scaler else None,
+        "rng": rng_state(), "history": trainer.history, "config": trainer.cfg.dump(),
+        "classnames": trainer.data.classnames,
+    }
+
+
+def restore_training_state(trainer, state: dict, run_dir: str, full: bool = True) -> None:
+    """Put a state :func:`read_checkpoint` returned into ``trainer``: everything
+    (``full``, a resume: the loop goes on where it stopped) or the trained parameters
+    only (evaluation). Parameters that do not fit the model are one line."""
+    path = os.path.join(run_dir, LAST)
+    try:
+        trainer.model.load_trainable_state_dict(state["model"])
+    except (KeyError, RuntimeError) as e:
+        raise UserError(f"{path} does not fit this config ({brief(e)}); "
+                        f"use the config the run was trained with") from None
+    if not full:
+        return
+    trainer.optim.load_state_dict(state["optimizer"])
+    trainer.sched.load_state_dict(state["scheduler"])
+    trainer.algorithm.load_state_dict(state["algorithm"])
+    if trainer.precision.scaler is not None and state["scaler"] is not None:
+        trainer.precision.scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    trainer.start_epoch, trainer.global_step = state["epoch"], state["global_step"]
+    trainer.start_step = state.get("step", 0)  # older checkpoints: end of an epoch
+    trainer.history, trainer.saved = state["history"], where(state)
+    log.info("resumed from %s at %s", path, trainer.saved)
 
 
 def _scan_globals(path: str) -> list[str]:

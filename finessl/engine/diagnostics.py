@@ -1,5 +1,6 @@
-"""What a run records for its report (docs/results.md#the-run-report) beyond the test
-metrics, and the report's figures in tensorboard.
+"""What a run records: the training logs of every logging window (log.txt, tensorboard,
+the progress bar), and per epoch, for its report (docs/results.md#the-run-report),
+what it records beyond the test metrics, and the report's figures in tensorboard.
 
 After every epoch the trainer adds to that epoch's history entry: the pseudo-label
 memory's statistics (accuracy over in-class images, out-of-class share, per-class
@@ -14,12 +15,18 @@ never per-image dumps: the file stays small for a 1.28 M-image unlabeled pool.
 from __future__ import annotations
 
 import json
+import logging
 import os
 
+import numpy as np
 import torch
 
 from finessl.io import atomic_write_text
+from finessl.logs import PROGRESS
 from finessl.metrics import OUT_OF_CLASS, distribution_entropy, top1
+
+log = logging.getLogger(__name__)
+progress = logging.getLogger(PROGRESS)
 
 DIAGNOSTICS = "diagnostics.json"
 FORMAT = 1  # of diagnostics.json; a report refuses files of a newer format
@@ -52,6 +59,34 @@ def kept_ood_share(confidence: dict) -> float:
     return kept["out_of_class"] / max(kept["correct"] + kept["wrong"] + kept["out_of_class"], 1)
 
 
+class NullWriter:
+    """Stands in for the SummaryWriter on ranks other than 0."""
+
+    def add_scalar(self, *args, **kwargs):
+        pass
+
+    add_histogram = add_histogram_raw = add_image = add_scalar
+    close = add_scalar
+
+
+def open_writer(run_dir: str, global_step: int, is_main: bool):
+    """The run's tensorboard writer (rank 0; the others write nothing), with whatever
+    a killed run logged beyond ``global_step`` purged, so a resume does not log twice."""
+    if not is_main:
+        return NullWriter()
+    from torch.utils.tensorboard import SummaryWriter  # not with the report, which reads this file
+    return SummaryWriter(os.path.join(run_dir, "tensorboard"), purge_step=global_step)
+
+
+def log_parameter_counts(model, params: list) -> None:
+    """How much a run trains (docs/models.md compares the strategies by it)."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in params)
+    heads = sum(p.numel() for m in (model.head, model.aux_head) for p in m.parameters())
+    log.info("parameters: total %d, trainable %d, trainable without heads %d",
+             total, trainable, trainable - heads)
+
+
 class EpochMeans:
     """The epoch mean of every training log, from the means of its logging windows
     (weighted by their steps). After a mid-epoch resume it covers the steps run since."""
@@ -77,30 +112,103 @@ class EpochMeans:
         return means
 
 
-def method_label(name: str, algorithm) -> str:
-    """``flexmatch+bms+dls``: the algorithm's name, and each FineSSL component that is
-    switched away from the algorithm's default (``+`` on, ``-`` off)."""
-    default = getattr(algorithm, "uses_finessl_components", False)
-    parts = [name]
-    for component in ("bms", "dls"):
-        value = getattr(algorithm, component, default)
-        if value != default:
-            parts.append(("+" if value else "-") + component)
-    return "".join(parts)
+class StepWindow:
+    """The sums of the training logs since the last logged line, kept on the device: no
+    host synchronisation per step, one all-reduce per window (:meth:`means`)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.sums: dict[str, torch.Tensor] = {}
+        self.steps = 0
+
+    def add(self, logs: dict) -> None:
+        for k, v in logs.items():
+            self.sums[k] = self.sums.get(k, 0.0) + torch.as_tensor(
+                v, dtype=torch.float32, device=self.device).detach()
+        self.steps += 1
+
+    def means(self, dist) -> dict[str, float]:
+        """The mean of every log over the window's steps and every rank; starts a new window."""
+        keys = sorted(self.sums)  # one all-reduce: the mean over ranks and steps
+        sums = dist.sum(torch.stack([self.sums[k] for k in keys])) / dist.world
+        means = dict(zip(keys, (sums / self.steps).tolist()))
+        self.sums.clear()
+        self.steps = 0
+        return means
 
 
-def aux_trained(trainer) -> bool:
-    """Whether the aux head learns in this run (DLS on); without DLS it stays as built."""
-    return bool(getattr(trainer.algorithm, "dls", False))
+def log_window(trainer, epoch: int, step: int, done: int, means: dict, writer, bar) -> None:
+    """A window's means (it ends after step ``step`` of ``epoch``; ``done`` steps of the
+    epoch ran in this process): into the epoch means, tensorboard, the progress bar and
+    log.txt (with the time left)."""
+    cfg = trainer.cfg
+    lr = trainer.optim.param_groups[0]["lr"]
+    trainer.epoch_means.add(means, epoch, step, done)
+    for k, v in means.items():
+        writer.add_scalar(f"train/{k}", v, trainer.global_step)
+    writer.add_scalar("train/lr", lr, trainer.global_step)
+    bar.set_postfix(loss=f"{means['loss/total']:.4f}",
+                    mask=f"{means.get('pseudo/mask_rate', 0):.2f}", lr=f"{lr:.2e}")
+    elapsed = bar.format_dict["elapsed"]
+    left = (cfg.num_epochs - epoch) * cfg.total_steps - step - 1
+    eta = elapsed / done * left
+    progress.info("epoch %d/%d step %d/%d  %s  lr %.3e  eta %s", epoch + 1, cfg.num_epochs,
+                  step + 1, cfg.total_steps, "  ".join(f"{k} {v:.4f}" for k, v in means.items()),
+                  lr, bar.format_interval(eta))
+
+
+def record_epoch(trainer, epoch: int, result: dict, writer) -> None:
+    """The epoch's history entry (test metrics, pseudo-label statistics, epoch mean
+    training logs), tensorboard scalars, histograms and the report's figures, and
+    diagnostics.json. What it reads of the algorithm is what
+    :class:`finessl.algorithms.base.Algorithm` declares."""
+    data, algorithm = trainer.data, trainer.algorithm
+    memory = algorithm.pseudo_label_memory()
+    if memory is not None:
+        result.update(memory_record(memory, data.unlabeled_targets, data.num_classes))
+        chosen = memory[memory >= 0]
+        if chosen.numel():  # one bin per class
+            edges = np.arange(data.num_classes + 1) - 0.5
+            writer.add_histogram("pseudo/class", chosen.cpu().numpy(), epoch + 1, bins=edges)
+    if algorithm.stats is not None:
+        result["confidence"] = algorithm.stats.record()
+        result["pseudo_ood_kept"] = kept_ood_share(result["confidence"])
+    trainer.confusion = result.pop("confusion", None)
+    result["train"] = trainer.epoch_means.pop()
+    for k, v in result.items():
+        if isinstance(v, (int, float)):
+            writer.add_scalar(f"epoch/{k}", v, epoch + 1)
+    per_class = result["per_class_acc"]
+    writer.add_histogram("epoch/per_class_acc", np.nan_to_num(np.array(per_class)), epoch + 1)
+    result["epoch"] = epoch + 1
+    trainer.history.append(result)
+    if trainer.dist.is_main and trainer.run_dir:
+        write(trainer.run_dir, trainer)
+        to_tensorboard(writer, trainer, epoch + 1)
+    best = max(trainer.history, key=lambda r: r["top1"])
+    log.info("epoch %d/%d  test top-1 %.2f%%  (best %.2f%% at epoch %d)  balanced %.2f%%  "
+             "ECE %.4f  pseudo-label acc %.2f%% on %.1f%% of unlabeled", epoch + 1,
+             trainer.cfg.num_epochs, 100 * result["top1"], 100 * best["top1"], best["epoch"],
+             100 * result["balanced_acc"], result["ece"], 100 * result.get("pseudo_acc", 0),
+             100 * result.get("pseudo_rate", 0))
+
+
+def summary(history: list[dict]) -> dict:
+    """The run's best and last test top-1 (results.json), {} before any epoch."""
+    if not history:
+        return {}
+    best = max(history, key=lambda r: r["top1"])
+    return {"best_top1": best["top1"], "best_epoch": best["epoch"],
+            "last_top1": history[-1]["top1"], "last_epoch": history[-1]["epoch"]}
 
 
 def write(run_dir: str, trainer) -> None:
     """diagnostics.json of ``trainer`` (its history, last confusion matrix, data, algorithm)."""
-    history = trainer.history
+    history, algorithm = trainer.history, trainer.algorithm
     record = {"format": FORMAT, "epoch": history[-1]["epoch"] if history else 0,
-              "method": method_label(trainer.cfg.algorithm, trainer.algorithm),
+              "method": algorithm.method_label(),
               "classnames": list(trainer.data.classnames), "split_hash": trainer.data.split_hash,
-              "aux_trained": aux_trained(trainer), "confusion": trainer.confusion,
+              "aux_trained": algorithm.dls, "confusion": trainer.confusion,
               "history": history}
     atomic_write_text(json.dumps(record), os.path.join(run_dir, DIAGNOSTICS))
 
@@ -108,18 +216,12 @@ def write(run_dir: str, trainer) -> None:
 def to_tensorboard(writer, trainer, step: int) -> None:
     """The report's figures of the last epoch as tensorboard images (``report/...``).
     matplotlib is imported here, on rank 0 at the first epoch's end, not with the trainer."""
-    from finessl.engine import figures
-    history, names, aux = trainer.history, trainer.data.classnames, aux_trained(trainer)
-    entry = history[-1]
-    drawn = {"report/reliability": figures.reliability_diagram(entry, aux),
-             "report/per_class": figures.per_class(entry, trainer.confusion, names)}
-    if entry.get("confidence"):
-        drawn["report/confidence"] = figures.confidence_histograms([entry], aux)
-    if entry.get("pseudo_counts"):
-        drawn["report/pace"] = figures.pace_heatmap(history, names)
-    for tag, figure in drawn.items():
-        writer.add_image(tag, figures.to_rgb(figure), step, dataformats="HWC")
-    confidence_histograms(writer, entry.get("confidence"), step)
+    from finessl.report.figures import epoch_images
+    images = epoch_images(trainer.history, trainer.confusion, trainer.data.classnames,
+                          trainer.algorithm.dls)
+    for tag, image in images.items():
+        writer.add_image(tag, image, step, dataformats="HWC")
+    confidence_histograms(writer, trainer.history[-1].get("confidence"), step)
 
 
 def confidence_histograms(writer, confidence: dict | None, step: int) -> None:

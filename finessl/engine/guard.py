@@ -1,6 +1,7 @@
 """The check after every backward pass: is the step finite, and has a signal asked the
-run to stop? One reduction on the device and one host sync per step (one all-reduce
-more with several processes, so that every rank stops at the same step).
+run to stop (then :meth:`StepGuard.stop` raises ``Preempted``)? One reduction on the
+device and one host sync per step (one all-reduce more with several processes, so that
+every rank stops at the same step).
 
 A non-finite loss, gradient or BatchNorm running statistic raises :class:`Diverged`:
 one line naming the epoch, the step and every loss term, exit code 3, before the
@@ -11,6 +12,7 @@ loss and the statistics are checked there.
 """
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -18,7 +20,11 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import get_total_norm
 
 from finessl.engine import signals
+from finessl.engine.checkpoint import LAST
 from finessl.errors import UserError
+from finessl.logs import PROGRESS
+
+progress = logging.getLogger(PROGRESS)
 
 DIVERGED_EXIT = 3
 
@@ -70,6 +76,17 @@ class StepGuard:
             return bool(flag)
         return bool(self.dist.sum(torch.tensor([flag], device=self.device)).item() > 0)
 
+    def stop(self, at: str, run_dir: str) -> None:
+        """A signal asked to stop and the checkpoint of this point (``at``) is written:
+        raise :class:`signals.Preempted` on every rank, once rank 0's file is complete."""
+        self.dist.barrier()
+        signum = signals.requested()
+        what = signals.name(signum) if signum else "a signal to another process"
+        message = (f"stopped by {what} {at}: {LAST} holds this point; continue with "
+                   f"'resume {run_dir}'")
+        progress.warning("%s", message)  # log.txt; main.py prints it on the console
+        raise signals.Preempted(signum or signals.SIGNALS[0], message)
+
     def what(self, loss: torch.Tensor) -> str:
         """Which value is not finite (the slow path, once, when a step failed)."""
         if not torch.isfinite(loss.detach()).all():
@@ -83,7 +100,11 @@ class StepGuard:
         return "another process's step is not finite"
 
     def diverged(self, loss, logs: dict, epoch: int, step: int, num_epochs: int,
-                 total_steps: int, saved: str) -> Diverged:
+                 total_steps: int, saved: str | None) -> Diverged:
+        """The error of a non-finite step; ``saved``: where the checkpoint on disk is
+        ('epoch E [step S]'), None when none was written."""
+        saved = ("no checkpoint was written" if saved is None
+                 else f"{LAST} ({saved}) is left as it was")
         terms = {k: v for k, v in logs.items() if k.startswith("loss/")} or logs
         terms = "  ".join(f"{k} {float(v):.4g}" for k, v in sorted(terms.items()))
         return Diverged(f"training diverged at epoch {epoch + 1}/{num_epochs} step {step + 1}/"

@@ -12,7 +12,7 @@ import html
 import math
 import os
 
-from finessl.engine import figures
+from finessl.report import figures
 from finessl.errors import UserError
 from finessl.io import atomic_write_text
 from finessl.report import sweep

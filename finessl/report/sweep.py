@@ -11,7 +11,7 @@ import statistics
 import numpy as np
 
 from finessl.algorithms import ALGORITHMS
-from finessl.engine import figures
+from finessl.report import figures
 from finessl.report.runs import Run
 
 METRICS = {"last": "last_top1", "best": "best_top1"}

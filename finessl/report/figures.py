@@ -1,6 +1,7 @@
 """The figures of one run (docs/results.md#the-run-report), drawn from what the run
 records per epoch (its history entries and its last confusion matrix): the trainer
-sends them to tensorboard after every epoch, ``main.py report`` writes them as PNG.
+sends them to tensorboard after every epoch (:func:`epoch_images`, the one function
+the engine calls here), ``main.py report`` writes them as PNG.
 
 matplotlib's object API on the Agg canvas only (no pyplot, no display, no global
 state); every function takes plain lists and dicts and returns a ``Figure``.
@@ -225,3 +226,17 @@ def per_class(entry: dict, confusion: list[list[int]] | None, classnames: list[s
         matrix.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=matrix.transAxes)
     matrix.set_title("confusion matrix (test set)", fontsize=10)
     return figure
+
+
+def epoch_images(history: list[dict], confusion: list[list[int]] | None,
+                 classnames: list[str], aux_trained: bool) -> dict[str, np.ndarray]:
+    """The report's figures of the last epoch of ``history``, as (H, W, 3) images by
+    tensorboard tag (``report/...``): what the trainer shows after every epoch."""
+    entry = history[-1]
+    drawn = {"report/reliability": reliability_diagram(entry, aux_trained),
+             "report/per_class": per_class(entry, confusion, classnames)}
+    if entry.get("confidence"):
+        drawn["report/confidence"] = confidence_histograms([entry], aux_trained)
+    if entry.get("pseudo_counts"):
+        drawn["report/pace"] = pace_heatmap(history, classnames)
+    return {tag: to_rgb(figure) for tag, figure in drawn.items()}
