@@ -59,7 +59,7 @@ def figures_not_rasterised(monkeypatch):
     import numpy as np
     from PIL import Image
 
-    from finessl.engine import figures
+    from finessl.report import figures
     monkeypatch.setattr(figures, "to_rgb", lambda figure, dpi=56: np.zeros((4, 4, 3), np.uint8))
     monkeypatch.setattr(figures, "save_png",
                         lambda figure, path, dpi=90: Image.new("RGB", (1, 1)).save(path, "PNG"))
