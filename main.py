@@ -125,9 +125,9 @@ def _run(command, args) -> int:
                 repair.restore_previous(args.run_dir)
             return 0
         cfg = load_config(args.cfg, args.opts)
-        if args.dry_run:  # every check a real run makes before loading anything
+        if args.dry_run:  # every check a real run's setup makes (finessl/engine/preflight.py)
             from finessl.engine import preflight
-            preflight.check(cfg)
+            preflight.rehearse(cfg, preflight.check(cfg))
             print(cfg.dump(), end="")
             return 0
         from finessl.engine import run  # heavy imports only when training

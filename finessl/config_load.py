@@ -187,3 +187,31 @@ def load_config(cfg_file: str | None = None, opts: list[str] | None = None) -> C
                     ", ".join(seen_inert))
     cfg.freeze()
     return cfg
+
+
+def load_config_dict(mapping: dict, opts: list[str] | None = None,
+                     source: str = "a stored config") -> CN:
+    """Defaults <- ``mapping`` (a config held in memory: a checkpoint's stored config)
+    <- ``KEY VALUE`` pairs, validated and frozen; ``source`` names the mapping in
+    errors. The mapping is a finished run's record, so no resume or eval_only layer
+    and no switch rewriting apply; the ``plugins`` it names are imported first."""
+    if not isinstance(mapping, dict):
+        raise UserError(f"{source}: expected a mapping of config keys at the top level")
+    opts = list(opts or [])
+    if len(opts) % 2:
+        raise UserError(f"command-line overrides come in KEY VALUE pairs; {show(opts[-1])} "
+                        f"has no value")
+    sources = [(flatten(mapping), source),
+               ([(opts[i], parse_cli_value(opts[i + 1])) for i in range(0, len(opts), 2)],
+                "command line")]
+    for pairs, name in sources:
+        for key, value in pairs:
+            if key == "plugins":
+                _import_plugins(coerce(key, [], value, name), name)
+    cfg = get_cfg_defaults()
+    seen_inert: list[str] = []
+    for pairs, name in sources:
+        merge(cfg, pairs, name, seen_inert)
+    validate(cfg)
+    cfg.freeze()
+    return cfg
