@@ -77,9 +77,9 @@ def train(args) -> int:
     """Train (or ``eval_only True``: evaluate a saved run); ``--dry-run``: check only."""
     from finessl.config_load import load_config  # every built-in plug-in, torch
     cfg = load_config(args.cfg, args.opts)
-    if args.dry_run:  # every check a real run makes before loading anything
+    if args.dry_run:  # every check a real run's setup makes (finessl/engine/preflight.py)
         from finessl.engine import preflight
-        preflight.check(cfg)
+        preflight.rehearse(cfg, preflight.check(cfg))
         print(cfg.dump(), end="")
         return 0
     from finessl.engine import run

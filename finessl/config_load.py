@@ -122,6 +122,15 @@ def _resume_changes(stored: CN, cfg: CN, run_dir: str) -> None:
                     f"was) or start a new run in another output_dir{hint}")
 
 
+def command_line_pairs(opts: list[str] | None) -> list[tuple[str, object]]:
+    """``KEY VALUE ...`` strings as (key, value) pairs, each value read as a literal."""
+    opts = list(opts or [])
+    if len(opts) % 2:
+        raise UserError(f"command-line overrides come in KEY VALUE pairs; {show(opts[-1])} "
+                        f"has no value")
+    return [(opts[i], parse_cli_value(opts[i + 1])) for i in range(0, len(opts), 2)]
+
+
 def load_config(cfg_file: str | None = None, opts: list[str] | None = None) -> CN:
     """Defaults <- YAML file <- ``KEY VALUE`` pairs, validated and frozen.
 
@@ -142,12 +151,7 @@ def load_config(cfg_file: str | None = None, opts: list[str] | None = None) -> C
     sources = []
     if cfg_file:
         sources.append((flatten(read_yaml(cfg_file)), show_path(cfg_file)))
-    opts = list(opts or [])
-    if len(opts) % 2:
-        raise UserError(f"command-line overrides come in KEY VALUE pairs; {show(opts[-1])} "
-                        f"has no value")
-    sources.append(([(opts[i], parse_cli_value(opts[i + 1])) for i in range(0, len(opts), 2)],
-                    "command line"))
+    sources.append((command_line_pairs(opts), "command line"))
     for rewrite in PAIR_REWRITES:  # a plug-in's reading of the authors' switches (SemiKD's KD)
         sources = rewrite(sources)
     resume = coerce("resume", None, last_value(sources, "resume"), "the resume key")
@@ -197,5 +201,28 @@ def load_config(cfg_file: str | None = None, opts: list[str] | None = None) -> C
     if seen_inert:
         log.warning("config keys with no effect in FineSSL, accepted for compatibility: %s",
                     ", ".join(seen_inert))
+    cfg.freeze()
+    return cfg
+
+
+def load_config_dict(mapping: dict, opts: list[str] | None = None,
+                     source: str = "a stored config") -> CN:
+    """Defaults <- ``mapping`` (a config held in memory: a checkpoint's stored config)
+    <- ``KEY VALUE`` pairs, validated and frozen; ``source`` names the mapping in
+    errors. The mapping is a finished run's record, so no resume or eval_only layer
+    and no switch rewriting apply; the ``plugins`` it names are imported first."""
+    if not isinstance(mapping, dict):
+        raise UserError(f"{source}: expected a mapping of config keys at the top level")
+    import_builtin_plugins()
+    sources = [(flatten(mapping), source), (command_line_pairs(opts), "command line")]
+    for pairs, name in sources:
+        for key, value in pairs:
+            if key == "plugins":
+                _import_plugins(coerce(key, [], value, name), name)
+    cfg = get_cfg_defaults()
+    seen_inert: list[str] = []
+    for pairs, name in sources:
+        merge(cfg, pairs, name, seen_inert)
+    validate(cfg)
     cfg.freeze()
     return cfg

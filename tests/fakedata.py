@@ -54,7 +54,7 @@ def write_fake_food101(root: str, names=FOOD101_NAMES, train_per_class: int = 5,
     return root
 
 
-# ImageFolder (DATA.NAME ImageFolder): folder names; class names read "apple pie", ...
+# ImageFolder (DATA.NAME ImageFolder): folder names, which are its class names
 FOLDER_CLASSES = ["apple_pie", "bus", "cat"]
 FOLDER_LABELED_PER_CLASS, FOLDER_UNLABELED, FOLDER_TEST_PER_CLASS = 4, 12, 3
 TRUNCATED = os.path.join("labeled", "bus", "broken.jpg")

@@ -11,6 +11,7 @@ from conftest import REPO, run_main, tiny_args
 from finessl.algorithms import ALGORITHMS
 from finessl.config_load import load_config
 from finessl.errors import UserError
+from finessl.engine.run import restore
 from finessl.engine.trainer import Trainer
 from finessl.registry import import_plugin
 
@@ -98,7 +99,7 @@ def test_resume_after_a_crash_mid_epoch_is_exact(algorithm, cifar_root, tmp_path
         crashed.fit()
 
     resumed = trainer("crashed", write_split=False)
-    resumed.load(str(tmp_path / "crashed"))
+    restore(resumed, str(tmp_path / "crashed"))
     assert resumed.start_epoch == 1
     resumed.fit()
     a, b = reference.model.trainable_state_dict(), resumed.model.trainable_state_dict()

@@ -245,7 +245,8 @@ def test_build_data_and_loaders(cifar10_root, tmp_path):
         labeled, unlabeled = loaders.build_train_loaders(
             bundle, batch_size=4, mu=2, steps_per_epoch=3, num_workers=num_workers,
             seed=5, pin_memory=False)
-        loaders.set_epoch([labeled, unlabeled], 1)
+        for loader in (labeled, unlabeled):
+            loader.sampler.set_epoch(1)
         return list(labeled), list(unlabeled)
 
     labeled, unlabeled = epoch_batches(0)

@@ -225,7 +225,8 @@ def c10_root(tmp_path_factory):
 def _epoch(bundle, epoch, batch_size=8, mu=2, steps=5, seed=3, **replay):
     labeled, unlabeled = loaders.build_train_loaders(
         bundle, batch_size, mu, steps, num_workers=0, seed=seed, pin_memory=False, **replay)
-    loaders.set_epoch([labeled, unlabeled], epoch)
+    for loader in (labeled, unlabeled):  # what the trainer does before each epoch
+        loader.sampler.set_epoch(epoch)
     return list(labeled), list(unlabeled)
 
 

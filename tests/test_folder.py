@@ -32,7 +32,7 @@ def make_cfg(root, num_test=0):
 
 def test_class_names_counts_and_split(image_root):
     raw = datasets.load_dataset("imagefolder", image_root, download=False)
-    assert raw.classnames == ["apple pie", "bus", "cat"]
+    assert raw.classnames == ["apple_pie", "bus", "cat"]  # the folder names
     labeled = LABELED_PER_CLASS * len(CLASSES)  # the truncated JPEG is not counted
     assert raw.train_targets[:labeled] == [k for k in range(3) for _ in range(LABELED_PER_CLASS)]
     assert raw.train_targets[labeled:] == [folder.UNKNOWN] * UNLABELED

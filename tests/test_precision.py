@@ -12,6 +12,7 @@ from open_clip.transformer import LayerNormFp32
 from conftest import tiny_args
 from finessl.config_load import load_config
 from finessl.engine.device import Precision
+from finessl.engine.run import restore
 from finessl.engine.trainer import Trainer
 
 CPU = torch.device("cpu")
@@ -119,6 +120,6 @@ def test_fp16_modes_resume_exactly(prec, cifar_root, tmp_path):
     first = trainer_for(prec, cifar_root, tmp_path / "a")
     first.fit()
     second = trainer_for(prec, cifar_root, tmp_path / "b")
-    second.load(str(tmp_path / "a"))
+    restore(second, str(tmp_path / "a"))
     for a, b in zip(first.params, second.params):
         assert a.dtype == b.dtype and torch.equal(a.detach(), b.detach())

@@ -14,7 +14,7 @@ from fakedata import NOT_AN_IMAGE, TRUNCATED, write_image_folder
 from finessl.engine.predict import predict
 from finessl.errors import UserError
 
-CLASSNAMES = ["apple pie", "bus", "cat"]
+CLASSNAMES = ["apple_pie", "bus", "cat"]  # the folder names, not the prompts
 
 pytestmark = pytest.mark.slow  # every test runs main.py in a subprocess
 

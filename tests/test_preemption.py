@@ -16,6 +16,7 @@ from conftest import REPO, main_inprocess, tiny_args, wait_for_text
 from finessl.config_load import load_config
 from finessl.engine import signals
 from finessl.engine.checkpoint import LAST, PREV
+from finessl.engine.run import restore
 from finessl.engine.trainer import Trainer
 
 
@@ -95,7 +96,7 @@ def test_sigusr1_in_process_stops_cleanly_and_resume_is_exact(cifar_root, tmp_pa
     assert (state["epoch"], state["step"]) == saved
 
     resumed = _trainer(cifar_root, tmp_path / "stopped", write_split=False)
-    resumed.load(str(tmp_path / "stopped"))
+    restore(resumed, str(tmp_path / "stopped"))
     resumed.fit()
     assert_same_run(load(tmp_path / "reference" / LAST), load(tmp_path / "stopped" / LAST))
 

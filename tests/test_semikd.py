@@ -25,6 +25,7 @@ from finessl.engine import rundir, signals
 from finessl.engine.checkpoint import LAST
 from finessl.engine.predict import predict
 from finessl.engine.teacher import load_teacher
+from finessl.engine.run import restore
 from finessl.engine.trainer import Trainer
 from finessl.models import build_model
 from finessl.config_load import load_config
@@ -266,7 +267,7 @@ def test_kill_and_resume_in_kd_mode_is_exact(teacher_run, cifar_root, tmp_path,
 
     resumed = _kd_trainer(cifar_root, str(tmp_path / "stopped"), teacher_run.folder,
                           write_split=False, **settings)
-    resumed.load(str(tmp_path / "stopped"))
+    restore(resumed, str(tmp_path / "stopped"))
     resumed.fit()
     a, b = reference.model.trainable_state_dict(), resumed.model.trainable_state_dict()
     for name in a:
@@ -290,7 +291,7 @@ def test_resuming_with_another_teacher_is_refused(teacher_run, cifar_root, tmp_p
     kd.algorithm.teacher  # noqa: B018  (loaded, as training would)
     kd.save(1)  # what the run's first epoch leaves
     resumed = _kd_trainer(cifar_root, str(tmp_path / "kd"), str(other), write_split=False)
-    message = one_line_error(resumed.load, str(tmp_path / "kd"))
+    message = one_line_error(restore, resumed, str(tmp_path / "kd"))
     assert "is not the teacher this run started with" in message
 
 

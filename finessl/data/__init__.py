@@ -27,7 +27,6 @@ from finessl.data.loaders import (
     build_data,
     build_test_loader,
     build_train_loaders,
-    set_epoch,
 )
 from finessl.data.splits import class_counts, make_split, save_split, split_hash
 from finessl.data.transforms import ViewMaker
@@ -55,6 +54,5 @@ __all__ = [
     "make_split",
     "register",
     "save_split",
-    "set_epoch",
     "split_hash",
 ]

@@ -7,7 +7,8 @@
     test/<class>/...       labelled test images (required: every run is evaluated)
 
 Class names are the folder names under ``labeled/``, sorted (that order is the label
-index), with ``_`` read as a space for the CLIP prompts; ``test/`` may hold a subset
+index), kept as they are (what ``predict`` writes; the CLIP prompts read ``_`` as a
+space, finessl/models/heads.py); ``test/`` may hold a subset
 of them. The split is the folders: every labeled image is labeled, and the unlabeled
 set is the labeled images followed by the unlabeled ones (labeled images are also
 used without their labels, as in FixMatch and FineSSL); DATA.NUM_L, NUM_U, IMB_L and
@@ -211,7 +212,7 @@ def classnames_of(root: str) -> list[str]:
     classes = _class_folders(labeled) if os.path.isdir(labeled) else []
     if not classes:
         raise UserError(f"ImageFolder: no class folders in {labeled}; expected {LAYOUT}")
-    return [c.replace("_", " ") for c in classes]
+    return classes
 
 
 def _relative(paths: Sequence[str], root: str) -> list[str]:
@@ -261,7 +262,7 @@ class ImageFolder(Dataset):
         return self.raw(
             train_targets=train_targets,
             test_targets=test_labels,
-            classnames=[c.replace("_", " ") for c in classes],
+            classnames=list(classes),
             train_images=CheckedFileImages(train, train_targets),
             test_images=CheckedFileImages(test, test_labels),
             fixed_split=(list(range(len(labeled))), list(range(len(train)))),

@@ -4,7 +4,8 @@ Reproducibility is decided in the main process: :class:`EpochSampler` draws, fro
 generator seeded by (seed, epoch, stream), both the order of the samples and one
 augmentation seed per sample. Workers only apply pure functions of (image, seed)
 (see ``transforms``), so a batch is the same whatever ``num_workers`` is, and an
-epoch can be replayed exactly after a resume by calling ``set_epoch`` again.
+epoch can be replayed exactly after a resume by calling the sampler's ``set_epoch``
+again.
 
 Training is counted in steps, not passes over the data (FixMatch and FineSSL train
 for a fixed number of iterations per epoch), so each sampler yields exactly
@@ -267,7 +268,7 @@ def build_train_loaders(
 ) -> tuple[DataLoader, DataLoader]:
     """Labeled loader (``batch_size``) and unlabeled loader (``mu * batch_size``).
 
-    Both yield exactly ``steps_per_epoch`` batches; call :func:`set_epoch` on them
+    Both yield exactly ``steps_per_epoch`` batches; call their samplers' ``set_epoch``
     before each epoch. ``replay`` (DATA.REPLAY): each epoch repeats its first pass
     (see :class:`EpochSampler`). ``batch_size`` is global: with ``world`` ranks each
     loader yields this rank's ``1 / world`` of every batch.
@@ -283,12 +284,6 @@ def build_train_loaders(
             pin_memory=pin_memory, drop_last=True, persistent_workers=num_workers > 0,
         ))
     return loaders[0], loaders[1]
-
-
-def set_epoch(loaders: Sequence[DataLoader], epoch: int) -> None:
-    """Point every loader's EpochSampler at ``epoch`` (order and augmentations)."""
-    for loader in loaders:
-        loader.sampler.set_epoch(epoch)
 
 
 def build_test_loader(bundle: DataBundle, batch_size: int, num_workers: int,

@@ -50,6 +50,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
+from finessl.errors import UserError
+
 _BILINEAR = Image.Resampling.BILINEAR
 _AFFINE = Image.Transform.AFFINE
 
@@ -117,6 +119,15 @@ def cutout(img: Image.Image, rng: random.Random, size: int = 16) -> Image.Image:
     return img
 
 
+def check_cutout(size: int, crop: int) -> None:
+    """A Cutout square larger than the views paints the strong views blank grey (their
+    consistency target would be a grey image): one line naming DATA.CUTOUT and the side."""
+    if size > crop:
+        raise UserError(f"DATA.CUTOUT {size} is larger than the {crop} px input size: the "
+                        f"strong views would be blank grey; use at most {crop} (the released "
+                        f"16 for 32 px CIFAR, -1 for half the image at most, 0 for none)")
+
+
 def rand_augment(img: Image.Image, rng: random.Random, num_ops: int = 2) -> Image.Image:
     """FixMatch RandAugmentMC: ``num_ops`` ops with replacement, each with p=0.5."""
     for _, op in rng.choices(RANDAUGMENT_POOL, k=num_ops):
@@ -180,6 +191,7 @@ class ViewMaker:
     """
 
     def __init__(self, crop: int, cutout: int = 16):
+        check_cutout(cutout, crop)
         self.crop, self.cutout = crop, cutout
 
     def labeled(self, img: Image.Image, rng: random.Random) -> torch.Tensor:

@@ -22,19 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from finessl.config_load import keep_run_config
-from finessl.config_load import load_config
-from finessl.data.datasets import dataset_classnames, dataset_stats
+from finessl.data.datasets import dataset_classnames
 from finessl.data.folder import IMAGE_EXTENSIONS, UnreadableLog, list_images, open_rgb, readable
 from finessl.data.transforms import test_transform
-from finessl.algorithms import ALGORITHMS
-from finessl.engine.checkpoint import LAST, MODEL_KEYS, read_checkpoint, seed_everything
-from finessl.engine.device import Precision, select_device
-from finessl.engine.rundir import checkpoint_seed
-from finessl.errors import UserError, brief
+from finessl.engine.checkpoint import LAST
+from finessl.engine.trained import read_run, rebuild
+from finessl.errors import UserError
 from finessl.io import atomic_write_text
-from finessl.models import build_model
-from finessl.models.model import input_size
 
 log = logging.getLogger(__name__)
 
@@ -62,20 +56,6 @@ def _collate(items):
     return images, [i for _, i in good], [(i, why) for view, i, why in items if view is None]
 
 
-def _load_run(model_dir: str, cfg_file: str | None, opts: list[str]):
-    """(config, checkpoint state) of the run in ``model_dir``."""
-    cfg_file = cfg_file or os.path.join(model_dir, "config.yaml")
-    if not os.path.isfile(cfg_file):
-        raise UserError(f"predict: no {cfg_file}; --model-dir must be a run folder "
-                        f"(config.yaml and {LAST}), or pass --cfg")
-    cfg = load_config(cfg_file, opts)
-    if opts:  # only runtime keys on top of the config the run was trained with
-        cfg.defrost()
-        keep_run_config(load_config(cfg_file, []), cfg, model_dir, "predict")
-        cfg.freeze()
-    return cfg, read_checkpoint(model_dir, MODEL_KEYS)
-
-
 def _classnames(cfg, state: dict, model_dir: str) -> list[str]:
     names = state.get("classnames")
     if names is not None and not (isinstance(names, (list, tuple, str)) and len(names) == 0):
@@ -90,28 +70,6 @@ def _classnames(cfg, state: dict, model_dir: str) -> list[str]:
     except UserError as e:
         raise UserError(f"predict: the checkpoint in {model_dir} records no class names, and "
                         f"DATA.DATAPATH cannot give them ({e}); pass DATA.DATAPATH PATH") from None
-
-
-def _build(cfg, state: dict, classnames: list[str], model_dir: str):
-    """(model, device, precision, input size) of the trained run: the model its
-    algorithm trains (SemiKD: the student), its checkpoint's tensors loaded."""
-    device = select_device(cfg)
-    precision = Precision(cfg.prec, device)
-    seed_everything(checkpoint_seed(state, model_dir))  # a randomly initialised backbone comes out the same
-    mean, std = dataset_stats(cfg.DATA.NAME, cfg.DATA.NORMALIZE)
-    chosen = ALGORITHMS.get(cfg.algorithm)
-    model_cfg = chosen.model_config(cfg)
-    model = build_model(model_cfg, classnames, device, precision.fp16_params, mean, std,
-                        chosen.zero_shot_head)
-    try:
-        model.load_trainable_state_dict({k: v.to(device) for k, v in state["model"].items()})
-    except (KeyError, RuntimeError) as e:
-        raise UserError(f"{os.path.join(model_dir, LAST)} does not fit its config and "
-                        f"{len(classnames)} class names ({brief(e)})") from None
-    except (AttributeError, TypeError, ValueError) as e:  # not a dict of tensors
-        raise UserError(f"{os.path.join(model_dir, LAST)} is not a FineSSL checkpoint (its "
-                        f"model entry: {brief(e)})") from None
-    return model.eval(), device, precision, input_size(model_cfg)
 
 
 def _check_output(output: str) -> None:
@@ -142,9 +100,10 @@ def predict(model_dir: str, images: str, output: str, cfg_file: str | None = Non
     if not paths:
         raise UserError(f"predict: no image files below {images} "
                         f"(extensions: {' '.join(IMAGE_EXTENSIONS)})")
-    cfg, state = _load_run(model_dir, cfg_file, list(opts or []))
+    cfg, state, path = read_run(model_dir, "--model-dir", list(opts or []), cfg_file)
     classnames = _classnames(cfg, state, model_dir)
-    model, device, precision, size = _build(cfg, state, classnames, model_dir)
+    run = rebuild(cfg, state, path, classnames)
+    model, device, precision, size = run.model, run.device, run.precision, run.input_size
     report = UnreadableLog()
     paths = readable(paths, report)
     loader = DataLoader(ImageFiles(paths, size),

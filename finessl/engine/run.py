@@ -9,9 +9,12 @@ import os
 
 import torch
 
-from finessl.engine.checkpoint import LAST, MODEL_KEYS, RESUME_KEYS, read_checkpoint
+from finessl.data import build_data, build_test_loader
+from finessl.engine.checkpoint import LAST, RESUME_KEYS
 from finessl.distributed import Dist, init_distributed
 from finessl.engine import preflight
+from finessl.engine.evaluate import evaluate as evaluate_model
+from finessl.engine.trained import read_state, rebuild
 from finessl.engine.rundir import (checkpoint_seed, draw_seed, extend_run_config,
                                    discard_new_run_dir, prepare_run_dir, run_lock,
                                    save_run_config, setting_name)
@@ -82,24 +85,30 @@ def fit_schedule(trainer, num_epochs: int) -> bool:
     return True
 
 
-def _load(trainer, state: dict, run_dir: str, full: bool = True) -> None:
+def _load(trainer, state: dict, run_dir: str) -> None:
     """``trainer.load_state``; a checkpoint with every key but values of the wrong
     shape (a foreign or damaged file) is a one-line error, not a traceback."""
     try:
-        trainer.load_state(state, run_dir, full)
+        trainer.load_state(state, run_dir)
     except (TypeError, ValueError, AttributeError, KeyError, IndexError, RuntimeError) as e:
         raise UserError(f"{os.path.join(run_dir, LAST)} is not a FineSSL checkpoint of this "
                         f"run ({brief(e)})") from None
 
 
+def restore(trainer, run_dir: str) -> None:
+    """Continue the run saved in ``run_dir`` with ``trainer``: its checkpoint, read once
+    (:func:`finessl.engine.trained.read_state`), restores everything a resume needs."""
+    _load(trainer, read_state(run_dir, "resume", RESUME_KEYS)[0], run_dir)
+
+
 def _train(cfg, dist: Dist) -> dict:
-    preflight.check(cfg, dist)  # device, folder, data, weights: before anything is written
+    setup = preflight.check(cfg, dist)  # device, folder, data, weights: before any write
     seed = dist.broadcast(draw_seed(cfg))
     with contextlib.ExitStack() as hold:  # the run folder's lock, on rank 0
         run_dir, extended_from = _rank0_run_dir(cfg, seed, dist, hold)
         setup_logging(run_dir if dist.is_main else None, quiet=not dist.is_main)
         try:
-            trainer = _build(cfg, dist, seed, run_dir, extended_from)
+            trainer = _build(cfg, dist, seed, run_dir, extended_from, setup)
         except UserError:  # setup failed: a folder this run made goes with it
             if dist.is_main:
                 detach_run_log(run_dir)
@@ -117,15 +126,17 @@ def _train(cfg, dist: Dist) -> dict:
     return result
 
 
-def _build(cfg, dist: Dist, seed: int, run_dir: str, extended_from) -> Trainer:
-    """The trainer of a fresh run, or of ``resume`` with its checkpoint loaded."""
+def _build(cfg, dist: Dist, seed: int, run_dir: str, extended_from,
+           setup: preflight.Setup) -> Trainer:
+    """The trainer of a fresh run, or of ``resume`` with its checkpoint loaded; a
+    teacher (SemiKD) is loaded here, so a teacher that does not fit fails the setup."""
     if extended_from is not None:
         log.info("resume: %s extended from %s to %d epochs (recorded in its config.yaml)",
                  run_dir, extended_from, cfg.num_epochs)
     if cfg.resume:  # the checkpoint is read once; the trainer is rebuilt under its seed
-        state = read_checkpoint(run_dir, RESUME_KEYS)
+        state = read_state(run_dir, "resume", RESUME_KEYS)[0]
         trainer = Trainer(cfg, run_dir, checkpoint_seed(state, run_dir), write_split=False,
-                          dist=dist)
+                          dist=dist, setup=setup)
         _load(trainer, state, run_dir)
         if fit_schedule(trainer, cfg.num_epochs):
             log.info("cosine schedule recomputed for %d epochs from epoch %d (lr %.3e)",
@@ -134,18 +145,24 @@ def _build(cfg, dist: Dist, seed: int, run_dir: str, extended_from) -> Trainer:
     else:
         log.info("run folder %s (seed %d, %d process%s)", run_dir, seed, dist.world,
                  "es" if dist.enabled else "")
-        trainer = Trainer(cfg, run_dir, seed, dist=dist)
+        trainer = Trainer(cfg, run_dir, seed, dist=dist, setup=setup)
+        if trainer.algorithm.uses_teacher:
+            trainer.algorithm.teacher  # noqa: B018  (loaded as the first epoch would)
     return trainer
 
 
 def evaluate(cfg) -> dict:
-    """``eval_only True model_dir DIR``: test top-1 of a saved run."""
+    """``eval_only True model_dir DIR``: test top-1 of a saved run, rebuilt from its
+    folder (:func:`finessl.engine.trained.rebuild`) on this start's device."""
     setup_logging()
-    preflight.check(cfg)
-    state = read_checkpoint(cfg.model_dir, MODEL_KEYS)
-    trainer = Trainer(cfg, None, checkpoint_seed(state, cfg.model_dir), write_split=False)
-    _load(trainer, state, cfg.model_dir, full=False)
-    result = trainer.evaluate()
+    setup = preflight.check(cfg)
+    state, path = read_state(cfg.model_dir, "model_dir")
+    data = build_data(cfg, setup.input_size, None)
+    run = rebuild(cfg, state, path, data.classnames, setup.device, (data.mean, data.std),
+                  model_cfg=setup.model_cfg)
+    loader = build_test_loader(data, max(100, cfg.DATA.BATCH_SIZE), cfg.num_workers)
+    result = evaluate_model(run.model, loader, run.device, run.precision, data.num_classes,
+                            num_test=len(data.test))
     log.info("test top-1 %.2f%%  ECE %.4f  (%s)", 100 * result["top1"], result["ece"],
              cfg.model_dir)
     return result

@@ -17,11 +17,11 @@ from finessl.algorithms import ALGORITHMS, build_algorithm
 from finessl.data import build_data, build_test_loader
 from finessl.distributed import SINGLE, Dist
 from finessl.engine import diagnostics, signals
+from finessl.engine import preflight
 from finessl.engine.batches import Batch, epoch_batches, train_loaders
-from finessl.engine.checkpoint import (MODEL_KEYS, RESUME_KEYS, read_checkpoint,
-                                       restore_training_state, seed_everything,
+from finessl.engine.checkpoint import (restore_training_state, seed_everything,
                                        training_state, where, write_checkpoint)
-from finessl.engine.device import Precision, select_device
+from finessl.engine.device import Precision
 from finessl.engine.guard import Diverged, StepGuard
 from finessl.errors import UserError
 from finessl.io import remove_orphan_temps
@@ -30,7 +30,6 @@ from finessl.engine.evaluate import evaluate
 from finessl.engine.optim import build_optimizer
 from finessl.engine.teacher import load_teacher
 from finessl.models import build_model
-from finessl.models.model import input_size
 
 log = logging.getLogger(__name__)
 progress = logging.getLogger(PROGRESS)
@@ -39,17 +38,17 @@ progress = logging.getLogger(PROGRESS)
 class Trainer:
     """Builds data, model, algorithm and optimiser from ``cfg`` and runs them.
 
-    ``precision`` replaces the one ``cfg.prec`` gives on this device (tests run the
-    half-precision modes on a CPU with it)."""
+    ``setup``: the device, precision and model config the start worked out
+    (:func:`finessl.engine.preflight.check`); without it they are worked out here
+    (``precision`` then replaces the one ``cfg.prec`` gives on this device: tests run
+    the half-precision modes on a CPU with it)."""
 
     def __init__(self, cfg, run_dir: str | None, seed: int, write_split: bool = True,
-                 dist: Dist = SINGLE, precision: Precision | None = None):
+                 dist: Dist = SINGLE, precision: Precision | None = None,
+                 setup: preflight.Setup | None = None):
         self.cfg, self.run_dir, self.seed, self.dist = cfg, run_dir, seed, dist
-        if cfg.DATA.BATCH_SIZE % dist.world:
-            raise UserError(f"DATA.BATCH_SIZE {cfg.DATA.BATCH_SIZE} (the global batch) is not "
-                            f"divisible by the {dist.world} processes")
-        self.device = select_device(cfg, dist)
-        self.precision = precision or Precision(cfg.prec, self.device)
+        setup = setup or preflight.setup(cfg, dist, precision)
+        self.device, self.precision = setup.device, setup.precision
         if run_dir and dist.is_main:  # what killed writes left; nothing else writes here now
             for name in remove_orphan_temps(run_dir):
                 log.info("removed %s in %s, the temp file of an interrupted write", name, run_dir)
@@ -57,8 +56,8 @@ class Trainer:
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         chosen = ALGORITHMS.get(cfg.algorithm)
-        model_cfg = chosen.model_config(cfg)  # what the trained model is (SemiKD: the student)
-        self.data = build_data(cfg, input_size(model_cfg),
+        model_cfg = setup.model_cfg  # what the trained model is (SemiKD: the student)
+        self.data = build_data(cfg, setup.input_size,
                                run_dir if write_split and dist.is_main else None)
         self.model = build_model(model_cfg, self.data.classnames, self.device,
                                  self.precision.fp16_params, self.data.mean, self.data.std,
@@ -67,7 +66,7 @@ class Trainer:
                                          len(self.data.unlabeled), self.device, dist)
         if chosen.uses_teacher:  # loaded when training needs it (finessl/engine/teacher.py)
             self.algorithm.set_teacher(functools.partial(load_teacher, cfg, self.data,
-                                                         self.device))
+                                                         self.device, setup.teacher))
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if self.algorithm.trains:
             self.optim, self.sched = build_optimizer(cfg, self.params)
@@ -88,12 +87,6 @@ class Trainer:
         if self.dist.is_main:
             write_checkpoint(training_state(self, epoch, step), self.run_dir, epoch,
                              self.cfg.checkpoint_freq if not step else 0)
-
-    def load(self, run_dir: str, full: bool = True) -> None:
-        """Restore the run saved in ``run_dir``: everything (``full``, a resume) or the
-        trained parameters only (evaluation)."""
-        keys = RESUME_KEYS if full else MODEL_KEYS
-        self.load_state(read_checkpoint(run_dir, keys, self.device), run_dir, full)
 
     def load_state(self, state: dict, run_dir: str, full: bool = True) -> None:
         """Restore a state :func:`read_checkpoint` returned (read once per resume)."""
