@@ -77,16 +77,16 @@ def train(args) -> int:
     """Train (or ``eval_only True``: evaluate a saved run); ``--dry-run``: check only."""
     from finessl.config_load import load_config  # every built-in plug-in, torch
     cfg = load_config(args.cfg, args.opts)
-    if args.dry_run:  # every check a real run's setup makes (finessl/engine/preflight.py)
-        from finessl.engine import preflight
-        preflight.rehearse(cfg, preflight.check(cfg))
+    from finessl.engine import run
+    if args.dry_run:  # every check a real run's setup makes, nothing written
+        run.dry_run(cfg)
         print(cfg.dump(), end="")
         return 0
-    from finessl.engine import run
     if cfg.eval_only:
         run.evaluate(cfg)
     else:
-        run.train(cfg)
+        from finessl.report.figures import epoch_images  # matplotlib: a run's figures
+        run.train(cfg, epoch_images)
     return 0
 
 

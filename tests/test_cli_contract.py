@@ -176,7 +176,7 @@ def test_a_run_out_of_memory_ends_in_one_line_exit_2(tmp_path, monkeypatch, caps
     from finessl.engine import predict, run
     cpu = _cpu_allocation_failure()
 
-    def out_of_memory(cfg):
+    def out_of_memory(cfg, *rest):
         raise cpu
     monkeypatch.setattr(run, "train", out_of_memory)
     code = main.main(tiny_args(str(tmp_path), str(tmp_path / "out"), vpt_len=100000))

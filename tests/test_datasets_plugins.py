@@ -127,7 +127,7 @@ def test_a_registered_class_is_loaded_split_and_normalised(scratch_registry, tmp
     assert datasets.dataset_stats("Stripes") == ((0.1, 0.2, 0.3), (0.4, 0.5, 0.6))
     assert datasets.dataset_classnames("STRIPES", str(tmp_path)) == ["a", "b", "c"]
     cfg = load_config(None, ["DATA.NAME", "stripes", "DATA.DATAPATH", str(tmp_path),
-                             "DATA.NUM_L", "1"])
+                             "DATA.NUM_L", "1", "DATA.CUTOUT", "4"])  # 8 px views
     bundle = loaders.build_data(cfg, 8, str(tmp_path))
     assert (bundle.mean, bundle.std) == Stripes.stats
     assert bundle.labeled_idx == [0, 1, 2] and bundle.unlabeled_idx == list(range(12))

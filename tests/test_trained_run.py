@@ -18,7 +18,7 @@ from finessl.engine.predict import predict
 from finessl.engine.run import evaluate, train
 from finessl.engine.trained import read_run, read_state, rebuild
 from finessl.errors import UserError
-from finessl.plugins import load_config
+from finessl.config_load import load_config
 
 
 @pytest.fixture(scope="module")

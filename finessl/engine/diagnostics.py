@@ -214,13 +214,14 @@ def write(run_dir: str, trainer) -> None:
 
 
 def to_tensorboard(writer, trainer, step: int) -> None:
-    """The report's figures of the last epoch as tensorboard images (``report/...``).
-    matplotlib is imported here, on rank 0 at the first epoch's end, not with the trainer."""
-    from finessl.report.figures import epoch_images
-    images = epoch_images(trainer.history, trainer.confusion, trainer.data.classnames,
-                          trainer.algorithm.dls)
-    for tag, image in images.items():
-        writer.add_image(tag, image, step, dataformats="HWC")
+    """The report's figures of the last epoch as tensorboard images (``report/...``),
+    drawn by ``trainer.epoch_images`` (handed down from above: none, no images), and
+    the confidences as histograms."""
+    if trainer.epoch_images is not None:
+        images = trainer.epoch_images(trainer.history, trainer.confusion,
+                                      trainer.data.classnames, trainer.algorithm.dls)
+        for tag, image in images.items():
+            writer.add_image(tag, image, step, dataformats="HWC")
     confidence_histograms(writer, trainer.history[-1].get("confidence"), step)
 
 

@@ -7,15 +7,15 @@ and a run that fails here leaves nothing behind. What a start works out here (de
 precision, model config, input size, the teacher read) is handed to the Trainer as a
 :class:`Setup`, so it is worked out once.
 
-``--dry-run`` then builds what the run's setup builds (:func:`rehearse`: the data
-without writing split.json, the model, the algorithm, the teacher), with the same
-functions the Trainer calls, so every setup check the run makes (docs/running.md) is
-made, and it cannot drift from the run's: ``input_size``, ``partial``,
-``DATA.NUMBER_CLASSES``, ``DATA.NUM_L``, ``DATA.BATCH_SIZE``, ``DATA.CUTOUT``, ...
+``--dry-run`` then builds what the run's setup builds
+(:func:`finessl.engine.run.dry_run`: the data without writing split.json, the model,
+the algorithm, the teacher), with the same functions the Trainer calls, so every setup
+check the run makes (docs/running.md) is made, and it cannot drift from the run's:
+``input_size``, ``partial``, ``DATA.NUMBER_CLASSES``, ``DATA.NUM_L``,
+``DATA.BATCH_SIZE``, ``DATA.CUTOUT``, ...
 """
 from __future__ import annotations
 
-import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -33,8 +33,6 @@ from finessl.errors import UserError
 from finessl.engine.checkpoint import LAST
 from finessl.models.families import family_of
 from finessl.models.model import input_size
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -80,26 +78,6 @@ def check(cfg, dist: Dist = SINGLE) -> Setup:
         from finessl.engine.teacher import check_teacher  # imports every algorithm
         found.teacher = check_teacher(cfg)
     return found
-
-
-def rehearse(cfg, found: Setup) -> None:
-    """``--dry-run``'s second half: build the data (nothing written), the model, the
-    algorithm and the teacher as the run's setup does, so every check they make is
-    made. Skipped when the data is still to be downloaded (a dry run fetches nothing)."""
-    root = os.path.abspath(os.path.expanduser(cfg.DATA.DATAPATH))
-    if cfg.DATA.DOWNLOAD:
-        try:
-            get_dataset(cfg.DATA.NAME, cfg).check(root, False)
-        except UserError:
-            log.info("dry run: %s is still to be downloaded; the checks that read it run "
-                     "when the real run has it", cfg.DATA.NAME)
-            return
-    from finessl.engine.trainer import Trainer  # heavy: only for a dry run
-    from finessl.engine.trained import own_rng
-    with own_rng(found.device):
-        trainer = Trainer(cfg, None, 0, write_split=False, setup=found)
-        if not cfg.eval_only and getattr(trainer.algorithm, "uses_teacher", False):
-            trainer.algorithm.teacher  # noqa: B018  (loaded as the first epoch would)
 
 
 def check_run_dir(cfg) -> None:

@@ -10,11 +10,12 @@ import os
 import torch
 
 from finessl.data import build_data, build_test_loader
+from finessl.data.base import get_dataset
 from finessl.engine.checkpoint import LAST, RESUME_KEYS
 from finessl.distributed import Dist, init_distributed
 from finessl.engine import preflight
 from finessl.engine.evaluate import evaluate as evaluate_model
-from finessl.engine.trained import read_state, rebuild
+from finessl.engine.trained import own_rng, read_state, rebuild
 from finessl.engine.rundir import (checkpoint_seed, draw_seed, extend_run_config,
                                    discard_new_run_dir, prepare_run_dir, run_lock,
                                    save_run_config, setting_name)
@@ -26,12 +27,15 @@ from finessl.logs import detach_run_log, setup_logging
 log = logging.getLogger(__name__)
 
 
-def train(cfg) -> dict:
+def train(cfg, epoch_images=None) -> dict:
     """Fresh run or ``resume``, in one process or under ``torchrun``; logs and returns
-    best / last test top-1."""
+    best / last test top-1. ``epoch_images(history, confusion, classnames, aux_trained)``
+    draws the report's figures of each epoch for tensorboard
+    (:func:`finessl.report.figures.epoch_images`, handed down by main.py: the report
+    sits above the engine); None: no images."""
     dist = init_distributed()
     try:
-        return _train(cfg, dist)
+        return _train(cfg, dist, epoch_images)
     finally:
         if dist.enabled:
             torch.distributed.destroy_process_group()
@@ -101,7 +105,7 @@ def restore(trainer, run_dir: str) -> None:
     _load(trainer, read_state(run_dir, "resume", RESUME_KEYS)[0], run_dir)
 
 
-def _train(cfg, dist: Dist) -> dict:
+def _train(cfg, dist: Dist, epoch_images=None) -> dict:
     setup = preflight.check(cfg, dist)  # device, folder, data, weights: before any write
     seed = dist.broadcast(draw_seed(cfg))
     with contextlib.ExitStack() as hold:  # the run folder's lock, on rank 0
@@ -114,6 +118,7 @@ def _train(cfg, dist: Dist) -> dict:
                 detach_run_log(run_dir)
                 discard_new_run_dir(run_dir)
             raise
+        trainer.epoch_images = epoch_images
         result = trainer.fit()
         if result and dist.is_main:
             result.update(algorithm=cfg.algorithm, dataset=cfg.DATA.NAME, num_l=cfg.DATA.NUM_L,
@@ -166,3 +171,32 @@ def evaluate(cfg) -> dict:
     log.info("test top-1 %.2f%%  ECE %.4f  (%s)", 100 * result["top1"], result["ece"],
              cfg.model_dir)
     return result
+
+
+def dry_run(cfg) -> None:
+    """``--dry-run``: every check a real run's setup makes, in its order, and nothing
+    written. :func:`preflight.check` first (device, folder, data files, weights), then
+    the data (no split file), the model, the algorithm and the teacher are built as the
+    run builds them, so every check they make is made and the two cannot drift; the
+    global random state is left as it was and their progress lines are not printed
+    (stdout is the merged config). Skipped after the first half when the data is still
+    to be downloaded (a dry run fetches nothing)."""
+    found = preflight.check(cfg)
+    if cfg.DATA.DOWNLOAD:
+        root = os.path.abspath(os.path.expanduser(cfg.DATA.DATAPATH))
+        try:
+            get_dataset(cfg.DATA.NAME, cfg).check(root, False)
+        except UserError:
+            log.info("dry run: %s is still to be downloaded; the checks that read it run "
+                     "when the real run has it", cfg.DATA.NAME)
+            return
+    quiet = logging.getLogger("finessl")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        with own_rng(found.device):
+            trainer = Trainer(cfg, None, 0, write_split=False, setup=found)
+            if not cfg.eval_only and trainer.algorithm.uses_teacher:
+                trainer.algorithm.teacher  # noqa: B018  (loaded as the first epoch would)
+    finally:
+        quiet.setLevel(level)

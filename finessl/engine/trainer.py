@@ -43,6 +43,9 @@ class Trainer:
     (``precision`` then replaces the one ``cfg.prec`` gives on this device: tests run
     the half-precision modes on a CPU with it)."""
 
+    # draws the report's figures of an epoch for tensorboard (finessl/engine/run.py: train)
+    epoch_images = None
+
     def __init__(self, cfg, run_dir: str | None, seed: int, write_split: bool = True,
                  dist: Dist = SINGLE, precision: Precision | None = None,
                  setup: preflight.Setup | None = None):
