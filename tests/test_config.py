@@ -141,8 +141,8 @@ RELEASED = {
 
 
 # The other shipped paper configs, each checked by the tests of its part: Semi-Aves and
-# ImageNet (tests/test_datasets_aves.py, test_datasets_imagenet.py), SemiKD's *_kd
-# (tests/test_semikd.py).
+# ImageNet (tests/data/test_datasets_aves.py, test_datasets_imagenet.py), SemiKD's *_kd
+# (tests/algorithms/test_semikd.py).
 OTHER_PAPER_CONFIGS = {"semi_aves", "semi_aves_out", "imagenet_1p", "imagenet_10p"}
 
 

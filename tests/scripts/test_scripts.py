@@ -1,6 +1,6 @@
 """The paper's sweeps (``scripts/sweep.py`` and its shell entry points table1.sh,
 table6.sh, run_peft.sh) and the summary table (``scripts/summarize.py``), without
-training anything: ``main.py`` is the stand-in of tests/test_sweep.py, which records
+training anything: ``main.py`` is the stand-in of tests/scripts/test_sweep.py, which records
 its command line and finishes (or fails) the run, so what is checked is exactly what a
 sweep hands to ``main.py``. The sweeps run in-process; one test starts a shell script
 end to end, through the interpreter the user names in ``PYTHON``."""
@@ -16,7 +16,7 @@ from scripts import summarize
 from scripts import sweep as runner
 from test_sweep import fake  # noqa: F401  (the fixture)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENV = ("SETTINGS", "CONFIGS", "METHODS", "VARIANTS", "SEEDS", "OUT", "JOBS")
 
 

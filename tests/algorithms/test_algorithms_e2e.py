@@ -20,7 +20,7 @@ from finessl.registry import import_plugin
 def trained_algorithms() -> list[str]:
     """Every registered algorithm that trains, enumerated from the registry (a new one is
     tested with no edit here); a teacher-taught one (SemiKD) has its own end-to-end
-    tests (tests/test_semikd.py)."""
+    tests (tests/algorithms/test_semikd.py)."""
     return sorted(name for name, cls in ALGORITHMS.items()
                   if cls.trains and not cls.uses_teacher)
 
