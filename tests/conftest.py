@@ -46,8 +46,21 @@ def forget_plugins():
         live.update(old) if isinstance(live, dict) else live.extend(old)
     for r, items in registries:
         r._items = items
-    for name in set(sys.modules) - modules:
-        del sys.modules[name]
+    for name in set(sys.modules) - modules:  # the plug-ins: not the libraries they pulled in
+        if not _installed(getattr(sys.modules[name], "__file__", None)):
+            del sys.modules[name]
+
+
+def _installed(path: str | None) -> bool:
+    """Whether a module's file belongs to an installed library (or is built in): one
+    imported again would register its kernels twice (torch's), so only plug-ins are
+    forgotten."""
+    if path is None:
+        return True
+    path = os.path.realpath(path)
+    prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix)}
+    return any(path.startswith(p + os.sep) for p in prefixes) or \
+        path.startswith(os.path.join(REPO, "finessl") + os.sep)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import REPO, run_main, tiny_args
+from conftest import REPO, main_inprocess, tiny_args
 from finessl.config_load import load_config
 from finessl.errors import UserError
 from finessl.models.methods import PEFT_METHODS
@@ -30,18 +30,22 @@ def toy_package(tmp_path):
     return str(tmp_path / "pkgs")
 
 
-def train(cifar_root, out, pythonpath, **opts):
-    code, stdout, stderr = run_main(tiny_args(cifar_root, out, **opts),
-                                    env={"PYTHONPATH": pythonpath})
+def train(cifar_root, out, pythonpath, monkeypatch, **opts):
+    """A run through ``main.main`` in this process, the package on sys.path (the
+    plug-ins it imports are forgotten after the test: ``forget_plugins``)."""
+    monkeypatch.syspath_prepend(pythonpath)
+    code, stdout, stderr = main_inprocess(tiny_args(cifar_root, out, **opts))
     assert code == 0, stderr[-2000:]
     with open(os.path.join(out, "results.json")) as f:
         return json.load(f)
 
 
-@pytest.mark.slow  # main.py in a subprocess
-def test_a_peft_method_in_one_file_trains_through_main(toy_package, cifar_root, tmp_path):
+@pytest.mark.slow  # trains 3 short epochs
+def test_a_peft_method_in_one_file_trains_through_main(toy_package, cifar_root, tmp_path,
+                                                       monkeypatch, forget_plugins,
+                                                       figures_not_rasterised):
     out = str(tmp_path / "run")
-    result = train(cifar_root, out, toy_package, plugins="toyplugins.toy_peft",
+    result = train(cifar_root, out, toy_package, monkeypatch, plugins="toyplugins.toy_peft",
                    vpt_deep=False, mlp_shift=True, mlp_shift_init=0.01)
     assert result["last_top1"] >= 0.2  # 10 classes: chance is 0.1
     state = torch.load(os.path.join(out, "checkpoint_last.pt"), weights_only=True)
@@ -52,10 +56,12 @@ def test_a_peft_method_in_one_file_trains_through_main(toy_package, cifar_root, 
         assert "toyplugins.toy_peft" in f.read()  # the run records what it loaded
 
 
-@pytest.mark.slow  # main.py in a subprocess
-def test_an_algorithm_in_one_file_trains_through_main(toy_package, cifar_root, tmp_path):
+@pytest.mark.slow  # trains 3 short epochs
+def test_an_algorithm_in_one_file_trains_through_main(toy_package, cifar_root, tmp_path,
+                                                      monkeypatch, forget_plugins,
+                                                      figures_not_rasterised):
     out = str(tmp_path / "run")
-    result = train(cifar_root, out, toy_package, plugins="toyplugins.toy_match",
+    result = train(cifar_root, out, toy_package, monkeypatch, plugins="toyplugins.toy_match",
                    algorithm="toymatch", **{"TOYMATCH.FLOOR": 0.6})
     assert result["algorithm"] == "toymatch" and result["last_top1"] >= 0.2
 

@@ -7,14 +7,13 @@ import os
 import pytest
 import torch
 
-from conftest import REPO, run_main, tiny_args
+from conftest import REPO, main_inprocess, tiny_args
 from finessl.algorithms import ALGORITHMS
 from finessl.config_load import load_config
 from finessl.errors import UserError
 from finessl.engine.run import restore
 from finessl.engine.trainer import Trainer
 from finessl.registry import import_plugin
-
 
 
 def trained_algorithms() -> list[str]:
@@ -46,11 +45,12 @@ def test_a_registered_algorithm_joins_the_tested_set(forget_plugins):
     assert "toymatch" in trained_algorithms() and "toymatch" in ALGORITHMS
 
 
-@pytest.mark.slow  # main.py in a subprocess
+@pytest.mark.slow  # 3 short epochs each
 @pytest.mark.parametrize("algorithm", TRAINED)
-def test_each_algorithm_learns_through_main(algorithm, cifar_root, tmp_path):
+def test_each_algorithm_learns_through_main(algorithm, cifar_root, tmp_path,
+                                            figures_not_rasterised):
     out = str(tmp_path / algorithm)
-    code, _, err = run_main(tiny_args(cifar_root, out, algorithm=algorithm, num_epochs=3,
+    code, _, err = main_inprocess(tiny_args(cifar_root, out, algorithm=algorithm, num_epochs=3,
                                       total_steps=25, seed=2))
     assert code == 0, err
     result = json.load(open(os.path.join(out, "results.json")))
@@ -58,10 +58,9 @@ def test_each_algorithm_learns_through_main(algorithm, cifar_root, tmp_path):
     assert result["last_top1"] >= 0.3, result["last_top1"]  # 10 classes: chance is 0.1
 
 
-@pytest.mark.slow  # main.py in a subprocess
-def test_zero_shot_only_evaluates(cifar_root, tmp_path):
+def test_zero_shot_only_evaluates(cifar_root, tmp_path, figures_not_rasterised):
     out = str(tmp_path / "zs")
-    code, _, err = run_main(tiny_args(cifar_root, out, algorithm="zeroshot"))
+    code, _, err = main_inprocess(tiny_args(cifar_root, out, algorithm="zeroshot"))
     assert code == 0, err
     result = json.load(open(os.path.join(out, "results.json")))
     assert result["last_epoch"] == 0 and len(result["history"]) == 1

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import finessl.data
-from conftest import run_main, tiny_args
+from conftest import main_inprocess, tiny_args
 from finessl.data import datasets, loaders
 from finessl.data.base import DATASETS, ArrayImages, Dataset
 from finessl.errors import UserError
@@ -160,14 +160,14 @@ def test_data_modules_import_only_lower_ones():
         done |= ready
 
 
-@pytest.mark.slow
-def test_a_plugin_file_trains_through_main(tmp_path):
+@pytest.mark.slow  # trains 3 short epochs
+def test_a_plugin_file_trains_through_main(tmp_path, forget_plugins, figures_not_rasterised):
     plugin = tmp_path / "toyshapes.py"
     plugin.write_text(TOY_PLUGIN)
     out = str(tmp_path / "run")
     args = tiny_args(str(tmp_path), out, **{"DATA.NAME": "toyshapes",
                                             "TOYSHAPES.PER_CLASS": 40})
-    code, _, err = run_main(["plugins", str(plugin), *args])
+    code, _, err = main_inprocess(["plugins", str(plugin), *args])
     assert code == 0, err
     result = json.load(open(os.path.join(out, "results.json")))
     assert result["last_top1"] >= 0.3, result  # 10 classes: chance is 0.1

@@ -104,16 +104,13 @@ def test_table1_defaults_and_unknown_setting(tmp_path, fake, monkeypatch, capsys
 
 # ---- table6 -------------------------------------------------------------------------
 
-TABLE6 = {
-    "fixmatch": ["algorithm", "fixmatch"],
-    "fixmatch+bms": ["algorithm", "fixmatch", "bms", "True"],
-    "fixmatch+dls": ["algorithm", "fixmatch", "dls", "True"],
-    "finessl": ["algorithm", "finessl"],
-    "fixed_alpha": ["algorithm", "finessl", "bms_fixed_alpha", "True"],
-    "no_margin_labeled": ["algorithm", "finessl", "bms_labeled", "False"],
-    "no_smoothing": ["algorithm", "finessl", "smoothing", "0.0"],
-    "aux_not_detached": ["algorithm", "finessl", "aux_detach", "False"],
-}
+# Table 6's rows, in order: the variant, the algorithm it runs, the key it switches.
+TABLE6 = [("fixmatch", "fixmatch", {}), ("fixmatch+bms", "fixmatch", {"bms": "True"}),
+          ("fixmatch+dls", "fixmatch", {"dls": "True"}), ("finessl", "finessl", {}),
+          ("fixed_alpha", "finessl", {"bms_fixed_alpha": "True"}),
+          ("no_margin_labeled", "finessl", {"bms_labeled": "False"}),
+          ("no_smoothing", "finessl", {"smoothing": "0.0"}),
+          ("aux_not_detached", "finessl", {"aux_detach": "False"})]
 
 
 def test_table6_variants(tmp_path, fake, monkeypatch, capsys):
@@ -121,8 +118,9 @@ def test_table6_variants(tmp_path, fake, monkeypatch, capsys):
     monkeypatch.setenv("FAKE_FAIL", "/no_smoothing/")
     assert sweep("table6", monkeypatch, "num_epochs", "2", OUT=out, SEEDS="1") == 1
     assert len(fake.calls) == len(TABLE6)
-    for call, (variant, overrides) in zip(fake.calls, TABLE6.items()):
+    for call, (variant, algorithm, switch) in zip(fake.calls, TABLE6):
         run_dir = os.path.join(out, "cifar100_N4", variant, "seed1")
+        overrides = ["algorithm", algorithm, *(x for kv in switch.items() for x in kv)]
         assert call["argv"] == ["--cfg", peft_config("cifar100_N4"), "vpt_deep", "True",
                                 *overrides, "seed", "1", "output_dir", run_dir,
                                 "num_epochs", "2"]
