@@ -43,8 +43,9 @@ class Registry:
         if config_key:  # the config checks the key's value against this registry
             CONFIG_REGISTRIES[key] = self
 
-    def register(self, name: str, *aliases: str):
-        """Decorator: register ``obj`` as ``name`` (and ``aliases``); sets ``obj.name``."""
+    def register(self, name: str, *aliases: str, **attributes):
+        """Decorator: register ``obj`` as ``name`` (and ``aliases``); sets ``obj.name``
+        and the class ``attributes`` given (``@register("fixmatch", order=30)``)."""
         def wrap(obj):
             for spelling in (name, *aliases):
                 key = self.normalize(spelling)
@@ -52,6 +53,8 @@ class Registry:
                     raise ValueError(f"{self.kind} {spelling!r} is registered twice")
                 self._items[key] = obj
             obj.name = name
+            for attribute, value in attributes.items():
+                setattr(obj, attribute, value)
             return obj
         return wrap
 

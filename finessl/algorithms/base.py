@@ -53,6 +53,21 @@ class Algorithm:
         self.num_classes = num_classes
         self.num_unlabeled = num_unlabeled
         self.device = device
+        statistics = self.initial_statistics()
+        self._statistics = tuple(statistics)
+        for name, value in statistics.items():
+            setattr(self, name, value)
+
+    def initial_statistics(self) -> dict[str, torch.Tensor]:
+        """The tensors the algorithm keeps from step to step (EMAs, histograms, flags), by
+        name, at their starting values: each becomes an attribute of that name, updated
+        in place, and is saved and restored under that name by :meth:`state_dict`, so
+        resuming is exact without code of the algorithm's own."""
+        return {}
+
+    def uniform(self) -> torch.Tensor:
+        """The uniform distribution over the classes: where class-distribution EMAs start."""
+        return torch.full((self.num_classes,), 1.0 / self.num_classes, device=self.device)
 
     @classmethod
     def model_config(cls, cfg):
@@ -87,10 +102,13 @@ class Algorithm:
         return "".join(parts)
 
     def state_dict(self) -> dict:
-        return {}
+        """The algorithm's state between steps: its statistics (and what a subclass adds)."""
+        return {name: getattr(self, name).clone() for name in self._statistics}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore what :meth:`state_dict` saved."""
+        """Restore what :meth:`state_dict` saved, in place."""
+        for name in self._statistics:
+            getattr(self, name).copy_(state[name].to(self.device))
 
 
 def build_algorithm(cfg, model, num_classes, num_unlabeled, device,

@@ -29,13 +29,11 @@ declare("DEBIASPL.EMA", 0.999, "momentum of the mean-prediction EMA p_hat", chec
 declare("DEBIASPL.TAU", 0.5, "strength of the debiasing and of the adaptive margin", check=non_negative)
 
 
-@register("debiaspl")
+@register("debiaspl", order=70)
 class DebiasPL(FixMatch):
-    order = 70  # its row in sweep tables (Algorithm.order)
-
-    def __init__(self, cfg, model, num_classes, num_unlabeled, device):
-        super().__init__(cfg, model, num_classes, num_unlabeled, device)
-        self.p_hat = torch.full((num_classes,), 1.0 / num_classes, device=device)
+    def initial_statistics(self):
+        """p_hat, the EMA of the mean prediction, starts uniform."""
+        return {"p_hat": self.uniform()}
 
     def pseudo_label(self, logits_w, batch):
         tau_d, m = self.cfg.DEBIASPL.TAU, self.cfg.DEBIASPL.EMA
@@ -47,10 +45,3 @@ class DebiasPL(FixMatch):
 
     def adjust_unlabeled_logits(self, logits):
         return logits + self.cfg.DEBIASPL.TAU * torch.log(self.p_hat)
-
-    def state_dict(self):
-        return {**super().state_dict(), "p_hat": self.p_hat.clone()}
-
-    def load_state_dict(self, state):
-        super().load_state_dict(state)
-        self.p_hat.copy_(state["p_hat"].to(self.device))

@@ -18,7 +18,6 @@ from finessl.algorithms.base import register
 from finessl.algorithms.fixmatch import FixMatch
 
 
-@register("finessl")
+@register("finessl", order=80)
 class FineSSL(FixMatch):
-    order = 80  # its row in sweep tables (Algorithm.order)
     uses_finessl_components = True

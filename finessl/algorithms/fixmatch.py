@@ -14,10 +14,8 @@ from finessl.algorithms.base import register
 from finessl.algorithms.pseudo_labeling import PseudoLabeling, PseudoLabels
 
 
-@register("fixmatch")
+@register("fixmatch", order=30)
 class FixMatch(PseudoLabeling):
-    order = 30  # its row in sweep tables (Algorithm.order)
-
     def pseudo_label(self, logits_w, batch):
         conf, targets = torch.softmax(logits_w, dim=-1).max(dim=-1)
         mask = conf >= self.cfg.th

@@ -44,10 +44,8 @@ def flexible_thresholds(sigma: torch.Tensor, unused: torch.Tensor, tau: float,
 declare("FLEXMATCH.WARMUP", True, "threshold warm-up: normalise by max(max_c sigma(c), #unused)")
 
 
-@register("flexmatch")
+@register("flexmatch", order=40)
 class FlexMatch(FixMatch):
-    order = 40  # its row in sweep tables (Algorithm.order)
-
     def __init__(self, cfg, model, num_classes, num_unlabeled, device):
         super().__init__(cfg, model, num_classes, num_unlabeled, device)
         self.label_memory = LabelMemory(num_unlabeled, num_classes, device)  # O(batch) a step

@@ -53,16 +53,13 @@ declare("FREEMATCH.EMA", 0.999, "momentum of the global / class-wise confidence 
 declare("FREEMATCH.FAIRNESS", 0.01, "weight of the self-adaptive fairness loss", check=non_negative)
 
 
-@register("freematch")
+@register("freematch", order=50)
 class FreeMatch(FixMatch):
-    order = 50  # its row in sweep tables (Algorithm.order)
-
-    def __init__(self, cfg, model, num_classes, num_unlabeled, device):
-        super().__init__(cfg, model, num_classes, num_unlabeled, device)
-        uniform = torch.full((num_classes,), 1.0 / num_classes, device=device)
-        self.time_p = torch.tensor(1.0 / num_classes, device=device)
-        self.p_model = uniform.clone()
-        self.label_hist = uniform.clone()
+    def initial_statistics(self):
+        """The global confidence EMA tau_t, the class-wise one p~_t, the pseudo-label
+        histogram EMA h_t: all start uniform (1/C)."""
+        return {"time_p": torch.tensor(1.0 / self.num_classes, device=self.device),
+                "p_model": self.uniform(), "label_hist": self.uniform()}
 
     def class_thresholds(self) -> torch.Tensor:
         return self.time_p * self.p_model / self.p_model.max()
@@ -87,12 +84,3 @@ class FreeMatch(FixMatch):
         logits_u = self.dist.gather_with_grad(logits_u)
         loss = fairness_loss(logits_u[keep], self.p_model, self.label_hist)
         return {"fairness": self.cfg.FREEMATCH.FAIRNESS * loss}
-
-    def state_dict(self):
-        return {**super().state_dict(), "time_p": self.time_p.clone(),
-                "p_model": self.p_model.clone(), "label_hist": self.label_hist.clone()}
-
-    def load_state_dict(self, state):
-        super().load_state_dict(state)
-        for key in ("time_p", "p_model", "label_hist"):
-            getattr(self, key).copy_(state[key].to(self.device))

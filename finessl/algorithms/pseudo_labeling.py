@@ -169,8 +169,10 @@ class PseudoLabeling(Algorithm):
         return logs
 
     def state_dict(self):
-        return {"selected": self.selected.clone(), **self.stats.state_dict()}
+        return {**super().state_dict(), "selected": self.selected.clone(),
+                **self.stats.state_dict()}
 
     def load_state_dict(self, state):
+        super().load_state_dict(state)
         self.memory.load(state["selected"])
         self.stats.load_state_dict(state)

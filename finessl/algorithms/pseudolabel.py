@@ -11,7 +11,6 @@ from finessl.algorithms.base import register
 from finessl.algorithms.fixmatch import FixMatch
 
 
-@register("pseudolabel")
+@register("pseudolabel", order=20)
 class PseudoLabel(FixMatch):
-    order = 20  # its row in sweep tables (Algorithm.order)
     consistency = False

@@ -135,9 +135,8 @@ def checksum(tensors) -> float:
     return total
 
 
-@register(NAME)
+@register(NAME, order=90)
 class SemiKD(Algorithm):
-    order = 90  # its row in sweep tables (Algorithm.order)
     uses_teacher = True
     uses_finessl_components = bms = dls = True  # always on: the student learns as FineSSL
 

@@ -36,16 +36,14 @@ declare("SOFTMATCH.N_SIGMA", 2.0, "width of the truncated Gaussian, in standard 
 declare("SOFTMATCH.ALIGN", True, "uniform alignment of the pseudo-label distribution")
 
 
-@register("softmatch")
+@register("softmatch", order=60)
 class SoftMatch(FixMatch):
-    order = 60  # its row in sweep tables (Algorithm.order)
-
-    def __init__(self, cfg, model, num_classes, num_unlabeled, device):
-        super().__init__(cfg, model, num_classes, num_unlabeled, device)
-        self.p_model = torch.full((num_classes,), 1.0 / num_classes, device=device)
-        self.p_model_set = torch.tensor(False, device=device)
-        self.mu = torch.tensor(1.0 / num_classes, device=device)
-        self.var = torch.tensor(1.0, device=device)
+    def initial_statistics(self):
+        """The class-distribution EMA (set by the first batch: ``p_model_set``) and the
+        confidence mean and variance of the truncated Gaussian."""
+        return {"p_model": self.uniform(), "p_model_set": torch.tensor(False, device=self.device),
+                "mu": torch.tensor(1.0 / self.num_classes, device=self.device),
+                "var": torch.tensor(1.0, device=self.device)}
 
     def uniform_alignment(self, probs: torch.Tensor) -> torch.Tensor:
         """Update p_model with this batch, then UA(q) = Normalize(q / C / p_model)."""
@@ -71,13 +69,3 @@ class SoftMatch(FixMatch):
         aligned = self.uniform_alignment(probs) if self.cfg.SOFTMATCH.ALIGN else probs
         weight = self.gaussian_weights(aligned.max(dim=-1).values)
         return PseudoLabels(targets, weight, conf >= self.cfg.th)
-
-    def state_dict(self):
-        return {**super().state_dict(), "p_model": self.p_model.clone(),
-                "p_model_set": self.p_model_set.clone(), "mu": self.mu.clone(),
-                "var": self.var.clone()}
-
-    def load_state_dict(self, state):
-        super().load_state_dict(state)
-        for key in ("p_model", "p_model_set", "mu", "var"):
-            getattr(self, key).copy_(state[key].to(self.device))

@@ -7,9 +7,8 @@ import torch.nn.functional as F
 from finessl.algorithms.base import Algorithm, register
 
 
-@register("supervised")
+@register("supervised", order=10)
 class Supervised(Algorithm):
-    order = 10  # its row in sweep tables (Algorithm.order)
     uses_unlabeled = False
 
     def train_step(self, batch):

@@ -7,9 +7,8 @@ from __future__ import annotations
 from finessl.algorithms.base import Algorithm, register
 
 
-@register("zeroshot")
+@register("zeroshot", order=0)
 class ZeroShot(Algorithm):
-    order = 0  # its row in sweep tables (Algorithm.order)
     uses_unlabeled = False
     trains = False
     zero_shot_head = True
