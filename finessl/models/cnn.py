@@ -175,18 +175,15 @@ def build_cnn_backbone(cfg, visual: nn.Module, mean, std,
     backbone = CNNBackbone(visual, mean, std, image_size=(size, size))
     chosen = attach_all(cfg, backbone)
     backbone.train(backbone.training)  # the BN mode full fine-tuning asks for
-    backbone.grad_checkpointing = cfg.grad_checkpointing
     n_train = sum(p.numel() for p in backbone.parameters() if p.requires_grad)
     log.info("CNN %s: %s, %d trainable backbone parameters", cfg.backbone,
              " + ".join(chosen) or "linear probe", n_train)
     return backbone
 
 
-@BACKBONES.register("clip_resnet")
+@BACKBONES.register("clip_resnet", kind=CNN, label="CNN", priority=20)
 class ClipResNet(OpenClipFamily):
     """open_clip's CLIP ResNets (``RN50``, ...): a CNN tower with CLIP's text tower."""
-
-    kind, label, priority = CNN, "CNN", 20
 
     @classmethod
     def claims(cls, backbone):
@@ -203,11 +200,9 @@ class ClipResNet(OpenClipFamily):
         return build_cnn_backbone(cfg, visual, mean, std, cls)
 
 
-@BACKBONES.register("timm_cnn")
+@BACKBONES.register("timm_cnn", kind=CNN, label="CNN", priority=10)
 class TimmCNN(BackboneFamily):
     """timm CNNs (``timm:<model>``, ``efficientnet_lite0``), weights from local files."""
-
-    kind, label, priority = CNN, "CNN", 10
 
     @classmethod
     def claims(cls, backbone):

@@ -95,6 +95,7 @@ def build_model(cfg, classnames: list[str], device: torch.device, half: bool,
     visual, clip_model = family.load(cfg, half)
     visual.requires_grad_(False)
     backbone = family.build(cfg, visual, mean, std)
+    backbone.grad_checkpointing = cfg.grad_checkpointing
     text = weight = None
     if not cfg.rand_init or zero_shot:
         if clip_model is None:

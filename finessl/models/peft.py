@@ -80,15 +80,12 @@ def build_vit_backbone(cfg, visual: nn.Module, mean, std,
     backbone = ViTBackbone(visual, build_peft(cfg, visual), mean, std)
     first_tuned_block(cfg, backbone.num_blocks)  # a partial K beyond the blocks: an error
     attach_all(cfg, backbone)
-    backbone.grad_checkpointing = cfg.grad_checkpointing
     return backbone
 
 
-@BACKBONES.register("clip_vit")
+@BACKBONES.register("clip_vit", kind=VIT, label="ViT", priority=90)
 class ClipViT(OpenClipFamily):
     """open_clip ViTs: any open_clip name no other family claims (asked last)."""
-
-    kind, label, priority = VIT, "ViT", 90
 
     @classmethod
     def claims(cls, backbone):

@@ -249,12 +249,10 @@ def timm_vit_to_open_clip(model: nn.Module) -> nn.Module:
     return visual
 
 
-@BACKBONES.register("timm_vit")
+@BACKBONES.register("timm_vit", kind=VIT, label="ViT", priority=5)
 class TimmViT(BackboneFamily):
     """timm ViTs (``timm:vit_*``), asked before the timm CNN family (which takes any
     other ``timm:`` name)."""
-
-    kind, label, priority = VIT, "ViT", 5
 
     @classmethod
     def claims(cls, backbone):

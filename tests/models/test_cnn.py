@@ -272,8 +272,10 @@ def test_bn_tuning_needs_batchnorm():
 
 def test_grad_checkpointing_gives_the_same_gradients():
     grads = []
-    for enable in (False, True):
-        backbone = build("timm_efficientnet", "bias_tuning", grad_checkpointing=enable)
+    for enable in (False, True):  # the key reaches the tower through build_model
+        torch.manual_seed(0)
+        cfg = cfg_for("timm:test_efficientnet", bias_tuning=True, grad_checkpointing=enable)
+        backbone = build_model(cfg, ["a", "b"], torch.device("cpu"), half=False).backbone
         assert backbone.grad_checkpointing == enable
         backbone.train()
         torch.manual_seed(1)
