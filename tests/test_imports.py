@@ -10,6 +10,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 PACKAGE = os.path.join(REPO, "finessl")
@@ -106,6 +108,7 @@ def test_the_test_sees_an_upward_import(tmp_path):
 HEAVY = {"open_clip", "timm", "tensorboard", "matplotlib"}
 
 
+@pytest.mark.slow  # the point is a fresh process's imports
 def test_a_config_error_imports_no_model_or_logging_library():
     """A mistyped key is answered in one line without importing open_clip, timm,
     tensorboard or matplotlib (torch is fine): the plug-ins' key declarations are cheap
@@ -119,6 +122,7 @@ def test_a_config_error_imports_no_model_or_logging_library():
     assert proc.stderr.strip() == "error: unknown config key 'no_such_key' (command line)"
 
 
+@pytest.mark.slow  # the point is a fresh process's imports
 def test_the_import_check_sees_a_heavy_import():
     """The check is not vacuous: building a model's name lookup does import open_clip."""
     code = ("import sys\nfrom finessl.models.clip import resolve_model_name\n"

@@ -168,6 +168,7 @@ def test_a_run_another_sweep_holds_is_passed_by_not_failed(tmp_path, fake, capsy
     assert fake.folders()[-1] == held
 
 
+@pytest.mark.slow  # a second process holds the lock
 def test_the_lock_holds_across_processes(tmp_path):
     """flock is per open file: a second process (a second sweep) cannot take the lock
     ``locked`` holds (the probe takes it as ``locked`` does, without importing torch)."""
@@ -183,6 +184,7 @@ def test_the_lock_holds_across_processes(tmp_path):
     assert other() == "True"
 
 
+@pytest.mark.slow  # a sweep in a process of its own, signalled
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_stops_the_whole_sweep(tmp_path, fake, monkeypatch, capsys, signum):
     """The run in progress gets the signal too (a kill of the sweep's process alone),
