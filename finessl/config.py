@@ -177,8 +177,12 @@ declare("cache_dir", "", "where open_clip / Hugging Face cache weights ('' = the
 declare("prec", "fp16", "fp16 (the released: backbone and trained tensors are fp16 parameters, no grad scaler), amp (fp32 weights, fp16 autocast + grad scaler), bf16 (fp32 weights, bf16 autocast) or fp32", choices=("fp16", "fp32", "amp", "bf16"))
 declare("input_size", 0, "side of the views fed to the backbone; 0 = the model's own (224 for ViT-B/16)", check=non_negative)
 # ---- fine-tuning strategy (docs/method.md §1; none switched on = linear probe of the heads)
-declare("partial", None, "PEFT modules (and BitFit / finetune) only in the last K blocks (None = all)", types=(int,), check=last_blocks, shapes_model=True)
+declare("partial", None, "PEFT modules only in the last K blocks (None = all); BitFit / finetune and VPT-shallow ignore it, as released, unless partial_weights / partial_shallow", types=(int,), check=last_blocks, shapes_model=True)
+declare("partial_weights", False, "partial K also limits BitFit and finetune to the last K blocks plus ln_post (False: the released, every bias / weight of the tower)", shapes_model=True)
+declare("partial_shallow", False, "vpt_shallow with partial K: the prompts enter at block L-K (False: the released, at block 0)", shapes_model=True)
+declare("block_num", None, "finetune trains the last K blocks' weights only (None = the whole tower), as released", types=(int,), check=last_blocks, shapes_model=True)
 declare("rand_init", True, "heads start random (True) or from CLIP text embeddings (False)")
+declare("text_init_unit", False, "rand_init False: rows of W = T P^T scaled to unit norm (False: the released, unscaled)")
 declare("template", "a photo of a {}.", "text prompt for the text-initialised heads", check=class_template)
 declare("grad_checkpointing", False, "recompute block activations in backward: less memory, ~1/3 more time")
 declare("compile", False, "torch.compile the backbone forward (fused kernels; first steps compile)")
@@ -190,7 +194,8 @@ declare("dls", None, "Decoupled Label Smoothing (aux head) on/off; None = on for
 declare("bms_fixed_alpha", False, "ablation: margin spread fixed to alpha instead of (max-min pace) * alpha")
 declare("bms_labeled", True, "BMS margins also on the supervised loss L_x (False: ablation)")
 declare("aux_detach", True, "aux head sees detached features (False: ablation, aux losses reach PEFT)")
-declare("th", 0.7, "confidence threshold zeta for pseudo-labels and the learning pace", check=threshold)
+declare("th", 0.7, "confidence threshold zeta for pseudo-labels", check=threshold)
+declare("pace_th", 0.7, "confidence from which a pseudo-label counts towards the learning pace (the released hard-coded 0.7); null = th", types=(float, int), check=threshold)
 declare("th_min", 0.0, "aux-confidence floor below which an unlabeled sample gets weight 0", check=threshold)
 declare("alpha", 8.0, "scale of the balanced margins", check=non_negative)
 declare("bms_form", "released", "margin m(k): 'released' (1-b)/(1+b)*spread or 'paper' (1-b)*spread", choices=("released", "paper"))
@@ -223,8 +228,7 @@ declare("plugins", [], "your plug-in modules (module names or .py paths), import
 # Keys of the authors' code that do nothing here: accepted, reported in one warning.
 INERT_KEYS = (
     "dataset", "root", "resolution", "stride", "batch_size", "tau", "downsampling",
-    "n_max", "test_ensemble", "vpt_last", "lam_tokens", "scalar_learnable",
-    "adapter_scalar", "block_num", "patch_size", "mode", "rand_init1",
+    "n_max", "test_ensemble", "vpt_last", "lam_tokens", "patch_size", "mode", "rand_init1",
     "load_epoch", "DATA.NUM_WORKERS",
 )
 

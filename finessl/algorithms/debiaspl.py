@@ -12,7 +12,7 @@ reasoning with the EMA p_hat of the model's mean prediction on unlabeled data
   i.e. a larger margin for the classes predicted less often.
 Order as in the authors' code (``main_DebiasPL.py``): the pseudo-labels are debiased
 with p_hat as it stood before this batch, p_hat is then updated with this batch, and
-the margin uses the updated p_hat. ``selected`` (learning pace under BMS) is the mask.
+the margin uses the updated p_hat. ``selected`` (learning pace under BMS) is max q >= ``pace_th``.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ class DebiasPL(FixMatch):
         conf, targets = debiased.max(dim=-1)
         mask = conf >= self.cfg.th
         self.p_hat.mul_(m).add_((1 - m) * torch.softmax(logits_w, dim=-1).mean(dim=0))
-        return PseudoLabels(targets, mask.float(), mask)
+        return PseudoLabels(targets, mask.float(), self.pace_selected(conf))
 
     def adjust_unlabeled_logits(self, logits):
         return logits + self.cfg.DEBIASPL.TAU * torch.log(self.p_hat)

@@ -16,8 +16,8 @@ for the whole run (unlike the per-epoch learning-pace memory of the base class).
 As in USB (``FlexMatchThresholdingHook``): with an empty memory beta = 0, so every
 threshold is 0 and every pseudo-label counts; the mask is computed from the memory as
 it stood before this batch, then images with conf >= tau (the fixed threshold) write
-their pseudo-label into the memory. Those same images are ``selected`` for the
-learning pace when BMS is on.
+their pseudo-label into the memory. The learning pace under BMS counts conf >=
+``pace_th`` (0.7, as released; ``pace_th null``: the same images as this memory).
 """
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ class FlexMatch(FixMatch):
         mask = conf >= self.thresholds()[targets]
         confident = conf >= self.cfg.th
         self.label_memory.set(batch["u_idx"][confident], targets[confident])
-        return PseudoLabels(targets, mask.float(), confident)
+        return PseudoLabels(targets, mask.float(), self.pace_selected(conf))
 
     def state_dict(self):
         return {**super().state_dict(), "selected_label": self.selected_label.clone()}

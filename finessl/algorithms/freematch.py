@@ -18,7 +18,7 @@ views' logits z_s of the masked samples (both views, so the mask is repeated):
         * log SumNorm(pbar/hbar)(c),
 pbar = mean softmax(z_s), hbar = normalised histogram of argmax softmax(z_s), 1/0 := 0
 (USB's ``entropy_loss``, including its 1e-12 inside the log). No masked sample: L_f = 0.
-``selected`` (the learning pace under BMS) is conf >= ``th``, as in FixMatch.
+``selected`` (the learning pace under BMS) is conf >= ``pace_th``, as in FixMatch.
 """
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ class FreeMatch(FixMatch):
         self.p_model.mul_(m).add_((1 - m) * probs.mean(dim=0))
         self.label_hist.mul_(m).add_((1 - m) * hist / hist.sum())
         mask = conf >= self.class_thresholds()[targets]
-        return PseudoLabels(targets, mask.float(), conf >= self.cfg.th)
+        return PseudoLabels(targets, mask.float(), self.pace_selected(conf))
 
     def extra_losses(self, logits_u, pl):
         views = logits_u.shape[0] // pl.weight.shape[0]

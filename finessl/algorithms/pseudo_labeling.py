@@ -37,11 +37,19 @@ class PseudoLabels:
 
     targets: hard pseudo-label per sample; weight: its weight in L_u, in [0, 1]
     (1/0 for threshold methods); selected: confident enough to count towards the
-    learning pace (and the pseudo-label diagnostics).
+    learning pace (and the pseudo-label diagnostics): :meth:`PseudoLabeling.pace_selected`.
     """
     targets: torch.Tensor
     weight: torch.Tensor
     selected: torch.Tensor
+
+
+def pace_threshold(cfg) -> float:
+    """The confidence from which a pseudo-label enters the learning-pace memory: the
+    released code hard-codes 0.7 there whatever ``th`` is (``pace_th``, default 0.7), so
+    a sweep of ``th`` moves the pseudo-label mask but not the pace; ``pace_th null``
+    ties the pace to ``th``."""
+    return cfg.th if cfg.pace_th is None else cfg.pace_th
 
 
 class PseudoLabeling(Algorithm):
@@ -73,6 +81,11 @@ class PseudoLabeling(Algorithm):
         return {}
 
     # ---- shared machinery ---------------------------------------------------------
+    def pace_selected(self, conf: torch.Tensor) -> torch.Tensor:
+        """Which pseudo-labels count towards the learning pace (``PseudoLabels.selected``):
+        ``conf`` at least :func:`pace_threshold`, for every algorithm alike."""
+        return conf >= pace_threshold(self.cfg)
+
     def on_epoch_start(self, epoch: int) -> None:
         self.memory.reset()  # the learning pace is measured afresh each epoch
         self.stats.reset()

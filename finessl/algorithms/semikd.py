@@ -37,6 +37,7 @@ from finessl.config import RUN_CONFIG, declare, non_negative, positive, rewrite_
 from finessl.config_load import last_value
 from finessl.errors import UserError
 from finessl.algorithms.memory import LabelMemory
+from finessl.algorithms.pseudo_labeling import pace_threshold
 from finessl.losses import (add_margin, balanced_margin, pace_from_counts, smoothed_targets,
                             soft_cross_entropy)
 from finessl.models.heads import CosineHead
@@ -263,7 +264,8 @@ class SemiKD(Algorithm):
 
         u_idx, u_true = dist.gather(batch["u_idx"]), dist.gather(batch["u_true"])
         all_targets, all_mask = dist.gather(targets), dist.gather(mask) > 0
-        self.memory.set(u_idx[all_mask], all_targets[all_mask])
+        paced = dist.gather(conf) >= pace_threshold(cfg)  # released: 0.7, not th
+        self.memory.set(u_idx[paced], all_targets[paced])
         known = (u_true >= 0).float()
         correct = (all_targets == u_true).float()
         teacher_correct = (dist.gather(t_w.argmax(-1)) == u_true).float()

@@ -18,7 +18,7 @@ p_model, then mu and var are updated with this batch before the weights are take
 enters only the weights, the hard pseudo-label stays argmax q of the raw prediction
 (USB: "uniform alignment in softmatch do not use aligned probs for generating pseudo
 labels"). A batch of one sample has no variance: var is then left as it is.
-``selected`` (the learning pace under BMS) is max q >= ``th``.
+``selected`` (the learning pace under BMS) is max q >= ``pace_th``.
 """
 from __future__ import annotations
 
@@ -68,4 +68,4 @@ class SoftMatch(FixMatch):
         conf, targets = probs.max(dim=-1)
         aligned = self.uniform_alignment(probs) if self.cfg.SOFTMATCH.ALIGN else probs
         weight = self.gaussian_weights(aligned.max(dim=-1).values)
-        return PseudoLabels(targets, weight, conf >= self.cfg.th)
+        return PseudoLabels(targets, weight, self.pace_selected(conf))

@@ -192,10 +192,12 @@ class ViTBackbone(ImageTower):
         self.grad_checkpointing = False
         self.plan_hooks()
 
-    def weight_scope(self, partial: int | None) -> list[tuple[str, nn.Parameter]]:
+    def weight_scope(self, partial: int | None,
+                     ln_post: bool = True) -> list[tuple[str, nn.Parameter]]:
         """Every weight that computes the feature: all but ``proj``, which maps it into
         CLIP's joint space and is read only by text init and zero-shot; with
-        ``partial K`` the last K blocks and ``ln_post``, the final LayerNorm above them."""
+        ``partial K`` the last K blocks, and ``ln_post``, the final LayerNorm above them,
+        unless ``ln_post`` is False (the released ``block_num``)."""
         visual = self.visual
         if partial is None:
             return [(n, p) for n, p in visual.named_parameters() if n != "proj"]
@@ -203,6 +205,8 @@ class ViTBackbone(ImageTower):
         scope = [(f"transformer.resblocks.{i}.{n}", p)
                  for i in range(len(blocks) - partial, len(blocks))
                  for n, p in blocks[i].named_parameters()]
+        if not ln_post:
+            return scope
         return scope + [(f"ln_post.{n}", p) for n, p in visual.ln_post.named_parameters()]
 
     def plan_hooks(self) -> None:

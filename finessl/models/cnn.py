@@ -130,7 +130,8 @@ class CNNBackbone(ImageTower):
         return {n: b for n, b in self.named_buffers()
                 if n.startswith("visual.") and n.rsplit(".", 1)[-1] in _BN_STATS}
 
-    def weight_scope(self, partial: int | None) -> list[tuple[str, nn.Parameter]]:
+    def weight_scope(self, partial: int | None,
+                     ln_post: bool = True) -> list[tuple[str, nn.Parameter]]:
         """Every weight of the tower (a CNN has no ``partial``)."""
         return list(self.visual.named_parameters())
 

@@ -9,16 +9,20 @@ import torch.nn.functional as F
 class CosineHead(nn.Module):
     """``logits = s * normalize(x) @ normalize(W).T`` with a learnable scale s.
 
-    W starts uniform in [-1, 1] with unit rows (the released ``rand_init``), or from
-    ``weight`` (text init). s starts at 1/0.07, CLIP's temperature.
+    W starts uniform in [-1, 1] with unit rows (the released ``rand_init``), or as
+    ``weight`` (text init), its rows scaled to unit norm only with ``unit_rows``: the
+    released text init keeps W = T P^T as it is. The logits are the same either way,
+    but a row's norm sets how far SGD and weight decay turn it per step.
+    s starts at 1/0.07, CLIP's temperature.
     """
 
     def __init__(self, width: int, num_classes: int, weight: torch.Tensor | None = None,
-                 scale: float = 1 / 0.07):
+                 scale: float = 1 / 0.07, unit_rows: bool = False):
         super().__init__()
         if weight is None:
-            weight = torch.empty(num_classes, width).uniform_(-1.0, 1.0)
-        self.weight = nn.Parameter(F.normalize(weight.float(), dim=-1).clone())
+            weight, unit_rows = torch.empty(num_classes, width).uniform_(-1.0, 1.0), True
+        weight = weight.float()
+        self.weight = nn.Parameter((F.normalize(weight, dim=-1) if unit_rows else weight).clone())
         self.logit_scale = nn.Parameter(torch.tensor(float(scale)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

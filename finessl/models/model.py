@@ -113,7 +113,8 @@ def build_model(cfg, classnames: list[str], device: torch.device, half: bool,
     if zero_shot:
         head = ZeroShotHead(backbone.proj, text, clip_model.logit_scale.exp().item())
     else:
-        head = CosineHead(backbone.feat_dim, len(classnames), weight)
+        head = CosineHead(backbone.feat_dim, len(classnames), weight,
+                          unit_rows=cfg.text_init_unit)
     aux_head = CosineHead(backbone.feat_dim, len(classnames))
     if isinstance(head, CosineHead):
         with torch.no_grad():

@@ -7,9 +7,12 @@ on backbone parameters: BitFit (``bias_tuning``) and full fine-tuning
 (``finetune``). Nothing switched on = linear probe: only the heads train.
 Strategies compose (e.g. ``vpt_deep`` + ``lora``).
 
-``partial K`` restricts every strategy to the last K blocks: block-wise modules
-exist only there (VPT prompts enter at block L - K), and BitFit / fine-tuning
-unfreeze only those blocks plus ``ln_post``, the final LayerNorm above them.
+``partial K`` restricts the block-wise modules (deep prompts, LoRA, adapters, SSF)
+to the last K blocks. As released, BitFit and fine-tuning ignore it (fine-tuning is
+scoped by ``block_num K``: the last K blocks' weights) and shallow prompts enter at
+block 0; ``partial_weights True`` makes BitFit / fine-tuning unfreeze only the last K
+blocks plus ``ln_post``, the final LayerNorm above them, and ``partial_shallow True``
+makes shallow prompts enter at block L - K (docs/differences.md).
 """
 from __future__ import annotations
 
@@ -37,7 +40,8 @@ class BitFit(WeightStrategy):
 
     @classmethod
     def attach(cls, cfg, tower):
-        train_tower_weights(tower, bias_tuning=True, finetune=False, partial=cfg.partial)
+        partial = cfg.partial if cfg.partial_weights else None  # released: every bias
+        train_tower_weights(tower, bias_tuning=True, finetune=False, partial=partial)
 
 
 @peft_method("finetune", "full fine-tuning: every backbone weight trainable", (VIT, CNN))
@@ -48,7 +52,20 @@ class FullFineTuning(WeightStrategy):
 
     @classmethod
     def attach(cls, cfg, tower):
-        train_tower_weights(tower, bias_tuning=False, finetune=True, partial=cfg.partial)
+        partial = cfg.partial if cfg.partial_weights else None
+        if cfg.block_num is not None:
+            if partial is not None:
+                raise UserError(f"block_num {cfg.block_num} and partial_weights True with "
+                                f"partial {partial}: two scopes for finetune; choose one")
+            blocks = getattr(tower, "num_blocks", None)
+            if blocks is None or cfg.block_num > blocks:
+                raise UserError(f"block_num: {cfg.block_num} blocks asked for, "
+                                f"{cfg.backbone} has {blocks or 'no transformer'} blocks")
+            # released: the last K blocks' weights only, not ln_post above them
+            train_tower_weights(tower, bias_tuning=False, finetune=True,
+                                partial=cfg.block_num, ln_post=False)
+        else:
+            train_tower_weights(tower, bias_tuning=False, finetune=True, partial=partial)
         tower.finetune = True
 
 

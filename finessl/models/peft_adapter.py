@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from finessl.config import declare, positive
+from finessl.config import declare, non_negative, positive
 from finessl.models.backbone import BlockwisePeft
 from finessl.models.methods import peft_method
 
@@ -19,6 +19,11 @@ declare("ln_opt", "in", "AdaptFormer LayerNorm: 'in' before the down-projection 
 declare("ffn_opt", "parallel", "AdaptFormer branch: 'parallel' beside the MLP (input: the "
         "block's residual stream), 'sequential' after it (input: the MLP output)",
         choices=("parallel", "sequential"), shapes_model=True)
+declare("adapter_scalar", 0.1, "scale s of the Adapter and AdaptFormer branches (released 0.1)",
+        check=non_negative)
+declare("scalar_learnable", False, "the scale s of each Adapter / AdaptFormer block is a "
+        "trained parameter starting at adapter_scalar, as released (False: a constant)",
+        shapes_model=True)
 
 
 def layer_norm_fp32(ln: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
@@ -36,10 +41,12 @@ class Bottleneck(nn.Module):
     1/sqrt(3 width), 1/48 on ViT-B/16) or uniform (AdaptFormer: U(+-1/sqrt(width)));
     up-projection and both biases zero, so the branch starts at exactly zero (with
     ``ln 'out'`` too: LN(0) is its bias, zero). Parameters are cast to the input's dtype.
+    ``learnable``: the scale is a trained scalar parameter (the released
+    ``scalar_learnable``), else a constant.
     """
 
     def __init__(self, width: int, dim: int, scale: float, dropout: float = 0.0,
-                 ln: str = "in", normal_init: bool = False):
+                 ln: str = "in", normal_init: bool = False, learnable: bool = False):
         super().__init__()
         self.ln = None if ln == "none" else nn.LayerNorm(width)
         self.ln_out = ln == "out"
@@ -48,29 +55,34 @@ class Bottleneck(nn.Module):
         init(self.down.weight, a=math.sqrt(5))
         for p in (self.down.bias, self.up.weight, self.up.bias):
             nn.init.zeros_(p)
-        self.scale, self.dropout = scale, dropout
+        self.scale = nn.Parameter(torch.tensor(float(scale))) if learnable else scale
+        self.dropout = dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.ln is not None and not self.ln_out:
             x = layer_norm_fp32(self.ln, x)
         h = F.relu(F.linear(x, self.down.weight.to(x.dtype), self.down.bias.to(x.dtype)))
         h = F.dropout(h, self.dropout, self.training)
-        out = F.linear(h, self.up.weight.to(x.dtype), self.up.bias.to(x.dtype)) * self.scale
+        scale = self.scale.to(x.dtype) if isinstance(self.scale, torch.Tensor) else self.scale
+        out = F.linear(h, self.up.weight.to(x.dtype), self.up.bias.to(x.dtype)) * scale
         return layer_norm_fp32(self.ln, out) if self.ln_out else out
 
 
 @peft_method("adapter", "bottleneck adapter after each MLP", order=30)
 class Adapter(BlockwisePeft):
-    """Adapter after each MLP: h + 0.1 * up(ReLU(down(LN(h)))), with h the MLP branch's
-    output (bottleneck ``adapter_dim``)."""
+    """Adapter after each MLP: h + s * up(ReLU(down(LN(h)))), with h the MLP branch's
+    output (bottleneck ``adapter_dim``, s = ``adapter_scalar``, trained with
+    ``scalar_learnable``)."""
 
-    def __init__(self, blocks, width: int, dim: int, scale: float = 0.1):
-        super().__init__({i: Bottleneck(width, dim, scale, normal_init=True) for i in blocks})
+    def __init__(self, blocks, width: int, dim: int, scale: float = 0.1,
+                 learnable: bool = False):
+        super().__init__({i: Bottleneck(width, dim, scale, normal_init=True,
+                                        learnable=learnable) for i in blocks})
 
     @classmethod
     def from_config(cls, cfg, visual: nn.Module, first: int) -> Adapter:
         return cls(range(first, len(visual.transformer.resblocks)), visual.transformer.width,
-                   cfg.adapter_dim)
+                   cfg.adapter_dim, cfg.adapter_scalar, cfg.scalar_learnable)
 
     def mlp(self, i, x, h):
         return h + self.blocks[str(i)](h)
@@ -79,8 +91,9 @@ class Adapter(BlockwisePeft):
 @peft_method("adaptformer", "AdaptFormer: parallel bottleneck branch beside each MLP",
              order=40)
 class AdaptFormer(BlockwisePeft):
-    """AdaptFormer's branch a = 0.1 * up(dropout(ReLU(down(LN(.))))) (bottleneck
-    ``ffn_num``, dropout 0.1, LayerNorm placed by ``ln_opt``), added to the MLP branch.
+    """AdaptFormer's branch a = s * up(dropout(ReLU(down(LN(.))))) (bottleneck
+    ``ffn_num``, dropout 0.1, LayerNorm placed by ``ln_opt``, s = ``adapter_scalar``,
+    trained with ``scalar_learnable``), added to the MLP branch.
 
     ``ffn_opt 'parallel'``: a reads the block's post-attention residual stream (the
     MLP's input before ``ln_2``); ``'sequential'``: a reads the MLP branch's output,
@@ -88,14 +101,16 @@ class AdaptFormer(BlockwisePeft):
     """
 
     def __init__(self, blocks, width: int, dim: int, scale: float = 0.1, dropout: float = 0.1,
-                 ln: str = "in", sequential: bool = False):
-        super().__init__({i: Bottleneck(width, dim, scale, dropout, ln) for i in blocks})
+                 ln: str = "in", sequential: bool = False, learnable: bool = False):
+        super().__init__({i: Bottleneck(width, dim, scale, dropout, ln, learnable=learnable)
+                          for i in blocks})
         self.sequential = sequential
 
     @classmethod
     def from_config(cls, cfg, visual: nn.Module, first: int) -> AdaptFormer:
         return cls(range(first, len(visual.transformer.resblocks)), visual.transformer.width,
-                   cfg.ffn_num, ln=cfg.ln_opt, sequential=cfg.ffn_opt == "sequential")
+                   cfg.ffn_num, cfg.adapter_scalar, ln=cfg.ln_opt,
+                   sequential=cfg.ffn_opt == "sequential", learnable=cfg.scalar_learnable)
 
     def mlp(self, i, x, h):
         return h + self.blocks[str(i)](h if self.sequential else x)

@@ -27,7 +27,8 @@ class VisualPrompts(PeftModule):
     Deep: before block i, drop the previous block's prompts (keep the first
     ``n_keep`` class + patch tokens) and append block i's own ``length`` prompts.
     Shallow: prompts are appended before one block only and carried through.
-    Both start at block ``first`` (0, or L - K with ``partial K``).
+    Both start at block ``first``: 0, or L - K with ``partial K``; shallow prompts enter
+    at block 0 whatever ``partial`` is, as released, unless ``partial_shallow True``.
     Init uniform(-v, v), v = sqrt(6 / (3 * patch_h * patch_w + width)).
     """
 
@@ -44,9 +45,11 @@ class VisualPrompts(PeftModule):
     @classmethod
     def from_config(cls, cfg, visual: nn.Module, first: int,
                     deep: bool | None = None) -> VisualPrompts:
+        deep = cls.deep if deep is None else deep
+        if not deep and not cfg.partial_shallow:
+            first = 0  # the released shallow prompts ignore partial
         return VisualPrompts(len(visual.transformer.resblocks), visual.transformer.width, cfg.vpt_len,
-                   tuple(visual.conv1.kernel_size), deep=cls.deep if deep is None else deep,
-                   first=first)
+                   tuple(visual.conv1.kernel_size), deep=deep, first=first)
 
     def drops_extra_tokens(self, i: int) -> bool:
         """Deep: block i+1 replaces block i's prompts; shallow: they are carried on."""

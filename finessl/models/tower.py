@@ -35,9 +35,11 @@ class ImageTower(nn.Module):
             return images
         return (images.float() - self.mean) / self.std
 
-    def weight_scope(self, partial: int | None) -> list[tuple[str, nn.Parameter]]:
+    def weight_scope(self, partial: int | None,
+                     ln_post: bool = True) -> list[tuple[str, nn.Parameter]]:
         """The tower weights BitFit and full fine-tuning may train (the last ``partial``
-        blocks only, where the family has blocks), by name within ``visual``."""
+        blocks only, where the family has blocks, with the final LayerNorm above them
+        unless ``ln_post`` is False), by name within ``visual``."""
         raise NotImplementedError
 
     def trained_buffers(self) -> dict[str, torch.Tensor]:
@@ -46,12 +48,13 @@ class ImageTower(nn.Module):
 
 
 def train_tower_weights(tower: ImageTower, bias_tuning: bool, finetune: bool,
-                        partial: int | None = None) -> None:
+                        partial: int | None = None, ln_post: bool = True) -> None:
     """BitFit (Ben Zaken et al., ACL 2022): every bias in the tower's weight scope,
     LayerNorm and BatchNorm biases included as in the paper; full fine-tuning: every
-    weight of the scope. The two strategies of every family."""
+    weight of the scope (``partial`` / ``ln_post``: :meth:`ImageTower.weight_scope`).
+    The two strategies of every family."""
     if not (bias_tuning or finetune):
         return
-    for name, p in tower.weight_scope(partial):
+    for name, p in tower.weight_scope(partial, ln_post):
         if finetune or name.endswith("bias"):  # ``bias``, MHA's ``in_proj_bias``
             p.requires_grad_(True)

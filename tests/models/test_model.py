@@ -123,6 +123,10 @@ def test_text_init_is_text_embedding_times_visual_projection_transposed():
     assert torch.allclose(weight[1], (text @ clip.visual.proj.t())[0], atol=1e-5)
     torch.manual_seed(0)
     model = build_model(tiny_cfg(rand_init=False), CLASSES, torch.device("cpu"), half=False)
+    assert torch.allclose(model.head.weight, weight, atol=1e-5)  # released: rows as they are
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(rand_init=False, text_init_unit=True), CLASSES,
+                        torch.device("cpu"), half=False)
     assert torch.allclose(model.head.weight, F.normalize(weight, dim=-1), atol=1e-5)
 
 

@@ -212,9 +212,10 @@ def test_adapters_equal_open_clip_with_the_branch_attached_by_torch_hooks(strate
 
 
 # ---- (4) partial K -------------------------------------------------------------------
+# (with our switches on; the released scopes: tests/models/test_released_switches.py)
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_partial_restricts_the_strategy_to_the_last_blocks(strategy):
-    model = build(strategy, partial=1)
+    model = build(strategy, partial=1, partial_weights=True, partial_shallow=True)
     assert trainable(model) == expected_trainable(strategy, blocks=(1,))
     if strategy in MODULES:
         assert model.backbone._block_hooks[0] == ()  # block 0 runs the plain block
@@ -246,7 +247,8 @@ def tiny_vit_4_blocks(tmp_path_factory):
 def test_partial_vpt_enters_at_block_L_minus_K_and_token_trimming_stays_exact(
         tiny_vit_4_blocks, monkeypatch, shallow):
     strategy = "vpt_shallow" if shallow else "vpt_deep"
-    model = build(strategy, backbone=tiny_vit_4_blocks, partial=2, lora=True)
+    model = build(strategy, backbone=tiny_vit_4_blocks, partial=2, lora=True,
+                  partial_shallow=True)
     perturb(model.backbone.peft)
     seen, original = [], backbone_mod.block_forward
 
