@@ -211,8 +211,8 @@ def figures(report: Report, scale: Scale, speeds: dict) -> None:
 
     def guard():
         on, off = measured(speeds, "guard")["on"], measured(speeds, "guard")["off"]
-        return f"{(on - off) * 1e3:+.1f} ms per step ({(on - off) / off:+.1%}): {on * 1e3:.1f} vs " \
-               f"{off * 1e3:.1f} ms"
+        return (f"{(on - off) * 1e3:+.1f} ms per step ({(on - off) / off:+.1%}): "
+                f"{on * 1e3:.1f} vs {off * 1e3:.1f} ms")
     report.figure("divergence guard's cost (on vs off, prec fp16)", guard)
     loader = {}
     report.figure(f"loader: unlabeled images/s, {scale.workers} workers, {scale.view} px views",

@@ -8,7 +8,8 @@ import re
 import pytest
 import torch
 
-from benchmarks import gpu_check
+from benchmarks import gpu_check, gpu_runs
+from benchmarks.gpu_steps import build_step
 
 PATHS = ["FineSSL VPT-deep, prec fp16 (released)", "FineSSL VPT-deep, prec amp",
          "FineSSL VPT-deep, prec bf16", "FineSSL VPT-deep, prec fp32",
@@ -41,7 +42,7 @@ def test_cpu_smoke_runs_every_path_and_reports_every_figure(capsys):
     trained = [detail for _, result, detail, _ in paths[:11] if result == "ok"]
     assert len(trained) >= 10  # compile is skipped on a CPU, nothing else that trains
     for detail in trained:
-        changed, total = map(int, re.search(r"(\d+)/(\d+) trained tensors changed", detail).groups())
+        changed, total = map(int, re.search(r"(\d+)/(\d+) trained tensors", detail).groups())
         assert changed == total > 0, detail
         assert float(re.search(r"loss ([\d.]+)", detail).group(1)) > 0, detail
     assert "attention: " in paths[0][2]
@@ -61,3 +62,20 @@ def test_without_cuda_it_says_so_in_one_line(monkeypatch, capsys):
     out, err = capsys.readouterr()
     assert out == ""
     assert err.startswith("error: no CUDA device") and err.count("\n") == 1
+
+
+@pytest.mark.slow  # builds and trains a tiny model: ~3 s
+def test_a_failing_path_is_a_failed_row_and_the_next_row_still_runs():
+    report = gpu_check.Report(budget_s=600)
+    frozen = [*gpu_check.SMOKE.vit, "lr", "0", "momentum", "0", "weight_decay", "0"]
+    report.path("frozen", lambda: gpu_check.trained(*build_step(gpu_runs.RELEASED, frozen)))
+
+    def needs_cuda():
+        raise gpu_check.Skip("needs CUDA")
+    report.path("skipped", needs_cuda)
+    report.path("fine", lambda: "done")
+    (_, result, detail, _), skipped, fine = report.paths
+    assert result == "FAILED"
+    assert re.fullmatch(r"AssertionError: (\d+)/\1 trained tensors unchanged: .*prompts.*", detail)
+    assert skipped[1:3] == ("skipped: needs CUDA", "") and fine[1:3] == ("ok", "done")
+    assert report.failed
