@@ -1,8 +1,8 @@
 """Every CUDA path of FineSSL run for real on one GPU, and the figures docs/speed.md asks
 for, printed as one markdown block ready to paste there.
 
-    python benchmarks/gpu_check.py               # one CUDA GPU: about 4 minutes, at most 8
-    python benchmarks/gpu_check.py --cpu-smoke   # the same code paths, tiny models, CPU, < 1 min
+    python benchmarks/gpu_check.py               # one CUDA GPU; rows left after --budget (450 s) fail
+    python benchmarks/gpu_check.py --cpu-smoke   # the same code paths, tiny models, < 1 min on a CPU
 
 Paths (a row each, ok / FAILED / skipped, every row run whatever the others gave):
 FineSSL with VPT-deep 50 on a random ViT-B/16 at 224 px, B = 32, mu = 1 (the released
@@ -19,7 +19,8 @@ cifar100_N4 run beside the paper's, and the peak memory of our step against the 
 one of ``benchmarks/plain_step.py`` (``benchmarks/step.py``'s worker).
 
 Without CUDA (and without ``--cpu-smoke``) it says so in one line and exits 2; it exits
-1 when a row FAILED.
+1 when a row FAILED. ``--cpu-smoke`` builds its tiny models where a run would (on a
+machine with CUDA, its GPU) and skips compile and torchrun.
 """
 from __future__ import annotations
 
