@@ -1,8 +1,8 @@
 """Every CUDA path of FineSSL run for real on one GPU, and the figures docs/speed.md asks
 for, printed as one markdown block ready to paste there.
 
-    python benchmarks/gpu_check.py               # one CUDA GPU; rows left after --budget (450 s) fail
-    python benchmarks/gpu_check.py --cpu-smoke   # the same code paths, tiny models, < 1 min on a CPU
+    python benchmarks/gpu_check.py              # one GPU; rows left after --budget (450 s) fail
+    python benchmarks/gpu_check.py --cpu-smoke  # the same paths, tiny models, < 1 min on a CPU
 
 Paths (a row each, ok / FAILED / skipped, every row run whatever the others gave):
 FineSSL with VPT-deep 50 on a random ViT-B/16 at 224 px, B = 32, mu = 1 (the released
