@@ -30,23 +30,26 @@ def toy_package(tmp_path):
     return str(tmp_path / "pkgs")
 
 
-def train(cifar_root, out, pythonpath, monkeypatch, **opts):
-    """A run through ``main.main`` in this process, the package on sys.path (the
-    plug-ins it imports are forgotten after the test: ``forget_plugins``)."""
-    monkeypatch.syspath_prepend(pythonpath)
-    code, stdout, stderr = main_inprocess(tiny_args(cifar_root, out, **opts))
-    assert code == 0, stderr[-2000:]
-    with open(os.path.join(out, "results.json")) as f:
-        return json.load(f)
+@pytest.fixture
+def train(toy_package, cifar_root, tmp_path, monkeypatch, forget_plugins):
+    """``train(**opts)``: a run through ``main.main`` in this process, the toy package on
+    sys.path (the plug-ins it imports are forgotten after the test); (run folder,
+    results.json)."""
+    monkeypatch.syspath_prepend(toy_package)
+
+    def run(**opts):
+        out = str(tmp_path / "run")
+        code, stdout, stderr = main_inprocess(tiny_args(cifar_root, out, **opts))
+        assert code == 0, stderr[-2000:]
+        with open(os.path.join(out, "results.json")) as f:
+            return out, json.load(f)
+    return run
 
 
 @pytest.mark.slow  # trains 3 short epochs
-def test_a_peft_method_in_one_file_trains_through_main(toy_package, cifar_root, tmp_path,
-                                                       monkeypatch, forget_plugins,
-                                                       figures_not_rasterised):
-    out = str(tmp_path / "run")
-    result = train(cifar_root, out, toy_package, monkeypatch, plugins="toyplugins.toy_peft",
-                   vpt_deep=False, mlp_shift=True, mlp_shift_init=0.01)
+def test_a_peft_method_in_one_file_trains_through_main(train):
+    out, result = train(plugins="toyplugins.toy_peft", vpt_deep=False, mlp_shift=True,
+                        mlp_shift_init=0.01)
     assert result["last_top1"] >= 0.2  # 10 classes: chance is 0.1
     state = torch.load(os.path.join(out, "checkpoint_last.pt"), weights_only=True)
     shifts = [k for k in state["model"] if k.startswith("backbone.peft.0.blocks.")]
@@ -57,12 +60,9 @@ def test_a_peft_method_in_one_file_trains_through_main(toy_package, cifar_root, 
 
 
 @pytest.mark.slow  # trains 3 short epochs
-def test_an_algorithm_in_one_file_trains_through_main(toy_package, cifar_root, tmp_path,
-                                                      monkeypatch, forget_plugins,
-                                                      figures_not_rasterised):
-    out = str(tmp_path / "run")
-    result = train(cifar_root, out, toy_package, monkeypatch, plugins="toyplugins.toy_match",
-                   algorithm="toymatch", **{"TOYMATCH.FLOOR": 0.6})
+def test_an_algorithm_in_one_file_trains_through_main(train):
+    _, result = train(plugins="toyplugins.toy_match", algorithm="toymatch",
+                      **{"TOYMATCH.FLOOR": 0.6})
     assert result["algorithm"] == "toymatch" and result["last_top1"] >= 0.2
 
 
