@@ -76,18 +76,17 @@ def training_state(trainer, epoch: int, step: int) -> dict:
     }
 
 
-def restore_training_state(trainer, state: dict, run_dir: str, full: bool = True) -> None:
-    """Put a state :func:`read_checkpoint` returned into ``trainer``: everything
-    (``full``, a resume: the loop goes on where it stopped) or the trained parameters
-    only (evaluation). Parameters that do not fit the model are one line."""
+def restore_training_state(trainer, state: dict, run_dir: str) -> None:
+    """Put a state :func:`read_checkpoint` returned into ``trainer``, everything a resume
+    needs: the loop goes on where it stopped (evaluation rebuilds a run with
+    :mod:`finessl.engine.trained` instead). Parameters that do not fit the model are
+    one line."""
     path = os.path.join(run_dir, LAST)
     try:
         trainer.model.load_trainable_state_dict(state["model"])
     except (KeyError, RuntimeError) as e:
         raise UserError(f"{path} does not fit this config ({brief(e)}); "
                         f"use the config the run was trained with") from None
-    if not full:
-        return
     trainer.optim.load_state_dict(state["optimizer"])
     trainer.sched.load_state_dict(state["scheduler"])
     trainer.algorithm.load_state_dict(state["algorithm"])

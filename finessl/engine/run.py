@@ -11,7 +11,7 @@ import torch
 
 from finessl.data import build_data, build_test_loader
 from finessl.data.base import get_dataset
-from finessl.engine.checkpoint import LAST, RESUME_KEYS
+from finessl.engine.checkpoint import LAST, RESUME_KEYS, restore_training_state
 from finessl.distributed import Dist, init_distributed
 from finessl.engine import preflight
 from finessl.engine.evaluate import evaluate as evaluate_model
@@ -90,10 +90,10 @@ def fit_schedule(trainer, num_epochs: int) -> bool:
 
 
 def _load(trainer, state: dict, run_dir: str) -> None:
-    """``trainer.load_state``; a checkpoint with every key but values of the wrong
-    shape (a foreign or damaged file) is a one-line error, not a traceback."""
+    """:func:`restore_training_state`; a checkpoint with every key but values of the
+    wrong shape (a foreign or damaged file) is a one-line error, not a traceback."""
     try:
-        trainer.load_state(state, run_dir)
+        restore_training_state(trainer, state, run_dir)
     except (TypeError, ValueError, AttributeError, KeyError, IndexError, RuntimeError) as e:
         raise UserError(f"{os.path.join(run_dir, LAST)} is not a FineSSL checkpoint of this "
                         f"run ({brief(e)})") from None

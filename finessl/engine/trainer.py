@@ -19,8 +19,7 @@ from finessl.distributed import SINGLE, Dist
 from finessl.engine import diagnostics, signals
 from finessl.engine import preflight
 from finessl.engine.batches import Batch, epoch_batches, train_loaders
-from finessl.engine.checkpoint import (restore_training_state, seed_everything,
-                                       training_state, where, write_checkpoint)
+from finessl.engine.checkpoint import seed_everything, training_state, where, write_checkpoint
 from finessl.engine.device import Precision
 from finessl.engine.guard import Diverged, StepGuard
 from finessl.errors import UserError
@@ -90,10 +89,6 @@ class Trainer:
         if self.dist.is_main:
             write_checkpoint(training_state(self, epoch, step), self.run_dir, epoch,
                              self.cfg.checkpoint_freq if not step else 0)
-
-    def load_state(self, state: dict, run_dir: str, full: bool = True) -> None:
-        """Restore a state :func:`read_checkpoint` returned (read once per resume)."""
-        restore_training_state(self, state, run_dir, full)
 
     # ---- training ----------------------------------------------------------------
     def fit(self) -> dict:
