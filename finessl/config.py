@@ -127,6 +127,11 @@ def imbalance_ratio(value) -> str | None:
     return None if value >= 1.0 else "imbalance ratio must be >= 1"
 
 
+def signed_imbalance_ratio(value) -> str | None:
+    return None if abs(value) >= 1.0 else \
+        "imbalance ratio must be >= 1, or <= -1 for a reversed profile"
+
+
 def threshold(value) -> str | None:
     return None if 0.0 <= value <= 1.0 else "a confidence threshold must lie in [0, 1]"
 
@@ -159,9 +164,9 @@ declare("DATA.DOWNLOAD", True, "fetch the dataset when missing (only where a net
 declare("DATA.NUMBER_CLASSES", -1, "number of classes; -1 takes it from the dataset")
 declare("DATA.NUM_TEST", 0, "evaluate on the first N test images only (0 = the whole test set)", check=non_negative)
 declare("DATA.NUM_L", 4, "labeled images per class (the largest class when IMB_L > 1)", check=positive)
-declare("DATA.NUM_U", 500, "extra unlabeled images per class (the largest class when IMB_U > 1)", check=non_negative)
+declare("DATA.NUM_U", 500, "extra unlabeled images per class (the largest class when IMB_U is not 1)", check=non_negative)
 declare("DATA.IMB_L", 1.0, "imbalance ratio of the labeled set (1 = balanced)", check=imbalance_ratio)
-declare("DATA.IMB_U", 1.0, "imbalance ratio of the unlabeled set (1 = balanced)", check=imbalance_ratio)
+declare("DATA.IMB_U", 1.0, "imbalance ratio of the unlabeled set: 1 = uniform, IMB_L = consistent with the labeled set, negative = reversed (its largest class is the labeled set's smallest, USB's r_ulb < 0)", check=signed_imbalance_ratio)
 declare("DATA.MU_U", 2, "unlabeled batch = MU_U * BATCH_SIZE (the released default 2; the CIFAR, Food-101 and Semi-Aves configs set 1)", check=positive)
 declare("DATA.BATCH_SIZE", 32, "labeled images per step", check=positive)
 declare("DATA.UNLABELED", "dataset", "unlabeled pool: 'dataset' = the released rule (CIFAR: first NUM_L+NUM_U per class; Food-101: the whole train split), 'num_u' = first NUM_L+NUM_U per class, 'all' = the whole train split", choices=("dataset", "num_u", "all"))

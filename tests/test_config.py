@@ -321,6 +321,8 @@ def test_empty_yaml_gives_defaults(tmp_path):
     (["th", "1.5"], "th"),
     (["th_min", "-0.1"], "th_min"),
     (["DATA.IMB_L", "0.5"], "DATA.IMB_L"),
+    (["DATA.IMB_L", "-10"], "DATA.IMB_L"),  # only the unlabeled set can be reversed
+    (["DATA.IMB_U", "-0.5"], "DATA.IMB_U"),
     (["DATA.NUM_L", "0"], "DATA.NUM_L"),
     (["lr", "-0.1"], "lr"),
     (["smoothing", "1.0"], "smoothing"),

@@ -2,7 +2,9 @@
 
 FineSSL (Gan & Wei, ICML 2024) evaluates on balanced splits (N labeled images per
 class) and on long-tailed ones where class ``k`` keeps ``n_max * mu**k`` images with
-``mu = (1/imb)**(1/(C-1))``, the exponential profile of DARP/ABC/ACR. The split is a
+``mu = (1/imb)**(1/(C-1))``, the exponential profile of DARP/ABC/ACR. The unlabeled
+set's profile is consistent with the labeled one (the same ratio), uniform (ratio 1)
+or reversed (a negative ratio, as USB writes it: class ``C-1`` keeps the most). The split is a
 pure function of the dataset order and the config, so it needs no seed; its sha256
 is stored with every run so two runs can be checked to have trained on the same data.
 """
@@ -18,11 +20,15 @@ from finessl.io import atomic_write_text
 
 
 def class_counts(n_max: int, num_classes: int, imb_ratio: float) -> list[int]:
-    """Images per class, from ``n_max`` for class 0 down to ``n_max / imb_ratio``.
+    """Images per class, from ``n_max`` for class 0 down to ``n_max / imb_ratio``; a
+    negative ratio reverses the profile (``n_max`` for class ``C-1``, USB's ``r_ulb <
+    0``), and -1 is balanced as 1 is.
 
     The last class is set to ``int(n_max / imb_ratio)`` exactly rather than through
     ``mu**(C-1)``, so floating point error cannot cost it one image.
     """
+    if imb_ratio < 0:
+        return class_counts(n_max, num_classes, -imb_ratio)[::-1]
     if num_classes == 1:
         return [n_max]
     mu = (1.0 / imb_ratio) ** (1.0 / (num_classes - 1))

@@ -45,6 +45,20 @@ def test_class_counts_balanced_and_single_class():
     assert splits.class_counts(7, 1, 10.0) == [7]
 
 
+def test_class_counts_reversed_and_minus_one():
+    # USB's r_ulb < 0: the same profile, largest class last; -1 is balanced.
+    assert splits.class_counts(100, 10, -100) == [1, 1, 2, 4, 7, 12, 21, 35, 59, 100]
+    assert splits.class_counts(5, 3, -1.0) == [5, 5, 5]
+
+
+def test_reversed_unlabeled_split_counts():
+    targets = [k for _ in range(10) for k in range(3)]
+    labeled, unlabeled = splits.make_split(targets, 3, num_l=4, num_u=6, imb_l=4, imb_u=-6)
+    per_class = lambda idx: [sum(targets[i] == k for i in idx) for k in range(3)]
+    assert per_class(labeled) == [4, 2, 1]
+    assert per_class(unlabeled) == [5, 4, 7]  # l_k + u_k with u = [1, 2, 6]
+
+
 def test_balanced_split_takes_first_images_of_each_class():
     targets = [0, 1, 2, 0, 1, 2, 2, 1, 0, 0, 1, 2, 0, 1, 2]
     labeled, unlabeled = splits.make_split(targets, 3, num_l=1, num_u=3, imb_l=1, imb_u=1)

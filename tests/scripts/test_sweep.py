@@ -18,7 +18,7 @@ from benchmarks import fashion_mnist as bench
 from scripts import sweep as runner
 
 ROWS = [("fashion_mnist_N4", "fixmatch", ["algorithm", "fixmatch"]),
-        ("fashion_mnist_N1", "finessl", ["algorithm", "finessl", "DATA.NUM_L", "1"])]
+        ("fashion_mnist_N1", "finessl", ["algorithm", "finessl"])]
 
 # Stand-in for 'python main.py ARGS' (standard library only, starts in milliseconds):
 # logs one JSON line per call to $FAKE_LOG, sleeps $FAKE_SECONDS, then fails (exit 1)
@@ -99,9 +99,15 @@ def test_every_row_at_every_seed_with_its_own_overrides(tmp_path, fake):
         folder(tmp_path, "fashion_mnist_N1", "finessl", 1),
         folder(tmp_path, "fashion_mnist_N4", "fixmatch", 2),
         folder(tmp_path, "fashion_mnist_N1", "finessl", 2)]
-    assert fake.calls[1]["argv"] == ["--cfg", bench.CONFIG, "algorithm", "finessl", "DATA.NUM_L", "1", "setting",
-                    "fashion_mnist_N1", "seed", "1", "output_dir", fake.calls[1]["folder"],
-                    "num_epochs", "1"]
+    # each setting's config and overrides, then the row's, then the sweep's
+    demo = lambda name: os.path.join(bench.DEMO, name)  # noqa: E731
+    assert fake.calls[1]["argv"] == [
+        "--cfg", demo("fashion_mnist_N4.yaml"), "DATA.NUM_L", "1", "algorithm", "finessl",
+        "setting", "fashion_mnist_N1", "seed", "1", "output_dir", fake.calls[1]["folder"],
+        "num_epochs", "1"]
+    reversed_lt = bench.runs(bench.TABLES["lt"][-1:], [1], str(tmp_path), [])[0]
+    assert reversed_lt.args[:6] == (
+        "--cfg", demo("fashion_mnist_LT.yaml"), "DATA.IMB_U", "-20", "algorithm", "finessl")
     assert fake.calls[0]["cwd"] == os.getcwd()  # the runner never changes directory
     # one job: the run's own console, no console file
     assert not any(name.endswith(".console.txt") for _, _, files in os.walk(tmp_path)
