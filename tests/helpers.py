@@ -41,9 +41,10 @@ class TableModel(nn.Module):
     def backbone(self, images):
         return nn.functional.one_hot(images[:, 0, 0, 0].long(), self.num_ids).float()
 
-    def forward(self, images, detach_aux=True):
+    def forward(self, images, detach_aux=True, features=False):
         feat = self.backbone(images)
-        return self.head(feat), self.aux_head(feat.detach() if detach_aux else feat)
+        out = self.head(feat), self.aux_head(feat.detach() if detach_aux else feat)
+        return (*out, feat) if features else out
 
 
 def id_images(ids):

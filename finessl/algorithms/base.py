@@ -2,6 +2,7 @@
 and the few things the engine reads from it, declared here with their defaults."""
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 
 import torch
@@ -38,6 +39,8 @@ class Algorithm:
     trains = True  # False: nothing to train, the run only evaluates (zero-shot CLIP)
     zero_shot_head = False  # True: the main head is CLIP's text classifier (build_model)
     uses_teacher = False  # True: the trainer hands it a frozen trained model (set_teacher)
+    labeled_strong = False  # True: batches carry ``x_s``, a strong view of each labeled image
+    unlabeled_medium = False  # True: batches carry ``u_m``, a medium view of each unlabeled one
 
     # ---- what the engine reads (diagnostics, the report) -----------------------------
     uses_finessl_components = False  # what bms / dls are by default: the method label
@@ -57,6 +60,36 @@ class Algorithm:
         self._statistics = tuple(statistics)
         for name, value in statistics.items():
             setattr(self, name, value)
+        # trained modules of the algorithm's own (rotation, projection heads): trained
+        # with the model's parameters, saved and restored with the algorithm's state
+        feat_dim = getattr(getattr(model, "backbone", None), "feat_dim", 0)  # 0: a stand-in model
+        self.modules = nn.ModuleDict(self.extra_modules(feat_dim)).to(device)
+
+    def extra_modules(self, feat_dim: int) -> dict[str, nn.Module]:
+        """Heads the algorithm trains on the backbone's ``feat_dim`` features besides the
+        model's own, by name (``self.modules[name]``): the optimiser trains them, the
+        gradients are averaged across ranks and they are checkpointed; none by default."""
+        return {}
+
+    def parameters(self) -> list[nn.Parameter]:
+        """The trainable parameters of :meth:`extra_modules` (the trainer adds them to
+        the model's)."""
+        return [p for p in self.modules.parameters() if p.requires_grad]
+
+    def after_step(self) -> None:
+        """Called after each optimiser step (an EMA of the weights follows them here)."""
+
+    def evaluation_weights(self):
+        """A context in which the model holds the weights the algorithm's paper
+        evaluates (Mean Teacher: the EMA's); by default the model as it is."""
+        return contextlib.nullcontext()
+
+    @classmethod
+    def evaluated_state(cls, state: dict | None) -> dict[str, torch.Tensor] | None:
+        """From a checkpoint's algorithm state, the model's trained tensors to evaluate
+        and predict with when they are not the trained model's own (the EMA model of
+        Mean Teacher); None: the model's own."""
+        return None
 
     def initial_statistics(self) -> dict[str, torch.Tensor]:
         """The tensors the algorithm keeps from step to step (EMAs, histograms, flags), by
@@ -102,13 +135,20 @@ class Algorithm:
         return "".join(parts)
 
     def state_dict(self) -> dict:
-        """The algorithm's state between steps: its statistics (and what a subclass adds)."""
-        return {name: getattr(self, name).clone() for name in self._statistics}
+        """The algorithm's state between steps: its statistics, its modules' weights
+        (``modules``, when it has any) and what a subclass adds."""
+        state = {name: getattr(self, name).clone() for name in self._statistics}
+        if len(self.modules):
+            state["modules"] = {k: v.detach().clone()
+                                for k, v in self.modules.state_dict().items()}
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what :meth:`state_dict` saved, in place."""
         for name in self._statistics:
             getattr(self, name).copy_(state[name].to(self.device))
+        if len(self.modules):
+            self.modules.load_state_dict(state["modules"])
 
 
 def build_algorithm(cfg, model, num_classes, num_unlabeled, device,

@@ -19,6 +19,7 @@ exactly FineSSL.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -37,11 +38,36 @@ class PseudoLabels:
 
     targets: hard pseudo-label per sample; weight: its weight in L_u, in [0, 1]
     (1/0 for threshold methods); selected: confident enough to count towards the
-    learning pace (and the pseudo-label diagnostics): :meth:`PseudoLabeling.pace_selected`.
+    learning pace (and the pseudo-label diagnostics): :meth:`PseudoLabeling.pace_selected`;
+    soft: a target distribution per sample (B x C) when L_u is a cross-entropy to soft
+    targets (SimMatch, sharpened targets), else None; ``targets`` is then its argmax,
+    the class BMS's margin and DLS's smoothed target take.
     """
     targets: torch.Tensor
     weight: torch.Tensor
     selected: torch.Tensor
+    soft: torch.Tensor | None = None
+
+
+@dataclass
+class StepOutputs:
+    """This rank's forward passes of the step in progress (``PseudoLabeling.outputs``),
+    for rules and loss terms that need more than the weak view's logits: logits, aux
+    logits and backbone features (float) of the labeled batch (``*_x``), of the weak
+    view (``*_w``, no autograd) and of the strong views (``*_u``: both views
+    concatenated, ``views`` of them; the weak view itself for Pseudo-Label), and the
+    batch."""
+    batch: Mapping
+    logits_x: torch.Tensor
+    aux_x: torch.Tensor
+    feat_x: torch.Tensor
+    logits_w: torch.Tensor
+    aux_w: torch.Tensor
+    feat_w: torch.Tensor
+    logits_u: torch.Tensor
+    aux_u: torch.Tensor
+    feat_u: torch.Tensor
+    views: int
 
 
 def pace_threshold(cfg) -> float:
@@ -69,7 +95,10 @@ class PseudoLabeling(Algorithm):
 
     # ---- what an algorithm defines -------------------------------------------------
     def pseudo_label(self, logits_w: torch.Tensor, batch: dict) -> PseudoLabels:
-        """Pseudo-labels from the weak view's (detached, float) logits; may update state."""
+        """Pseudo-labels from the weak view's (detached, float) logits of the whole batch
+        (every rank's); ``batch`` holds its ``u_idx`` and ``u_true``. May update state;
+        what else the step computed is in ``self.outputs`` (:class:`StepOutputs`, this
+        rank's: gather what a global statistic needs with ``self.dist.gather``)."""
         raise NotImplementedError
 
     def adjust_unlabeled_logits(self, logits: torch.Tensor) -> torch.Tensor:
@@ -77,7 +106,8 @@ class PseudoLabeling(Algorithm):
         return logits
 
     def extra_losses(self, logits_u: torch.Tensor, pl: PseudoLabels) -> dict[str, torch.Tensor]:
-        """Further loss terms, added to L with weight 1 (FreeMatch's fairness loss)."""
+        """Further loss terms, added to L with weight 1 (FreeMatch's fairness loss);
+        ``pl`` is this rank's part of the batch, ``self.outputs`` the step's outputs."""
         return {}
 
     # ---- shared machinery ---------------------------------------------------------
@@ -98,8 +128,9 @@ class PseudoLabeling(Algorithm):
         cfg = self.cfg
         return balanced_margin(pace, cfg.alpha, cfg.bms_form, dynamic=not cfg.bms_fixed_alpha)
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model(images, detach_aux=self.cfg.aux_detach)
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Main logits, aux logits and backbone features of ``images``."""
+        return self.model(images, detach_aux=self.cfg.aux_detach, features=True)
 
     def train_step(self, batch):
         cfg, dist = self.cfg, self.dist
@@ -108,20 +139,24 @@ class PseudoLabeling(Algorithm):
         margins = self.margins() if self.bms else None
         if self.consistency:
             with torch.no_grad():
-                logits_w, aux_w = self.forward(batch["u_w"])
-            logits, aux = self.forward(torch.cat([x, batch["u_s1"], batch["u_s2"]]))
-            logits_u, aux_u, views = logits[n_x:], aux[n_x:], 2
+                logits_w, aux_w, feat_w = self.forward(batch["u_w"])
+            logits, aux, feat = self.forward(torch.cat([x, batch["u_s1"], batch["u_s2"]]))
+            views = 2
         else:
-            logits, aux = self.forward(torch.cat([x, batch["u_w"]]))
-            logits_w, aux_w = logits[n_x:].detach(), aux[n_x:].detach()
-            logits_u, aux_u, views = logits[n_x:], aux[n_x:], 1
+            logits, aux, feat = self.forward(torch.cat([x, batch["u_w"]]))
+            logits_w, aux_w, feat_w = logits[n_x:].detach(), aux[n_x:].detach(), feat[n_x:].detach()
+            views = 1
         logits_x, aux_x = logits[:n_x], aux[:n_x]
+        logits_u, aux_u = logits[n_x:], aux[n_x:]
+        self.outputs = StepOutputs(batch, logits_x, aux_x, feat[:n_x], logits_w, aux_w, feat_w,
+                                   logits_u, aux_u, feat[n_x:], views)
         # pseudo-labels of the whole (all ranks') weak batch: state updates are global
         u_idx, u_true = dist.gather(batch["u_idx"]), dist.gather(batch["u_true"])
         logits_w_all = dist.gather(logits_w)
         pl_all = self.pseudo_label(logits_w_all, {"u_idx": u_idx, "u_true": u_true})
         pl = PseudoLabels(dist.local(pl_all.targets), dist.local(pl_all.weight),
-                          dist.local(pl_all.selected))
+                          dist.local(pl_all.selected),
+                          None if pl_all.soft is None else dist.local(pl_all.soft))
         targets = pl.targets.repeat(views)
 
         labeled_logits = logits_x
@@ -137,7 +172,11 @@ class PseudoLabeling(Algorithm):
         else:
             weight = pl.weight
         weight = weight.repeat(views)
-        losses["u"] = (F.cross_entropy(unlabeled_logits, targets, reduction="none") * weight).mean()
+        if pl.soft is None:
+            per_sample = F.cross_entropy(unlabeled_logits, targets, reduction="none")
+        else:
+            per_sample = soft_cross_entropy(unlabeled_logits, pl.soft.repeat(views, 1))
+        losses["u"] = (per_sample * weight).mean()
         if self.dls:
             losses["x_aux"] = F.cross_entropy(aux_x, y)
             keep = pl.weight.repeat(views)

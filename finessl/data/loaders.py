@@ -98,7 +98,13 @@ class EpochSampler(Sampler):
 
 
 class LabeledDataset(Dataset):
-    """``(position, aug_seed)`` -> (weak view, label)."""
+    """``(position, aug_seed)`` -> (weak view, label, position), and a strong view last
+    when ``strong`` is set (an algorithm that asks for it: ``Algorithm.labeled_strong``).
+    The position lets algorithms keep per-sample state of labeled images (SimMatch's
+    labeled memory bank). The strong view is drawn after the weak one from the same
+    ``rng``, so asking for it leaves the weak view as it was."""
+
+    strong = False
 
     def __init__(self, raw: RawDataset, indices: Sequence[int], views: ViewMaker):
         self.raw, self.indices, self.views = raw, list(indices), views
@@ -106,19 +112,27 @@ class LabeledDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, item: tuple[int, int]) -> tuple:
         position, aug_seed = item
         index = self.indices[position]
-        view = self.views.labeled(self.raw.train_image(index), random.Random(aug_seed))
-        return view, self.raw.train_targets[index]
+        rng = random.Random(aug_seed)
+        image = self.raw.train_image(index)
+        view = self.views.labeled(image, rng)
+        if self.strong:
+            return view, self.raw.train_targets[index], position, self.views.strong(image, rng)
+        return view, self.raw.train_targets[index], position
 
 
 class UnlabeledDataset(Dataset):
-    """``(position, aug_seed)`` -> (weak, strong1, strong2, position, true label).
+    """``(position, aug_seed)`` -> (weak, strong1, strong2, position, true label), and a
+    medium view last when ``medium`` is set (``Algorithm.unlabeled_medium``: drawn after
+    the others from the same ``rng``, so they stay as they were).
 
     The position lets algorithms keep per-sample state (e.g. pseudo-label history);
     the true label is only for diagnostics such as pseudo-label accuracy.
     """
+
+    medium = False
 
     def __init__(self, raw: RawDataset, indices: Sequence[int], views: ViewMaker):
         self.raw, self.indices, self.views = raw, list(indices), views
@@ -129,9 +143,12 @@ class UnlabeledDataset(Dataset):
     def __getitem__(self, item: tuple[int, int]):
         position, aug_seed = item
         index = self.indices[position]
-        weak_view, strong1, strong2 = self.views.unlabeled(
-            self.raw.train_image(index), random.Random(aug_seed)
-        )
+        rng = random.Random(aug_seed)
+        image = self.raw.train_image(index)
+        weak_view, strong1, strong2 = self.views.unlabeled(image, rng)
+        if self.medium:
+            return (weak_view, strong1, strong2, position, self.raw.train_targets[index],
+                    self.views.medium(image, rng))
         return weak_view, strong1, strong2, position, self.raw.train_targets[index]
 
 

@@ -205,9 +205,19 @@ class ViewMaker:
         strong1, strong2 = (self._strong(base, rng) for _ in range(2))
         return weak_view, strong1, strong2
 
-    def _strong(self, base: np.ndarray, rng: random.Random) -> torch.Tensor:
+    def _strong(self, base: np.ndarray, rng: random.Random, num_ops: int = 2) -> torch.Tensor:
         view = Image.fromarray(np.ascontiguousarray(_crop_flip(base, rng, self.crop)))
-        return to_uint8_tensor(np.asarray(cutout(rand_augment(view, rng), rng, self.cutout)))
+        return to_uint8_tensor(np.asarray(cutout(rand_augment(view, rng, num_ops), rng,
+                                                 self.cutout)))
+
+    def strong(self, img: Image.Image, rng: random.Random) -> torch.Tensor:
+        """One strong view of ``img`` (a labeled image's, for algorithms that ask)."""
+        return self._strong(padded(img, self.crop), rng)
+
+    def medium(self, img: Image.Image, rng: random.Random) -> torch.Tensor:
+        """A view between weak and strong: one RandAugment op instead of two, and the
+        strong views' Cutout (SequenceMatch's medium view)."""
+        return self._strong(padded(img, self.crop), rng, num_ops=1)
 
     def test(self, img: Image.Image) -> torch.Tensor:
         return test_transform(img, self.crop)

@@ -14,16 +14,20 @@ from finessl.data import build_train_loaders
 
 # The fields of what each training loader yields, in its order (finessl/data/loaders.py:
 # LabeledDataset, UnlabeledDataset).
-LABELED_FIELDS = ("x", "y")  # weak view, label
-UNLABELED_FIELDS = ("u_w", "u_s1", "u_s2", "u_idx", "u_true")  # weak, 2 strong, index, truth
+LABELED_FIELDS = ("x", "y", "x_idx", "x_s")  # weak view, label, index[, strong view]
+# weak, 2 strong, index, truth[, medium view]
+UNLABELED_FIELDS = ("u_w", "u_s1", "u_s2", "u_idx", "u_true", "u_m")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Batch(Mapping):
     """One step's labeled batch and, when the algorithm learns from unlabeled images,
-    the unlabeled one: ``x``, ``y``; ``u_w``, ``u_s1``, ``u_s2`` (weak and two strong
-    views), ``u_idx`` (position in the unlabeled set: per-image state) and ``u_true``
-    (its true label: diagnostics only; -1 class unknown, -2 out of class).
+    the unlabeled one: ``x``, ``y``, ``x_idx`` (position in the labeled set); ``u_w``,
+    ``u_s1``, ``u_s2`` (weak and two strong views), ``u_idx`` (position in the
+    unlabeled set: per-image state) and ``u_true`` (its true label: diagnostics only;
+    -1 class unknown, -2 out of class). ``x_s`` (a strong view of each labeled image)
+    and ``u_m`` (a medium view of each unlabeled one) are there only for an algorithm
+    that asks for them (``Algorithm.labeled_strong``, ``unlabeled_medium``).
 
     Read as ``batch.x`` or ``batch["x"]``, the plug-in contract of an algorithm's
     ``train_step`` (a dict with these keys does as well): the unlabeled fields are
@@ -31,18 +35,24 @@ class Batch(Mapping):
 
     x: torch.Tensor
     y: torch.Tensor
+    x_idx: torch.Tensor | None = None
+    x_s: torch.Tensor | None = None
     u_w: torch.Tensor | None = None
     u_s1: torch.Tensor | None = None
     u_s2: torch.Tensor | None = None
     u_idx: torch.Tensor | None = None
     u_true: torch.Tensor | None = None
+    u_m: torch.Tensor | None = None
 
     @classmethod
     def from_loaders(cls, batches: tuple) -> "Batch":
         """From what ``zip(labeled_loader[, unlabeled_loader])`` yields for one step."""
-        fields = dict(zip(LABELED_FIELDS, batches[0], strict=True))
-        if len(batches) > 1:
-            fields.update(zip(UNLABELED_FIELDS, batches[1], strict=True))
+        fields = {}
+        for names, least, got in zip((LABELED_FIELDS, UNLABELED_FIELDS), (2, 5), batches):
+            if not least <= len(got) <= len(names):  # the optional fields come last
+                raise ValueError(f"a loader yielded {len(got)} fields; expected "
+                                 f"{least} to {len(names)}: {', '.join(names)}")
+            fields.update(zip(names, got))
         return cls(**fields)
 
     def to(self, device: torch.device) -> "Batch":
@@ -66,9 +76,13 @@ _FIELDS = tuple(f.name for f in dataclasses.fields(Batch))
 
 
 def train_loaders(cfg, data, seed: int, device: torch.device, dist,
-                  uses_unlabeled: bool) -> list[DataLoader]:
+                  algorithm) -> list[DataLoader]:
     """The loaders whose zipped batches :meth:`Batch.from_loaders` reads: the labeled
-    one, and the unlabeled one when the algorithm learns from unlabeled images."""
+    one, and the unlabeled one when the algorithm learns from unlabeled images, with
+    the extra views the algorithm asks for."""
+    data.labeled.strong = algorithm.labeled_strong
+    data.unlabeled.medium = algorithm.unlabeled_medium
+    uses_unlabeled = algorithm.uses_unlabeled
     loaders = build_train_loaders(data, cfg.DATA.BATCH_SIZE, cfg.DATA.MU_U, cfg.total_steps,
                                   cfg.num_workers, seed, device.type == "cuda", dist.rank,
                                   dist.world, cfg.DATA.REPLAY)

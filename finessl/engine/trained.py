@@ -163,5 +163,8 @@ def rebuild(cfg, state: dict, path: str, classnames: list[str],
         model = build_model(model_cfg, classnames, device, precision.fp16_params, mean, std,
                             chosen.zero_shot_head)
     load_trained(model, state, path, prefix)
+    evaluated = chosen.evaluated_state(state.get("algorithm"))  # Mean Teacher: its EMA
+    if evaluated is not None:
+        load_trained(model, {"model": evaluated}, path, prefix)
     return TrainedRun(cfg, model_cfg, model.eval(), device, precision, state,
                       list(classnames), input_size(model_cfg), path)

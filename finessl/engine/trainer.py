@@ -69,7 +69,8 @@ class Trainer:
         if chosen.uses_teacher:  # loaded when training needs it (finessl/engine/teacher.py)
             self.algorithm.set_teacher(functools.partial(load_teacher, cfg, self.data,
                                                          self.device, setup.teacher))
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.params = [p for p in self.model.parameters() if p.requires_grad] \
+            + self.algorithm.parameters()  # and the algorithm's own heads
         if self.algorithm.trains:
             self.optim, self.sched = build_optimizer(cfg, self.params)
         self.start_epoch, self.start_step, self.global_step = 0, 0, 0
@@ -101,7 +102,7 @@ class Trainer:
             writer.close()
             return diagnostics.summary(self.history)
         loaders = train_loaders(cfg, self.data, self.seed, self.device, self.dist,
-                                self.algorithm.uses_unlabeled)
+                                self.algorithm)
         self.guard = StepGuard(self.model, self.params, self.precision, self.dist, self.device)
         try:
             with signals.deferred():
@@ -141,6 +142,7 @@ class Trainer:
             scaler.update()
         else:
             self.optim.step()
+        self.algorithm.after_step()
         self.global_step += 1
         return logs, stop
 
@@ -178,5 +180,6 @@ class Trainer:
             self._test_loader = build_test_loader(self.data, max(100, self.cfg.DATA.BATCH_SIZE),
                                                   self.cfg.num_workers, self.dist.rank,
                                                   self.dist.world)
-        return evaluate(self.model, self._test_loader, self.device, self.precision,
-                        self.data.num_classes, self.dist, len(self.data.test))
+        with self.algorithm.evaluation_weights():  # the model its paper evaluates
+            return evaluate(self.model, self._test_loader, self.device, self.precision,
+                            self.data.num_classes, self.dist, len(self.data.test))

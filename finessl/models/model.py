@@ -28,13 +28,15 @@ class FineSSLModel(nn.Module):
         self.head = head
         self.aux_head = aux_head
 
-    def forward(self, images: torch.Tensor,
-                detach_aux: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor, detach_aux: bool = True,
+                features: bool = False) -> tuple[torch.Tensor, ...]:
         """Main and aux logits in float; ``detach_aux False`` is the Table 6 ablation
-        in which aux losses do reach the PEFT parameters."""
+        in which aux losses do reach the PEFT parameters. ``features``: the backbone's
+        features (in float) as a third output, for algorithms with heads of their own."""
         feat = self.backbone(images)
         aux_in = feat.detach() if detach_aux else feat
-        return self.head(feat).float(), self.aux_head(aux_in).float()
+        logits, aux = self.head(feat).float(), self.aux_head(aux_in).float()
+        return (logits, aux, feat.float()) if features else (logits, aux)
 
     def classify(self, images: torch.Tensor) -> torch.Tensor:
         """The main head's logits (float): what evaluation, prediction and a

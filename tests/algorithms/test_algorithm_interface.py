@@ -63,7 +63,9 @@ def test_a_class_with_only_train_step_runs_through_records_and_diagnostics(
     assert len(Minimal.seen) == 4
     batch = Minimal.seen[0]
     assert isinstance(batch, Batch) and batch["x"] is batch.x
-    assert list(batch) == [*LABELED_FIELDS, *UNLABELED_FIELDS]  # uses_unlabeled: all seven
+    # uses_unlabeled: every field but the views no one asked for (x_s, u_m)
+    assert list(batch) == [f for f in (*LABELED_FIELDS, *UNLABELED_FIELDS)
+                           if f not in ("x_s", "u_m")]
     assert batch.x.shape[0] == 8 and batch.u_w.shape == batch.x.shape  # BATCH_SIZE 8, MU_U 1
     with open(os.path.join(tmp_path, DIAGNOSTICS)) as f:
         record = json.load(f)
@@ -97,18 +99,21 @@ def test_the_engine_and_the_report_never_probe_an_algorithm():
 
 # ---- the batch ------------------------------------------------------------------------
 def test_batch_names_the_loaders_fields_in_their_order():
-    labeled = (torch.zeros(2, 3), torch.tensor([1, 2]))
-    unlabeled = tuple(torch.full((2,), float(i)) for i in range(5))
+    labeled = (torch.zeros(2, 3), torch.tensor([1, 2]), torch.tensor([5, 6]))
+    unlabeled = tuple(torch.full((2,), float(i)) for i in range(6))
     batch = Batch.from_loaders((labeled, unlabeled))
-    assert [batch[k][0].item() for k in UNLABELED_FIELDS] == [0.0, 1.0, 2.0, 3.0, 4.0]
-    assert batch.y.tolist() == [1, 2] and len(batch) == 7 and dict(batch)["u_true"] is batch.u_true
+    assert [batch[k][0].item() for k in UNLABELED_FIELDS] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert batch.y.tolist() == [1, 2] and batch.x_idx.tolist() == [5, 6]
+    assert len(batch) == 9 and dict(batch)["u_true"] is batch.u_true and "x_s" not in batch
     only_labeled = Batch.from_loaders((labeled,))
-    assert list(only_labeled) == ["x", "y"] and only_labeled.u_w is None
+    assert list(only_labeled) == ["x", "y", "x_idx"] and only_labeled.u_w is None
     assert "u_w" not in only_labeled
     with pytest.raises(KeyError):
         only_labeled["u_w"]
-    with pytest.raises(ValueError):  # a loader that yields another number of fields
-        Batch.from_loaders((labeled, unlabeled[:4]))
+    for wrong in ((labeled, unlabeled[:4]), (labeled, unlabeled + unlabeled[:1]),
+                  (labeled[:1],)):  # a loader that yields another number of fields
+        with pytest.raises(ValueError, match="fields"):
+            Batch.from_loaders(wrong)
 
 
 # ---- the progress bar closes before the line that says why the run ended ---------------

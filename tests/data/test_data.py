@@ -247,6 +247,28 @@ def test_aug_seed_decides_the_views(cifar10_root):
     assert not torch.equal(bundle.labeled[(0, 5)][0], bundle.labeled[(0, 6)][0])
 
 
+def test_extra_views_leave_the_others_as_they_were(cifar10_root):
+    # A labeled strong view (DeFixMatch) and an unlabeled medium view (SequenceMatch)
+    # are drawn last from the item's rng: the weak and strong views do not move.
+    bundle = loaders.build_data(make_cfg(cifar10_root), CROP, None)
+    plain_l, plain_u = bundle.labeled[(2, 7)], bundle.unlabeled[(3, 11)]
+    bundle.labeled.strong = bundle.unlabeled.medium = True
+    more_l, more_u = bundle.labeled[(2, 7)], bundle.unlabeled[(3, 11)]
+    assert len(plain_l) == 3 and len(more_l) == 4 and len(plain_u) == 5 and len(more_u) == 6
+    assert torch.equal(more_l[0], plain_l[0]) and more_l[1:3] == plain_l[1:3]
+    assert all(torch.equal(a, b) for a, b in zip(more_u[:3], plain_u[:3]))
+    strong, medium = more_l[3], more_u[5]
+    assert strong.shape == medium.shape == plain_l[0].shape and strong.dtype == torch.uint8
+    assert not torch.equal(strong, plain_l[0]) and not torch.equal(medium, plain_u[0])
+    # the medium view is the strong recipe with one RandAugment op: same rng, same crop
+    views, image = bundle.unlabeled.views, bundle.unlabeled.raw.train_image(
+        bundle.unlabeled_idx[3])
+    rng = random.Random(11)
+    views.unlabeled(image, rng)
+    twin = views._strong(transforms.padded(image, CROP), rng, num_ops=1)
+    assert torch.equal(twin, medium)
+
+
 def test_build_data_and_loaders(cifar10_root, tmp_path):
     bundle = loaders.build_data(make_cfg(cifar10_root), CROP, str(tmp_path))
     assert (len(bundle.labeled), len(bundle.unlabeled), bundle.num_classes) == (20, 60, 10)
@@ -265,8 +287,9 @@ def test_build_data_and_loaders(cifar10_root, tmp_path):
 
     labeled, unlabeled = epoch_batches(0)
     assert len(labeled) == len(unlabeled) == 3
-    x, y = labeled[0]
+    x, y, x_idx = labeled[0]
     assert x.shape == (4, 3, CROP, CROP) and y.shape == (4,)
+    assert y.tolist() == [bundle.labeled.raw.train_targets[bundle.labeled_idx[p]] for p in x_idx]
     weak_view, strong1, strong2, position, label = unlabeled[0]
     assert weak_view.shape == strong2.shape == (8, 3, CROP, CROP) and position.shape == (8,)
     truth = [bundle.unlabeled.raw.train_targets[bundle.unlabeled_idx[p]] for p in position]

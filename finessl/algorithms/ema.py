@@ -1,0 +1,52 @@
+"""An exponential moving average of a model's trained tensors: the teacher of Mean
+Teacher, and the model some papers evaluate.
+
+theta'_t = m theta'_{t-1} + (1 - m) theta_t after every optimiser step, over what the
+model trains (``trainable_state_dict``: PEFT parameters, tuned weights, both heads);
+trained buffers (a tuned CNN's BatchNorm statistics) are copied, not averaged, as in
+USB's ``EMA`` and Mean Teacher's released code. The frozen tower is shared, so the
+average costs the trained tensors once more in memory, not a second model.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+
+class EmaWeights:
+    """``shadow``: the average, by the names of ``model.trainable_state_dict()``."""
+
+    def __init__(self, model, momentum: float):
+        self.model, self.momentum = model, momentum
+        self.shadow = model.trainable_state_dict()
+        self._averaged = {n for n, p in model.named_parameters() if p.requires_grad}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """One EMA step towards the model's current tensors."""
+        current = dict(self.model.named_parameters())
+        current.update(self.model._trained_buffers())
+        for name, value in self.shadow.items():
+            now = current[name].detach()
+            if name in self._averaged:
+                value.mul_(self.momentum).add_(now.to(value.dtype), alpha=1 - self.momentum)
+            else:
+                value.copy_(now)
+
+    @contextlib.contextmanager
+    def applied(self):
+        """The model holds the average inside the block, its own tensors again after."""
+        own = self.model.trainable_state_dict()
+        self.model.load_trainable_state_dict(self.shadow)
+        try:
+            yield self.model
+        finally:
+            self.model.load_trainable_state_dict(own)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: v.clone() for n, v in self.shadow.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for name, value in self.shadow.items():
+            value.copy_(state[name].to(value.device))
