@@ -17,6 +17,40 @@ def per_class_accuracy(preds: torch.Tensor, targets: torch.Tensor, num_classes: 
     return hits / total
 
 
+def per_class_precision(confusion: list[list[int]]) -> list[float]:
+    """Precision of each class from a confusion matrix (rows: true class, columns:
+    predicted): hits over predictions of the class (NaN for a class never predicted).
+    Per-class recall is :func:`per_class_accuracy`."""
+    matrix = torch.tensor(confusion, dtype=torch.float64)
+    return (matrix.diagonal() / matrix.sum(dim=0)).tolist()
+
+
+GROUPS = ("head", "medium", "tail")
+
+
+def class_groups(counts: list[int]) -> dict[str, list[int]] | None:
+    """Head, medium and tail classes of a long-tailed labeled set: its classes by
+    labeled images, most first (ties by class index), cut into thirds; the head and
+    the tail get ceil(C/3) classes each, the medium the rest (CIFAR-10-LT: 4 / 2 / 4).
+    None when every class has as many labeled images (a balanced split)."""
+    if len(set(counts)) <= 1:
+        return None
+    order = sorted(range(len(counts)), key=lambda k: (-counts[k], k))
+    third = -(-len(counts) // 3)
+    return {"head": sorted(order[:third]), "medium": sorted(order[third:len(counts) - third]),
+            "tail": sorted(order[len(counts) - third:])}
+
+
+def group_accuracies(per_class: list[float], groups: dict[str, list[int]]) -> dict[str, float]:
+    """``<group>_acc``: the mean accuracy of each group's classes (NaN classes, absent
+    from the test set, left out; NaN for a group with none)."""
+    out = {}
+    for name in GROUPS:
+        values = [per_class[k] for k in groups[name] if per_class[k] == per_class[k]]
+        out[f"{name}_acc"] = sum(values) / len(values) if values else float("nan")
+    return out
+
+
 def distribution_entropy(counts: torch.Tensor) -> float:
     """Entropy (nats) of the class distribution given by ``counts``; 0 when empty.
 

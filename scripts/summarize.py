@@ -31,7 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("root", metavar="ROOT", help="sweep folder, e.g. out/table1")
     parser.add_argument("--metric", choices=sorted(tables.METRICS), default="last",
-                        help="top-1 of the last epoch (default) or of the best epoch")
+                        help="top-1 of the last epoch (default) or of the best epoch; the "
+                             "last epoch's balanced accuracy, or its accuracy over the head, "
+                             "medium or tail classes of a long-tailed labeled set")
     parser.add_argument("--paper", action=argparse.BooleanOptionalAction, default=None,
                         help="add the row of the paper's figures the configs declare "
                              "(default: when any run records one)")

@@ -185,6 +185,12 @@ class DataBundle:
     mean: tuple[float, float, float]  # per-channel normalisation, applied on the device
     std: tuple[float, float, float]
 
+    def labeled_counts(self) -> list[int]:
+        """Labeled images per class (split.json's ``labeled_per_class``)."""
+        targets = self.labeled.raw.train_targets
+        return torch.bincount(torch.tensor([targets[i] for i in self.labeled_idx]),
+                              minlength=self.num_classes).tolist()
+
 
 def _split(raw: RawDataset, data, num_classes: int) -> tuple[list[int], list[int], dict]:
     """(labeled, unlabeled, split.json meta): the dataset's own split when it comes

@@ -23,7 +23,8 @@ import torch
 
 from finessl.io import atomic_write_text
 from finessl.logs import PROGRESS
-from finessl.metrics import OUT_OF_CLASS, distribution_entropy, top1
+from finessl.metrics import (OUT_OF_CLASS, class_groups, distribution_entropy,
+                             group_accuracies, per_class_precision, top1)
 
 log = logging.getLogger(__name__)
 progress = logging.getLogger(PROGRESS)
@@ -174,6 +175,11 @@ def record_epoch(trainer, epoch: int, result: dict, writer) -> None:
         result["confidence"] = algorithm.stats.record()
         result["pseudo_ood_kept"] = kept_ood_share(result["confidence"])
     trainer.confusion = result.pop("confusion", None)
+    if trainer.confusion is not None:
+        result["per_class_precision"] = per_class_precision(trainer.confusion)
+    groups = class_groups(data.labeled_counts())  # long-tailed labeled set: head / medium / tail
+    if groups is not None:
+        result.update(group_accuracies(result["per_class_acc"], groups))
     result["train"] = trainer.epoch_means.pop()
     for k, v in result.items():
         if isinstance(v, (int, float)):
@@ -191,15 +197,25 @@ def record_epoch(trainer, epoch: int, result: dict, writer) -> None:
              trainer.cfg.num_epochs, 100 * result["top1"], 100 * best["top1"], best["epoch"],
              100 * result["balanced_acc"], result["ece"], 100 * result.get("pseudo_acc", 0),
              100 * result.get("pseudo_rate", 0))
+    if groups is not None:
+        log.info("epoch %d/%d  head %.2f%%  medium %.2f%%  tail %.2f%%  (classes by labeled "
+                 "images, in thirds)", epoch + 1, trainer.cfg.num_epochs,
+                 *(100 * result[f"{g}_acc"] for g in ("head", "medium", "tail")))
 
 
 def summary(history: list[dict]) -> dict:
     """The run's best and last test top-1 (results.json), {} before any epoch."""
     if not history:
         return {}
-    best = max(history, key=lambda r: r["top1"])
-    return {"best_top1": best["top1"], "best_epoch": best["epoch"],
-            "last_top1": history[-1]["top1"], "last_epoch": history[-1]["epoch"]}
+    best, last = max(history, key=lambda r: r["top1"]), history[-1]
+    record = {"best_top1": best["top1"], "best_epoch": best["epoch"],
+              "last_top1": last["top1"], "last_epoch": last["epoch"]}
+    # the last epoch's class-level view (long-tailed data: head / medium / tail)
+    for key in ("balanced_acc", "head_acc", "medium_acc", "tail_acc", "per_class_acc",
+                "per_class_precision"):
+        if key in last:
+            record[f"last_{key}"] = last[key]
+    return record
 
 
 def write(run_dir: str, trainer) -> None:

@@ -25,9 +25,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--epochs", nargs="+", type=int, default=None, metavar="E",
                         help="epochs whose confidence histograms are drawn (default: the "
                              "first, the middle and the last)")
-    parser.add_argument("--metric", choices=("last", "best"), default="last",
-                        help="top-1 of the sweep table: the last epoch's (default) or the "
-                             "best epoch's")
+    parser.add_argument("--metric", choices=("last", "best", "balanced", "head", "medium",
+                                             "tail"), default="last",
+                        help="what the sweep table shows: the last epoch's top-1 (default), "
+                             "the best epoch's, or the last epoch's balanced accuracy or "
+                             "accuracy over the head / medium / tail classes (long-tailed)")
 
 
 def run(args) -> int:

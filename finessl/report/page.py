@@ -185,7 +185,7 @@ def sweep_body(runs: list[Run], out: str, links: list[tuple[Run, str]], metric: 
     parts.append("<h2>Runs</h2>")
     parts.append(_table(["run", "method", "setting", "seed", f"{metric} top-1 (%)", "state"],
                         [[r.path, r.method, r.setting, r.get("seed", "–"),
-                          pct(r.summary()[sweep.METRICS[metric]]),
+                          pct(r.score(metric)),
                           "finished" if r.finished else "in progress"] for r, _ in links], "runs"))
     parts.append("<ul>" + "".join(f"<li><a href='{html.escape(link)}'>{html.escape(r.label)}</a>"
                                   f"</li>" for r, link in links) + "</ul>")

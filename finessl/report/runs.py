@@ -16,8 +16,13 @@ from finessl.config import RUN_CONFIG
 from finessl.engine.diagnostics import DIAGNOSTICS, FORMAT
 from finessl.errors import UserError
 from finessl.io import RESULTS
+from finessl.metrics import class_groups, group_accuracies
 
 SEED_FOLDER = re.compile(r"^seed\d+$")
+# what a sweep table can show (``--metric``): the run's last or best test top-1, or the
+# last epoch's balanced accuracy or accuracy over the head / medium / tail classes
+METRICS = {"last": "last_top1", "best": "best_top1", "balanced": "balanced_acc",
+           "head": "head_acc", "medium": "medium_acc", "tail": "tail_acc"}
 
 
 def _number(value) -> bool:
@@ -130,6 +135,32 @@ class Run:
             return self.diagnostics["classnames"]
         n = max((len(e.get("per_class_acc", [])) for e in self.history), default=0)
         return [str(i) for i in range(n)]
+
+    def labeled_counts(self) -> list[int] | None:
+        """Labeled images per class, from the run's split.json (None without one)."""
+        path = os.path.join(self.path, "split.json")
+        if not os.path.isfile(path):
+            return None
+        counts = _read_json(path).get("labeled_per_class")
+        return counts if isinstance(counts, list) else None
+
+    def last_value(self, key: str) -> float | None:
+        """The last epoch's ``key`` (``balanced_acc``, ``head_acc``, ...): as recorded,
+        else the groups' accuracies from its per-class accuracy and the labeled counts of
+        its split.json (a run recorded before they were); None where it has none (a
+        balanced split has no head or tail)."""
+        last = self.history[-1]
+        if key in last or not key.endswith("_acc") or "per_class_acc" not in last:
+            return last.get(key)
+        counts = self.labeled_counts()
+        groups = class_groups(counts[:len(last["per_class_acc"])]) if counts else None
+        return group_accuracies(last["per_class_acc"], groups).get(key) if groups else None
+
+    def score(self, metric: str) -> float | None:
+        """The number a sweep table shows for ``metric`` (finessl/report/sweep.py METRICS):
+        the last or best top-1, or a last-epoch class-level accuracy."""
+        key = METRICS[metric]
+        return self.summary()[key] if key in ("last_top1", "best_top1") else self.last_value(key)
 
     def summary(self) -> dict:
         """best / last top-1 and epochs: results.json's, or from the history so far."""

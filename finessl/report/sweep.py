@@ -12,9 +12,7 @@ import numpy as np
 
 from finessl.algorithms import ALGORITHMS
 from finessl.report import figures
-from finessl.report.runs import Run
-
-METRICS = {"last": "last_top1", "best": "best_top1"}
+from finessl.report.runs import METRICS, Run  # noqa: F401 (the report's choices)
 PAPER_ROW = "FineSSL (paper)"
 MISSING = "–"  # a cell with no finished run
 
@@ -45,10 +43,12 @@ def ordered_settings(names) -> list[str]:
 
 
 def _scores(runs: list[Run], metric: str):
-    """((method, setting), seed, test top-1 in %) of each finished run, in the runs' order."""
-    key = METRICS[metric]
-    return [((run.method, run.setting), run.get("seed"), 100.0 * run.results[key])
-            for run in runs if run.finished]
+    """((method, setting), seed, ``metric`` in %) of each finished run that has it, in the
+    runs' order."""
+    scores = [((run.method, run.setting), run.get("seed"), run.score(metric))
+              for run in runs if run.finished]
+    return [(group, seed, 100.0 * value) for group, seed, value in scores
+            if value is not None and value == value]
 
 
 def values(runs: list[Run], metric: str) -> dict[tuple[str, str], list[float]]:
