@@ -227,6 +227,19 @@ declare("gpu", None, "CUDA device index; None = cuda:0 when CUDA exists, else CP
 declare("deterministic", False, "torch deterministic algorithms (slower on CUDA)")
 declare("setting", "", "name of this setting in sweeps, summarize.py and reports; '' = the --cfg file's name (else DATA.NAME_N<NUM_L>)")
 declare("paper_top1", None, "the paper's top-1 (%) for this setting, shown beside the results by summarize.py and reports (None: the paper has none)", types=(float, int))
+def method_figures(value) -> str | None:
+    for item in value:
+        parts = str(item).split()
+        try:
+            if len(parts) == 2 and float(parts[1]) == float(parts[1]):
+                continue
+        except ValueError:
+            pass
+        return f"{item!r} is not 'METHOD TOP1' (a row name and a number, e.g. 'fixmatch 76.69')"
+    return None
+
+
+declare("reference_top1", [], "published top-1 (%) of methods for this setting, 'METHOD TOP1' each (the long-tailed configs: USB's), shown beside the results by summarize.py", check=method_figures)
 declare("plugins", [], "your plug-in modules (module names or .py paths), imported before the rest of the config is read (docs/extending.md)")
 
 
@@ -248,7 +261,7 @@ RUN_CONFIG = "config.yaml"  # a run folder's record of the config it trains with
 RESUME_RUNTIME_KEYS = (
     "num_workers", "print_freq", "checkpoint_freq", "gpu", "deterministic", "compile",
     "grad_checkpointing", "cache_dir", "DATA.DOWNLOAD", "output_dir", "resume",
-    "model_dir", "eval_only", "allow_extend", "setting", "paper_top1",
+    "model_dir", "eval_only", "allow_extend", "setting", "paper_top1", "reference_top1",
 )
 # ... and what eval_only / predict may also set: where the test data is, how much of it,
 # the numeric mode of the forward.

@@ -11,7 +11,9 @@ name), a row per method (the folder above ``seed<s>``, as the sweeps of
 sample std over the runs found, with their number when fewer than 3. The "FineSSL
 (paper)" row (by default when a setting's runs record one) shows the figure each
 config declares (``paper_top1``: the shipped paper settings carry the FineSSL numbers
-of docs/method.md §6); ``--no-paper`` drops it, ``--paper`` forces it.
+of docs/method.md §6); ``--no-paper`` drops it, ``--paper`` forces it. Where configs
+declare other methods' published figures (``reference_top1``: the long-tailed configs
+carry USB's), a second table sets ours beside them.
 """
 from __future__ import annotations
 
@@ -48,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Test top-1 (%) at the {args.metric} epoch, mean ± std over seeds "
           f"({args.root})\n")
     print("\n".join(tables.markdown(*tables.table(runs, args.metric, args.paper))))
+    header, rows = tables.side_by_side(runs, args.metric)
+    if rows and args.paper is not False:
+        print("\nBeside the published figures the configs declare (reference_top1; the "
+              "long-tailed configs: USB's, WRN-28-2 trained from scratch, not CLIP):\n")
+        print("\n".join(tables.markdown(header, rows)))
     return 0
 
 

@@ -5,7 +5,8 @@
     bash scripts/table1.sh     # the same runner, its choices from the environment
 
 The paper's sweeps (``peft``: FineSSL with VPT-deep, Table 1's methods, Table 6's
-ablations) run each config (``--settings``: configs/peft/NAME.yaml with ``vpt_deep
+ablations) and the long-tailed one (``imb``: configs/lt/, USB's imbalanced settings) run
+each config (``--settings``: configs/peft/NAME.yaml with ``vpt_deep
 True``; ``--configs``: any config files, run as they are) at each seed, into
 OUT/<config name>/<method>/seed<s>; ``benchmarks/fashion_mnist.py`` runs its own list.
 
@@ -56,6 +57,16 @@ TABLE6 = {  # Table 6's variant -> the KEY VALUE overrides that make it
     "no_margin_labeled": ["algorithm", "finessl", "bms_labeled", "False"],
     "no_smoothing": ["algorithm", "finessl", "smoothing", "0.0"],
     "aux_not_detached": ["algorithm", "finessl", "aux_detach", "False"],
+}
+# The long-tailed table (configs/lt/: USB's CIFAR-10-LT / CIFAR-100-LT sizes and ratios,
+# consistent or reversed unlabeled sets): row -> overrides; the configs declare USB's
+# published figures (``reference_top1``) under the same row names.
+LT_SETTINGS = ["cifar10_lt_r100", "cifar10_lt_r100_rev", "cifar10_lt_r150",
+               "cifar100_lt_r10", "cifar100_lt_r10_rev", "cifar100_lt_r15"]
+IMB = {
+    "supervised": ["algorithm", "supervised"],
+    "fixmatch": ["algorithm", "fixmatch"],
+    "finessl": ["algorithm", "finessl"],
 }
 
 
@@ -214,13 +225,15 @@ def run_sweep(runs: list[Run], jobs: int = 1, command: list[str] | None = None) 
 
 def configs(settings: list[str], files: list[str]) -> list[tuple[str, str, list[str]]]:
     """(column name, config file, its PEFT overrides) of each paper setting (run with the
-    paper's VPT-deep) and each config file (run as it is, named by its file name)."""
+    paper's VPT-deep; configs/peft/, or configs/lt/ for the long-tailed ones) and each
+    config file (run as it is, named by its file name)."""
     out = []
     for name in settings:
-        path = os.path.join(REPO, "configs", "peft", f"{name}.yaml")
+        folder = "lt" if name in LT_SETTINGS else "peft"
+        path = os.path.join(REPO, "configs", folder, f"{name}.yaml")
         if not os.path.isfile(path):
-            raise UserError(f"unknown setting '{name}': no configs/peft/{name}.yaml "
-                            f"(CONFIGS=FILE sweeps any config)")
+            raise UserError(f"unknown setting '{name}': no configs/peft/{name}.yaml or "
+                            f"configs/lt/{name}.yaml (CONFIGS=FILE sweeps any config)")
         out.append((name, path, ["vpt_deep", "True"]))
     for path in files:
         if not os.path.isfile(path):
@@ -237,10 +250,18 @@ def plan(table: str, settings: list[str], files: list[str], methods: list[str] |
     """The runs of one of the paper's sweeps, config by config, method by method, seed
     by seed. ``peft``'s row is ``vpt_deep`` for a paper setting, ``finessl`` for a
     config file (run with ``algorithm finessl``)."""
-    if table == "table6":
-        unknown = [m for m in methods or () if m not in TABLE6]
+    rows_of = {"table6": TABLE6, "imb": IMB}.get(table)
+    if rows_of is not None:
+        unknown = [m for m in methods or () if m not in rows_of]
         if unknown:
-            raise UserError(f"unknown variant '{unknown[0]}'; known: {' '.join(TABLE6)}")
+            raise UserError(f"unknown {'variant' if table == 'table6' else 'row'} "
+                            f"'{unknown[0]}'; known: {' '.join(rows_of)}")
+    elif table == "table1":
+        from finessl.algorithms import ALGORITHMS
+        unknown = [m for m in methods or () if m not in ALGORITHMS]
+        if unknown:
+            raise UserError(f"unknown algorithm '{unknown[0]}'; known: "
+                            f"{' '.join(sorted(ALGORITHMS, key=lambda n: ALGORITHMS.get(n).order))}")
     runs = []
     for name, path, peft in configs(settings, files):
         if table == "peft":
@@ -248,7 +269,7 @@ def plan(table: str, settings: list[str], files: list[str], methods: list[str] |
         elif table == "table1":
             rows = [(m, ["algorithm", m]) for m in methods or TABLE1]
         else:
-            rows = [(v, TABLE6[v]) for v in methods or TABLE6]
+            rows = [(v, rows_of[v]) for v in methods or rows_of]
         for method, chosen in rows:
             for seed in seeds:
                 folder = os.path.join(out, name, method, f"seed{seed}")
@@ -266,12 +287,14 @@ def main(argv: list[str] | None = None) -> int:
                                      epilog="Each option's default is its environment "
                                             "variable (SETTINGS, CONFIGS, METHODS or "
                                             "VARIANTS, SEEDS, OUT, JOBS) where set.")
-    parser.add_argument("table", choices=("peft", "table1", "table6"))
+    parser.add_argument("table", choices=("peft", "table1", "table6", "imb"))
     parser.add_argument("--settings", nargs="*", help="paper settings: configs/peft/NAME.yaml "
-                        "+ vpt_deep True (default: all 9; table6: cifar100_N4; none when "
+                        "(imb: configs/lt/NAME.yaml) + vpt_deep True (default: all 9; "
+                        "table6: cifar100_N4; imb: the 6 long-tailed ones; none when "
                         "--configs is given)")
     parser.add_argument("--configs", nargs="*", help="config files, run as they are")
-    parser.add_argument("--methods", nargs="+", help="table1's methods or table6's variants")
+    parser.add_argument("--methods", nargs="+", help="table1's methods (any algorithm), "
+                        "table6's variants or imb's rows")
     parser.add_argument("--seeds", nargs="+", type=int, default=None)
     parser.add_argument("--out", help="the sweep's folder (default out/TABLE)")
     parser.add_argument("--jobs", type=int, help="runs trained at once, each on cores/JOBS threads")
@@ -279,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
                         "'--' when they follow an option that takes a list)")
     args = parser.parse_args(argv)
     files = args.configs if args.configs is not None else _words("CONFIGS", "")
-    default = "cifar100_N4" if args.table == "table6" else " ".join(PAPER_SETTINGS)
+    default = {"table6": "cifar100_N4", "imb": " ".join(LT_SETTINGS)}.get(
+        args.table, " ".join(PAPER_SETTINGS))
     settings = (args.settings if args.settings is not None else
                 _words("SETTINGS", "" if files else default))
     methods = args.methods or _words("VARIANTS" if args.table == "table6" else "METHODS",

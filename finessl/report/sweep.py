@@ -145,6 +145,37 @@ def table(runs: list[Run], metric: str, paper: bool | None = None
     return header, rows
 
 
+def reference_numbers(runs: list[Run]) -> dict[tuple[str, str], float]:
+    """(method, setting) -> a published top-1 (%), where a run's config declares it
+    (``reference_top1``: 'METHOD TOP1' items; the long-tailed configs carry USB's)."""
+    out = {}
+    for run in runs:
+        for item in run.get("reference_top1") or ():
+            method, value = str(item).split()
+            out[method, run.setting] = float(value)
+    return out
+
+
+def side_by_side(runs: list[Run], metric: str) -> tuple[list[str], list[list[str]]]:
+    """Ours beside the published figures the configs declare: a row per method that has
+    either, a column pair (ours, published) per setting that has published ones; empty
+    when no config declares any."""
+    published = reference_numbers(runs)
+    if not published:
+        return [], []
+    ours = values(runs, metric)
+    settings = ordered_settings(s for _, s in published)
+    header = ["method"] + [f"{s} {who}" for s in settings for who in ("(ours)", "(published)")]
+    rows = []
+    for m in ordered_methods([m for m, _ in published] + [m for m, s in ours if s in settings]):
+        row = [m]
+        for s in settings:
+            row.append(cell(ours[m, s]) if (m, s) in ours else MISSING)
+            row.append(f"{published[m, s]:.2f}" if (m, s) in published else MISSING)
+        rows.append(row)
+    return header, rows
+
+
 def markdown(header: list[str], rows: list[list[str]]) -> list[str]:
     """A table as the lines of a markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]

@@ -102,6 +102,46 @@ def test_table1_defaults_and_unknown_setting(tmp_path, fake, monkeypatch, capsys
         "cifar100_N100", "food101_N2", "food101_N4", "food101_N10"]
 
 
+def test_table1_takes_any_algorithm_and_names_an_unknown_one(tmp_path, fake, monkeypatch,
+                                                             capsys):
+    assert sweep("table1", monkeypatch, OUT=str(tmp_path), SETTINGS="cifar10_N2",
+                 METHODS="debiaspl nosuchmatch") == 2
+    assert fake.calls == []
+    err = capsys.readouterr().err
+    assert "unknown algorithm 'nosuchmatch'; known: zeroshot supervised" in err
+
+
+def test_imb_runs_the_long_tailed_configs_and_summarize_sets_usbs_figures_beside(
+        tmp_path, fake, monkeypatch, capsys):
+    out = str(tmp_path / "imb")
+    assert sweep("imb", monkeypatch, OUT=out, SEEDS="1", METHODS="fixmatch finessl") == 0
+    settings = [c["argv"][1] for c in fake.calls[::2]]
+    assert settings == [os.path.join(REPO, "configs", "lt", f"{s}.yaml")
+                        for s in runner.LT_SETTINGS]
+    assert fake.calls[1]["argv"][2:6] == ["vpt_deep", "True", "algorithm", "finessl"]
+    assert sweep("imb", monkeypatch, OUT=out, METHODS="abcd") == 2
+    assert "unknown row 'abcd'; known: supervised" in capsys.readouterr().err
+    # the configs: USB's sizes, ratios and unlabeled profiles, and its figures
+    from finessl.config_load import load_config
+    rev = load_config(os.path.join(REPO, "configs", "lt", "cifar10_lt_r100_rev.yaml"), [])
+    c100 = load_config(os.path.join(REPO, "configs", "lt", "cifar100_lt_r15.yaml"), [])
+    assert (rev.DATA.NUM_L, rev.DATA.NUM_U, rev.DATA.IMB_L, rev.DATA.IMB_U) == (
+        1500, 3000, 100.0, -100.0)
+    assert (c100.DATA.NUM_L, c100.DATA.NUM_U, c100.DATA.IMB_L, c100.DATA.IMB_U) == (
+        150, 300, 15.0, 15.0)
+    assert "fixmatch+abc 83.78" in rev.reference_top1 and "fixmatch 54.29" in c100.reference_top1
+    # summarize: our runs beside the published figures their configs declare
+    for seed, last in ((1, 0.70), (2, 0.72)):
+        run_dir = str(tmp_path / "s" / "cifar10_lt_r100_rev" / "fixmatch" / f"seed{seed}")
+        write_results(run_dir, last)
+        with open(os.path.join(run_dir, "config.yaml"), "w") as f:
+            f.write('reference_top1: ["fixmatch 69.95", "fixmatch+abc 83.78"]\n')
+    code, lines, _ = summary(capsys, str(tmp_path / "s"))
+    assert code == 0 and lines[-4:] == [
+        "| method | cifar10_lt_r100_rev (ours) | cifar10_lt_r100_rev (published) |",
+        "|---|---|---|", "| fixmatch | 71.00 ± 1.41 (n=2) | 69.95 |", "| fixmatch+abc | – | 83.78 |"]
+
+
 # ---- table6 -------------------------------------------------------------------------
 
 # Table 6's rows, in order: the variant, the algorithm it runs, the key it switches.
@@ -193,7 +233,7 @@ def test_the_shell_scripts_run_the_sweep_with_the_users_python(tmp_path, fake):
     assert {c["cwd"] for c in fake.calls} == {str(caller)}
     assert os.path.isfile(caller / run(1) / "results.json")
     assert "FAILED " + run(2) in proc.stderr and "1 ran, 0 skipped" in proc.stdout
-    for script, table in (("run_peft.sh", "peft"), ("table6.sh", "table6")):
+    for script, table in (("run_peft.sh", "peft"), ("table6.sh", "table6"), ("imb.sh", "imb")):
         with open(os.path.join(REPO, "scripts", script)) as f:
             assert f.read().splitlines()[-1] == \
                 f'exec "${{PYTHON:-python}}" "$(dirname "$0")/sweep.py" {table} -- "$@"'
