@@ -3,6 +3,11 @@ same math (``benchmarks/plain_step.py``), measured in one run, printed as ratios
 
     python benchmarks/step.py                 # ViT-B/16 (random weights), 224 px, VPT-deep 50, B = 2 and 4
     python benchmarks/step.py --model ViT-B-32 --batch 2 --steps 2
+    python benchmarks/step.py --algorithms all --batch 4       # each algorithm against FixMatch
+
+``--algorithms`` (names, or ``all``: every registered algorithm that trains on unlabeled
+images) times each algorithm's own step instead, with its extra heads and state, and
+prints its cost relative to FixMatch's in the same run (docs/algorithms.md).
 
 Each (implementation, batch) runs in its own process. Memory, three ways:
 - peak MB: the highest total of tensor memory allocated during one step, above what
@@ -52,7 +57,7 @@ class PeakRSS:
         self._thread.join()
 
 
-def build(model_name: str, batch: int, num_classes: int, device):
+def build(model_name: str, batch: int, num_classes: int, device, algorithm: str = "finessl"):
     import torch
     from finessl.algorithms import build_algorithm
     from finessl.config import get_cfg_defaults
@@ -60,12 +65,14 @@ def build(model_name: str, batch: int, num_classes: int, device):
 
     cfg = get_cfg_defaults()
     cfg.backbone, cfg.pretrained, cfg.vpt_deep = model_name, "none", True
+    cfg.algorithm = algorithm
     torch.manual_seed(0)
     model = build_model(cfg, [f"c{i}" for i in range(num_classes)], device, half=False)
     size = model.backbone.image_size[0]
     images = lambda: torch.randn(batch, 3, size, size, device=device)  # noqa: E731
     data = {"x": images(), "y": torch.randint(num_classes, (batch,), device=device),
-            "u_w": images(), "u_s1": images(), "u_s2": images(),
+            "x_idx": torch.arange(batch, device=device), "x_s": images(),
+            "u_w": images(), "u_s1": images(), "u_s2": images(), "u_m": images(),
             "u_idx": torch.arange(batch, device=device),
             "u_true": torch.randint(num_classes, (batch,), device=device)}
     algorithm = build_algorithm(cfg, model, num_classes, 1000, device)
@@ -78,21 +85,23 @@ def worker(impl: str, model_name: str, batch: int, steps: int) -> dict:
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cfg, model, algorithm, batch_data = build(model_name, batch, 100, device)
-    params = [p for p in model.parameters() if p.requires_grad]
+    name = impl.split(":", 1)[1] if impl.startswith("algo:") else "finessl"
+    cfg, model, algorithm, batch_data = build(model_name, batch, 100, device, name)
+    params = [p for p in model.parameters() if p.requires_grad] + algorithm.parameters()
     optim = torch.optim.SGD(params, lr=0.03, momentum=0.9, weight_decay=5e-4)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" \
         else torch.autocast("cpu", enabled=False)
 
     def step():
         with autocast:
-            if impl == "ours":
-                loss, _ = algorithm.train_step(batch_data)
-            else:
+            if impl == "plain":
                 loss = plain_finessl_step(model, algorithm.selected, batch_data, cfg, 100)
+            else:
+                loss, _ = algorithm.train_step(batch_data)
         optim.zero_grad(set_to_none=True)
         loss.backward()
         optim.step()
+        algorithm.after_step()
         return loss
 
     saved = {"bytes": 0}
@@ -122,9 +131,21 @@ def worker(impl: str, model_name: str, batch: int, steps: int) -> dict:
         peak = torch.cuda.max_memory_allocated() - base
     else:
         peak = _profiled_peak(step)
+    state = [t for t in _tensors(algorithm.state_dict())]
     return {"sec": seconds, "img_s": 4 * batch / seconds, "peak_mb": peak / 2**20,
             "saved_mb": saved["bytes"] / 2**20, "rss_mb": (rss.peak - rss_base) / 2**20,
-            "device": device.type}
+            "device": device.type, "extra_params": sum(p.numel() for p in algorithm.parameters()),
+            "state_mb": sum(t.numel() * t.element_size() for t in state) / 2**20}
+
+
+def _tensors(state):
+    """Every tensor of a (nested) state dict."""
+    import torch
+    if isinstance(state, torch.Tensor):
+        yield state
+    elif isinstance(state, dict):
+        for value in state.values():
+            yield from _tensors(value)
 
 
 def _profiled_peak(step) -> int:
@@ -148,6 +169,9 @@ def main():
     parser.add_argument("--model", default="ViT-B-16")
     parser.add_argument("--batch", type=int, nargs="+", default=[2, 4])
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--algorithms", nargs="+", default=None, metavar="NAME",
+                        help="time these algorithms' steps against FixMatch's ('all': every "
+                             "one that learns from unlabeled images)")
     parser.add_argument("--worker", nargs=2, metavar=("IMPL", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -158,6 +182,16 @@ def main():
         print(json.dumps(worker(args.worker[0], args.model, int(args.worker[1]), args.steps)))
         return
     here = os.path.abspath(__file__)
+
+    def measure(impl: str, batch: int) -> dict:
+        out = subprocess.run([sys.executable, here, "--model", args.model, "--steps",
+                              str(args.steps), "--worker", impl, str(batch)],
+                             capture_output=True, text=True)
+        if out.returncode:
+            raise SystemExit(f"{impl} failed: {out.stderr.strip().splitlines()[-1]}")
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    if args.algorithms:
+        return compare_algorithms(args, measure)
     print(f"FineSSL step, {args.model} random weights, VPT-deep 50, mu = 1, "
           f"{args.steps} timed steps after one warm-up")
     print("| B | impl | s/step | img/s | peak MB | saved MB | RSS MB |")
@@ -165,17 +199,36 @@ def main():
     for batch in args.batch:
         rows = {}
         for impl in ("plain", "ours"):
-            out = subprocess.run([sys.executable, here, "--model", args.model, "--steps",
-                                  str(args.steps), "--worker", impl, str(batch)],
-                                 capture_output=True, text=True, check=True)
-            rows[impl] = json.loads(out.stdout.strip().splitlines()[-1])
-            r = rows[impl]
+            rows[impl] = r = measure(impl, batch)
             print(f"| {batch} | {impl} | {r['sec']:.3f} | {r['img_s']:.1f} | "
                   f"{r['peak_mb']:.0f} | {r['saved_mb']:.0f} | {r['rss_mb']:.0f} |")
         p, o = rows["plain"], rows["ours"]
         ratio = {k: o[k] / p[k] for k in ("sec", "img_s", "peak_mb", "saved_mb", "rss_mb")}
         print(f"| {batch} | ours / plain | {ratio['sec']:.2f}x | {ratio['img_s']:.2f}x | "
               f"{ratio['peak_mb']:.2f}x | {ratio['saved_mb']:.2f}x | {ratio['rss_mb']:.2f}x |")
+
+
+def compare_algorithms(args, measure) -> None:
+    """Each algorithm's step (its own views, heads and state) against FixMatch's, each
+    in its own process, at the first ``--batch``."""
+    from finessl.algorithms import ALGORITHMS
+    names = args.algorithms
+    if names == ["all"]:
+        names = [n for n, c in ALGORITHMS.items() if c.trains and c.uses_unlabeled
+                 and not c.uses_teacher]
+    names = sorted(set(names) | {"fixmatch"}, key=lambda n: ALGORITHMS.get(n).order)
+    batch = args.batch[0]
+    print(f"One training step per algorithm, {args.model} random weights, VPT-deep 50, "
+          f"B = {batch}, mu = 1, {args.steps} timed steps after one warm-up")
+    print("| algorithm | s/step | vs FixMatch | peak MB | vs FixMatch | extra parameters | "
+          "state MB |")
+    print("|---|---|---|---|---|---|---|")
+    base = measure("algo:fixmatch", batch)
+    for name in names:
+        r = base if name == "fixmatch" else measure(f"algo:{name}", batch)
+        print(f"| {name} | {r['sec']:.3f} | {r['sec'] / base['sec']:.2f}x | "
+              f"{r['peak_mb']:.0f} | {r['peak_mb'] / base['peak_mb']:.2f}x | "
+              f"{r['extra_params']:,} | {r['state_mb']:.2f} |")
 
 
 if __name__ == "__main__":
