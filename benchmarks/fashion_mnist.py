@@ -3,7 +3,8 @@
 test top-1 (mean +- std) and the run report of the whole sweep (docs/results.md).
 Every run uses real ImageNet weights (EfficientNet-Lite0) and real data, both
 installed offline (see docs/demo.md); the recipe is the demo's for every method, only
-``algorithm`` (and ``bms`` / ``dls``, ``DATA.NUM_L``) change. ``--table lt`` runs the
+``algorithm`` (and ``bms`` / ``dls``, ``DATA.NUM_L``) change; the rows are every
+registered algorithm, so a new algorithm file adds its row. ``--table lt`` runs the
 long-tailed table instead (configs/demo/fashion_mnist_LT.yaml: labeled and unlabeled
 sets of ratio 20, and a reversed unlabeled set), into out/fashion_mnist_lt.
 
@@ -47,24 +48,34 @@ SETTINGS = {N4: ("fashion_mnist_N4.yaml", []), N1: ("fashion_mnist_N4.yaml", ["D
             LT: ("fashion_mnist_LT.yaml", []),
             LT_REV: ("fashion_mnist_LT.yaml", ["DATA.IMB_U", "-20"])}
 _ALGO = lambda m: ["algorithm", m]  # noqa: E731
-# table -> (setting, method, overrides). "methods": the paper's comparison (Table 1's
-# methods), FineSSL's two components on FlexMatch and SoftMatch (its "plug-and-play"
-# claim), and the fewest labels (1 per class) for FineSSL and FixMatch. "lt": where
-# the bias is real (docs/results.md): the long-tailed split, and FineSSL on a
-# reversed unlabeled set.
+# FineSSL's components plugged into other methods, against the plain method (paired by
+# seed): the paper's "plug-and-play" claim, on every method that has such a row.
+PLUGGED = [("flexmatch+bms+dls", "flexmatch"), ("softmatch+bms+dls", "softmatch"),
+           ("adamatch+bms+dls", "adamatch"), ("simmatch+bms+dls", "simmatch")]
+
+
+def method_rows() -> list[tuple[str, str, list[str]]]:
+    """The balanced table: every algorithm that trains (from the registry, in its
+    order: a new algorithm file adds its row), BMS + DLS plugged into the methods of
+    PLUGGED that exist, and the fewest labels (1 per class) for FineSSL and FixMatch."""
+    from finessl.algorithms import ALGORITHMS
+    trained = sorted((n for n, c in ALGORITHMS.items() if c.trains and not c.uses_teacher
+                      and not c.long_tailed_only),
+                     key=lambda n: ALGORITHMS.get(n).order)
+    rows = [(N4, m, _ALGO(m)) for m in trained]
+    rows += [(N4, plugged, ["algorithm", plain, "bms", "True", "dls", "True"])
+             for plugged, plain in PLUGGED if plain in ALGORITHMS]
+    return rows + [(N1, "finessl", _ALGO("finessl")), (N1, "fixmatch", _ALGO("fixmatch"))]
+
+
+# table -> its rows (setting, method, overrides). "methods": method_rows(). "lt": where
+# the bias is real (docs/results.md): the long-tailed split, and FineSSL on a reversed
+# unlabeled set.
 TABLES = {
-    "methods": [(N4, m, _ALGO(m)) for m in (
-        "supervised", "pseudolabel", "fixmatch", "flexmatch", "freematch", "softmatch",
-        "debiaspl", "finessl")] + [
-        (N4, "flexmatch+bms+dls", ["algorithm", "flexmatch", "bms", "True", "dls", "True"]),
-        (N4, "softmatch+bms+dls", ["algorithm", "softmatch", "bms", "True", "dls", "True"]),
-        (N1, "finessl", _ALGO("finessl")),
-        (N1, "fixmatch", _ALGO("fixmatch"))],
-    "lt": [(LT, m, _ALGO(m)) for m in ("supervised", "fixmatch", "finessl")] + [
+    "methods": method_rows,
+    "lt": lambda: [(LT, m, _ALGO(m)) for m in ("supervised", "fixmatch", "finessl")] + [
         (LT_REV, "finessl", _ALGO("finessl"))],
 }
-# FineSSL's components on other thresholds, against the plain method (paired by seed).
-PLUGGED = [("flexmatch+bms+dls", "flexmatch"), ("softmatch+bms+dls", "softmatch")]
 # Reference points measured on this machine (docs/demo.md): frozen-feature probes.
 REFERENCE = [("class-mean classifier of the 40 labeled features", 0.59),
              ("linear probe, 40 labels", 0.62), ("linear probe, 250 labels", 0.77),
@@ -101,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table", default="methods", choices=sorted(TABLES),
                         help="which table: 'methods' (balanced, the default) or 'lt' "
                              "(long-tailed)")
-    every = sorted({m for rows in TABLES.values() for _, m, _ in rows})
+    every = sorted({m for rows in TABLES.values() for _, m, _ in rows()})
     parser.add_argument("--methods", nargs="+", default=None, choices=every, metavar="METHOD",
                         help="only these rows: " + ", ".join(every))
     parser.add_argument("--settings", nargs="+", default=None, choices=sorted(SETTINGS),
@@ -119,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is None:
         name = "bench" if args.table == "methods" else args.table
         args.out = os.path.join(REPO, "out", f"fashion_mnist_{name}")
-    chosen = [row for row in TABLES[args.table] if (args.methods is None or row[1] in args.methods)
+    chosen = [row for row in TABLES[args.table]() if (args.methods is None or row[1] in args.methods)
               and (args.settings is None or row[0] in args.settings)]
     if not chosen:
         parser.error(f"--methods / --settings select no row of table {args.table!r}")

@@ -39,6 +39,7 @@ class Algorithm:
     trains = True  # False: nothing to train, the run only evaluates (zero-shot CLIP)
     zero_shot_head = False  # True: the main head is CLIP's text classifier (build_model)
     uses_teacher = False  # True: the trainer hands it a frozen trained model (set_teacher)
+    long_tailed_only = False  # True: made for long-tailed data (ACR): no row in balanced tables
     labeled_strong = False  # True: batches carry ``x_s``, a strong view of each labeled image
     unlabeled_medium = False  # True: batches carry ``u_m``, a medium view of each unlabeled one
 

@@ -105,7 +105,13 @@ def test_every_row_at_every_seed_with_its_own_overrides(tmp_path, fake):
         "--cfg", demo("fashion_mnist_N4.yaml"), "DATA.NUM_L", "1", "algorithm", "finessl",
         "setting", "fashion_mnist_N1", "seed", "1", "output_dir", fake.calls[1]["folder"],
         "num_epochs", "1"]
-    reversed_lt = bench.runs(bench.TABLES["lt"][-1:], [1], str(tmp_path), [])[0]
+    # the balanced table's rows come from the registry, in its order
+    rows = bench.method_rows()
+    assert [m for _, m, _ in rows[:3]] == ["supervised", "pseudolabel", "fixmatch"]
+    assert ("fashion_mnist_N4", "flexmatch+bms+dls",
+            ["algorithm", "flexmatch", "bms", "True", "dls", "True"]) in rows
+    assert not any(m in ("zeroshot", "semikd") for _, m, _ in rows)
+    reversed_lt = bench.runs(bench.TABLES["lt"]()[-1:], [1], str(tmp_path), [])[0]
     assert reversed_lt.args[:6] == (
         "--cfg", demo("fashion_mnist_LT.yaml"), "DATA.IMB_U", "-20", "algorithm", "finessl")
     assert fake.calls[0]["cwd"] == os.getcwd()  # the runner never changes directory
