@@ -43,7 +43,7 @@ def _check_history(history, path: str) -> list[dict]:
     if not isinstance(history, list) or not history:
         raise UserError(f"{path}: 'history' must be a non-empty list of epochs")
     shapes = {"per_class_acc": list, "pseudo_counts": list, "confidence": dict,
-              "reliability": dict, "train": dict}
+              "reliability": dict, "train": dict, "signals": dict}
     for i, entry in enumerate(history):
         if not isinstance(entry, dict) or not _number(entry.get("top1")) \
                 or not _number(entry.get("epoch")):
