@@ -42,6 +42,21 @@ OLD_FORMAT_GLOBALS = re.compile(r"^numpy(\._core|\.core)?\.(multiarray\._reconst
                                 r"dtype|dtypes\.\w+|multiarray\.scalar)$")
 
 
+def metric_checkpoint(metric: str, option: str = "--metric") -> str:
+    """The checkpoint file a way of choosing the epoch reads: ``last`` the last epoch's,
+    ``best_val`` the best validation epoch's; ``best_test`` (``best``) is refused, one
+    line: choosing with the test labels is an oracle, and no checkpoint of it is kept."""
+    if metric == "last":
+        return LAST
+    if metric == "best_val":
+        return BEST_VAL
+    if metric in ("best_test", "best"):
+        raise UserError(f"{option} {metric}: the best test epoch is chosen with the test labels "
+                        f"(an oracle, for reference only), so no checkpoint of it is kept; "
+                        f"use best_val (a run with DATA.NUM_VAL) or last")
+    raise UserError(f"{option} {metric}: expected last or best_val")
+
+
 def where(state: dict) -> str:
     """'epoch E' for the end of an epoch, 'epoch E step S' for a mid-epoch checkpoint
     (E epochs done, S steps into the next)."""

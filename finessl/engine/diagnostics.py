@@ -238,6 +238,7 @@ def write(run_dir: str, trainer) -> None:
               "method": algorithm.method_label(),
               "classnames": list(trainer.data.classnames), "split_hash": trainer.data.split_hash,
               "aux_trained": algorithm.dls, "confusion": trainer.confusion,
+              "num_val": len(trainer.data.val) if trainer.data.val is not None else 0,
               "history": history}
     atomic_write_text(json.dumps(record), os.path.join(run_dir, DIAGNOSTICS))
 

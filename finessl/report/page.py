@@ -117,9 +117,11 @@ def run_body(run: Run, folder: str, epochs: list[int] | None) -> str:
     rows = [["algorithm", run.get("algorithm", "–")], ["method", run.method],
             ["setting", run.setting], ["seed", run.get("seed", "–")], ["state", state],
             ["best test top-1 (%)", pct(summary["best_top1"])],
-            ["best epoch", summary["best_epoch"]],
+            ["best epoch (chosen with the test labels: an oracle)", summary["best_epoch"]],
             ["last test top-1 (%)", pct(summary["last_top1"])],
             ["last epoch", summary["last_epoch"]],
+            ["test top-1 at the best validation epoch (%)", pct(summary.get("best_val_top1"))],
+            ["best validation epoch", summary.get("best_val_epoch", "no validation split")],
             ["balanced accuracy, last epoch (%)", pct(last.get("balanced_acc"))],
             ["ECE, main head, last epoch", num(last.get("ece"))],
             ["test top-1, aux head, last epoch (%)", pct(last.get("top1_aux"))],
@@ -185,7 +187,7 @@ def sweep_body(runs: list[Run], out: str, links: list[tuple[Run, str]], metric: 
     parts.append("<h2>Runs</h2>")
     parts.append(_table(["run", "method", "setting", "seed", f"{metric} top-1 (%)", "state"],
                         [[r.path, r.method, r.setting, r.get("seed", "–"),
-                          pct(r.summary()[sweep.METRICS[metric]]),
+                          pct(r.summary().get(sweep.METRICS[metric])),
                           "finished" if r.finished else "in progress"] for r, _ in links], "runs"))
     parts.append("<ul>" + "".join(f"<li><a href='{html.escape(link)}'>{html.escape(r.label)}</a>"
                                   f"</li>" for r, link in links) + "</ul>")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from finessl.config import RUN_CONFIG
-from finessl.engine.diagnostics import DIAGNOSTICS, FORMAT
+from finessl.engine.diagnostics import DIAGNOSTICS, FORMAT, summary
 from finessl.errors import UserError
 from finessl.io import RESULTS
 
@@ -132,13 +132,16 @@ class Run:
         return [str(i) for i in range(n)]
 
     def summary(self) -> dict:
-        """best / last top-1 and epochs: results.json's, or from the history so far."""
+        """The test top-1 and epoch of each way of choosing the epoch (last, best_val,
+        best_test: :func:`finessl.engine.diagnostics.summary`), from the history so far;
+        results.json's figures where the run finished (an older one's ``best_top1`` is
+        its best_test)."""
+        out = summary(self.history)
         if self.results is not None:
-            return {k: self.results[k] for k in ("best_top1", "best_epoch", "last_top1",
-                                                  "last_epoch")}
-        best = max(self.history, key=lambda e: e["top1"])
-        return {"best_top1": best["top1"], "best_epoch": best["epoch"],
-                "last_top1": self.history[-1]["top1"], "last_epoch": self.history[-1]["epoch"]}
+            out.update({k: v for k, v in self.results.items() if k in out})
+            out.update(best_test_top1=self.results["best_top1"],
+                       best_test_epoch=self.results["best_epoch"])
+        return out
 
 
 def is_run(folder: str) -> bool:

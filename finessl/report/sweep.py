@@ -14,7 +14,11 @@ from finessl.algorithms import ALGORITHMS
 from finessl.report import figures
 from finessl.report.runs import Run
 
-METRICS = {"last": "last_top1", "best": "best_top1"}
+# How a run's epoch is chosen -> its results.json key (docs/selection.md): the last
+# epoch; the best validation epoch (DATA.NUM_VAL); the best test epoch, an oracle that
+# chooses with the test labels ('best', its older name, is an alias of it).
+METRICS = {"last": "last_top1", "best_val": "best_val_top1", "best_test": "best_test_top1",
+           "best": "best_test_top1"}
 PAPER_ROW = "FineSSL (paper)"
 MISSING = "–"  # a cell with no finished run
 
@@ -45,10 +49,12 @@ def ordered_settings(names) -> list[str]:
 
 
 def _scores(runs: list[Run], metric: str):
-    """((method, setting), seed, test top-1 in %) of each finished run, in the runs' order."""
+    """((method, setting), seed, test top-1 in %) of each finished run, in the runs' order
+    (``best_val``: of those with a validation split)."""
     key = METRICS[metric]
-    return [((run.method, run.setting), run.get("seed"), 100.0 * run.results[key])
-            for run in runs if run.finished]
+    found = [(run, run.summary().get(key)) for run in runs if run.finished]
+    return [((run.method, run.setting), run.get("seed"), 100.0 * value)
+            for run, value in found if value is not None]
 
 
 def values(runs: list[Run], metric: str) -> dict[tuple[str, str], list[float]]:
