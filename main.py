@@ -5,6 +5,7 @@
     python main.py resume out/cifar100_N4/finessl/seed1   # continue a run
     python main.py predict --model-dir out/cifar100_N4/finessl/seed1 --images photos/
     python main.py report out/RUN [out/RUN2 ...] --out report/   # report.html + PNG figures
+    python main.py select out/SWEEP                     # choose run and epoch without peeking
     python main.py convert-checkpoint out/RUN --trust   # a checkpoint of an older FineSSL
     python main.py restore-checkpoint out/RUN           # checkpoint_prev.pt becomes the last
 
@@ -130,13 +131,18 @@ def add_predict_arguments(parser: Parser) -> None:
                         help="CSV to write (default: predictions.csv)")
     parser.add_argument("--cfg", "--config-file", dest="cfg", default=None, metavar="FILE",
                         help="config to use instead of RUN_DIR/config.yaml")
+    parser.add_argument("--metric", choices=("last", "best_val", "best_test"), default="last",
+                        help="the epoch whose checkpoint predicts: the last (default) or the "
+                             "best validation epoch (checkpoint_best_val.pt, DATA.NUM_VAL); "
+                             "best_test is an oracle, whose checkpoint is not kept "
+                             "(docs/selection.md)")
     parser.add_argument("opts", nargs="*", metavar="KEY VALUE",
                         help="overrides of the run's config, e.g. gpu 0, num_workers 4")
 
 
 def predict(args) -> int:
     from finessl.engine.predict import predict as label_images
-    label_images(args.model_dir, args.images, args.output, args.cfg, args.opts)
+    label_images(args.model_dir, args.images, args.output, args.cfg, args.opts, args.metric)
     return 0
 
 
@@ -188,6 +194,8 @@ SUBCOMMANDS = {
     "predict": Subcommand("label a folder of images with a trained run (a CSV)",
                           add_predict_arguments, predict),
     "report": Subcommand(report_cli.HELP, report_cli.add_arguments, report_cli.run),
+    "select": Subcommand(report_cli.SELECT_HELP, report_cli.add_select_arguments,
+                         report_cli.run_select),
     "convert-checkpoint": Subcommand("rewrite an older FineSSL's checkpoints in the current "
                                      "format (--trust)", add_convert_arguments,
                                      convert_checkpoint),

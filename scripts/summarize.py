@@ -2,7 +2,11 @@
 """Markdown table of a sweep: test top-1 (%), mean ± std over seeds.
 
     python scripts/summarize.py out/table1                 # last-epoch top-1 + paper row
-    python scripts/summarize.py out/table6 --metric best   # best-epoch top-1
+    python scripts/summarize.py out/table6 --metric best_val   # at the best validation epoch
+
+``--metric``: ``last`` (default), ``best_val`` (the test top-1 at the best validation
+epoch: runs with DATA.NUM_VAL), ``best_test`` (the best test epoch: an oracle, which
+chooses with the test labels; ``best`` is its older name). See docs/selection.md.
 
 The table of ``main.py report`` (``finessl.report.sweep.table``), printed in markdown:
 every finished run (``results.json``) below ROOT, a column per setting (the config's
@@ -33,9 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("root", metavar="ROOT", help="sweep folder, e.g. out/table1")
     parser.add_argument("--metric", choices=sorted(tables.METRICS), default="last",
-                        help="top-1 of the last epoch (default) or of the best epoch; the "
-                             "last epoch's balanced accuracy, or its accuracy over the head, "
-                             "medium or tail classes of a long-tailed labeled set")
+                        help="top-1 of the last epoch (default), of the best validation "
+                             "epoch, or of the best test epoch (an oracle; 'best' = best_test); "
+                             "or the last epoch's balanced accuracy, or its accuracy over the "
+                             "head, medium or tail classes of a long-tailed labeled set")
     parser.add_argument("--paper", action=argparse.BooleanOptionalAction, default=None,
                         help="add the row of the paper's figures the configs declare "
                              "(default: when any run records one)")
@@ -47,8 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"Test top-1 (%) at the {args.metric} epoch, mean ± std over seeds "
-          f"({args.root})\n")
+    oracle = (" (an oracle: chosen with the test labels)"
+              if args.metric in ("best", "best_test") else "")
+    what = (f"Test top-1 (%) at the {args.metric} epoch{oracle}" if args.metric in
+            ("last", "best_val", "best_test", "best") else
+            "Balanced test accuracy (%) at the last epoch" if args.metric == "balanced" else
+            f"Test accuracy (%) over the {args.metric} classes at the last epoch")
+    print(f"{what}, mean ± std over seeds ({args.root})\n")
     print("\n".join(tables.markdown(*tables.table(runs, args.metric, args.paper))))
     header, rows = tables.side_by_side(runs, args.metric)
     if rows and args.paper is not False:

@@ -34,8 +34,8 @@ def _help(argv, capsys) -> str:
 
 def test_the_top_help_lists_every_subcommand_of_the_table_with_its_line(capsys):
     text = _help(["--help"], capsys)
-    assert set(main.SUBCOMMANDS) == {"resume", "predict", "report", "convert-checkpoint",
-                                     "restore-checkpoint"}
+    assert set(main.SUBCOMMANDS) == {"resume", "predict", "report", "select",
+                                     "convert-checkpoint", "restore-checkpoint"}
     for name, command in main.SUBCOMMANDS.items():
         assert f"  {name:<20}{command.help}\n" in text
     assert "--dry-run" in text and "KEY VALUE" in text  # training, without a subcommand

@@ -29,13 +29,17 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from finessl.data.base import CLIP_MEAN, CLIP_STD, RawDataset
 from finessl.data.datasets import load_dataset
-from finessl.data.splits import make_split, save_split, split_hash
+from finessl.config import declare, non_negative
+from finessl.data.splits import draw_validation, make_split, save_split, split_hash
 from finessl.data.transforms import ViewMaker
 from finessl.errors import UserError
 
 log = logging.getLogger(__name__)
 
 _MAX_SEED = 2**63 - 1
+
+declare("DATA.NUM_VAL", 0, "labelled training images per class held out of the labeled and unlabeled sets as a validation split, drawn by the seed, evaluated every epoch (0 = none, the released behaviour; docs/selection.md)", check=non_negative)
+declare("DATA.NUM_SIGNAL", 64, "unlabeled images (a fixed subset) on which the label-free selection signals are computed every epoch (0 = none; docs/selection.md)", check=non_negative)
 
 
 def _stream_seed(seed: int, epoch: int, stream: int) -> int:
@@ -169,6 +173,50 @@ class TestDataset(Dataset):
         return self.views.test(self.raw.test_image(i)), self.raw.test_targets[i]
 
 
+class HeldOutDataset(Dataset):
+    """Plain index -> (test view, label) of the training images ``indices`` (the
+    validation split, DATA.NUM_VAL): evaluated as the test set is."""
+
+    def __init__(self, raw: RawDataset, indices: Sequence[int], views: ViewMaker):
+        self.raw, self.indices, self.views = raw, list(indices), views
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        index = self.indices[i]
+        return self.views.test(self.raw.train_image(index)), self.raw.train_targets[index]
+
+
+class SignalDataset(Dataset):
+    """Plain index -> (weak view, strong view) of unlabeled image ``indices[i]``, with
+    an augmentation seed fixed per image, so every epoch sees the same pixels: the
+    subset the label-free selection signals are computed on (no label returned)."""
+
+    def __init__(self, raw: RawDataset, indices: Sequence[int], views: ViewMaker):
+        self.raw, self.indices, self.views = raw, list(indices), views
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        index = self.indices[i]
+        weak, strong, _ = self.views.unlabeled(self.raw.train_image(index),
+                                               random.Random(_stream_seed(index, 0, 2)))
+        return weak, strong
+
+
+def signal_indices(unlabeled_idx: Sequence[int], count: int) -> list[int]:
+    """``count`` unlabeled images evenly spread over the unlabeled set (all when it has
+    fewer): a fixed subset, the same for every run on the same split."""
+    n = len(unlabeled_idx)
+    if count <= 0 or n == 0:
+        return []
+    if count >= n:
+        return list(unlabeled_idx)
+    return [unlabeled_idx[(i * n) // count] for i in range(count)]
+
+
 @dataclass
 class DataBundle:
     """Everything the trainer needs to know about the data of one run."""
@@ -184,6 +232,10 @@ class DataBundle:
     unlabeled_targets: torch.Tensor  # true labels of the unlabeled set, for diagnostics
     mean: tuple[float, float, float]  # per-channel normalisation, applied on the device
     std: tuple[float, float, float]
+    val: HeldOutDataset | None = None  # DATA.NUM_VAL's validation split; None without one
+    val_idx: list[int] | None = None
+    signal: SignalDataset | None = None  # DATA.NUM_SIGNAL's subset of the unlabeled set
+    labeled_prior: list[float] | None = None  # the labeled set's class shares
 
     def labeled_counts(self) -> list[int]:
         """Labeled images per class (split.json's ``labeled_per_class``)."""
@@ -232,9 +284,27 @@ def _num_test(raw: RawDataset, requested: int) -> int | None:
     return requested
 
 
-def build_data(cfg, crop: int, output_dir: str | None) -> DataBundle:
+def _hold_out(raw: RawDataset, data, num_classes: int, labeled_idx: list[int],
+              unlabeled_idx: list[int], seed: int) -> tuple[list[int], list[int], list[int]]:
+    """(labeled, unlabeled, validation): DATA.NUM_VAL images per class drawn by ``seed``
+    (:func:`draw_validation`) and taken out of both sets; ([], as they were) at 0."""
+    num_val = data.get("NUM_VAL", 0)
+    if num_val <= 0:
+        return labeled_idx, unlabeled_idx, []
+    val = draw_validation(raw.train_targets, num_classes, labeled_idx, num_val, seed)
+    held = set(val)
+    labeled = [i for i in labeled_idx if i not in held]
+    unlabeled = [i for i in unlabeled_idx if i not in held]
+    log.info("validation split: %d images (%d per class), held out of the labeled (%d "
+             "taken) and unlabeled (%d taken) sets", len(val), num_val,
+             len(labeled_idx) - len(labeled), len(unlabeled_idx) - len(unlabeled))
+    return labeled, unlabeled, val
+
+
+def build_data(cfg, crop: int, output_dir: str | None, seed: int = 0) -> DataBundle:
     """Load DATA.NAME, split it by DATA.NUM_L/NUM_U/IMB_L/IMB_U/UNLABELED (or its
-    folders), save split.json, keep the first DATA.NUM_TEST test images (0 = all), and
+    folders), hold out DATA.NUM_VAL images per class for validation (drawn by
+    ``seed``), save split.json, keep the first DATA.NUM_TEST test images (0 = all), and
     normalise with DATA.NORMALIZE's statistics; strong views cut out DATA.CUTOUT px."""
     data = cfg.DATA
     raw = load_dataset(data.NAME, data.DATAPATH, data.DOWNLOAD, cfg)
@@ -245,6 +315,10 @@ def build_data(cfg, crop: int, output_dir: str | None) -> DataBundle:
             f"{num_classes} classes; set DATA.NUMBER_CLASSES to {num_classes} (or -1)"
         )
     labeled_idx, unlabeled_idx, meta = _split(raw, data, num_classes)
+    labeled_idx, unlabeled_idx, val_idx = _hold_out(raw, data, num_classes, labeled_idx,
+                                                    unlabeled_idx, seed)
+    if val_idx:
+        meta.update(NUM_VAL=data.NUM_VAL, val_seed=seed)
     if output_dir is not None:
         # images outside the known classes (-1 unknown, -2 out of the label space) are
         # counted in one extra, last bin
@@ -254,14 +328,17 @@ def build_data(cfg, crop: int, output_dir: str | None) -> DataBundle:
             meta["last_bin_counts"] = ("images of unknown class (-1) or out of the label "
                                        "space (-2)")
         digest = save_split(os.path.join(output_dir, "split.json"), labeled_idx,
-                            unlabeled_idx, meta, counted, num_classes + unknown)
+                            unlabeled_idx, meta, counted, num_classes + unknown, val_idx)
     else:
-        digest = split_hash(labeled_idx, unlabeled_idx, meta.get("train_files"))
+        digest = split_hash(labeled_idx, unlabeled_idx, meta.get("train_files"), val_idx)
     log.info("split %s: %d labeled, %d unlabeled images", digest[:12],
              len(labeled_idx), len(unlabeled_idx))
     views = ViewMaker(crop, data.get("CUTOUT", 16))
     clip = data.get("NORMALIZE", "dataset") == "clip"
     mean, std = (CLIP_MEAN, CLIP_STD) if clip else (raw.mean, raw.std)
+    labeled_counts = torch.bincount(torch.tensor([raw.train_targets[i] for i in labeled_idx]),
+                                    minlength=num_classes).double()
+    signal = signal_indices(unlabeled_idx, data.get("NUM_SIGNAL", 0))
     return DataBundle(
         labeled=LabeledDataset(raw, labeled_idx, views),
         unlabeled=UnlabeledDataset(raw, unlabeled_idx, views),
@@ -274,6 +351,10 @@ def build_data(cfg, crop: int, output_dir: str | None) -> DataBundle:
         unlabeled_targets=torch.tensor([raw.train_targets[i] for i in unlabeled_idx]),
         mean=tuple(mean),
         std=tuple(std),
+        val=HeldOutDataset(raw, val_idx, views) if val_idx else None,
+        val_idx=val_idx or None,
+        signal=SignalDataset(raw, signal, views) if signal else None,
+        labeled_prior=(labeled_counts / labeled_counts.sum()).tolist(),
     )
 
 
@@ -310,12 +391,14 @@ def build_train_loaders(
 
 
 def build_test_loader(bundle: DataBundle, batch_size: int, num_workers: int,
-                      rank: int = 0, world: int = 1) -> DataLoader:
-    """The test set in order; with ``world`` ranks, rank r takes items r, r + world, ...
-    (the last ones padded by repetition so every rank has as many; the padding is cut
-    when predictions are gathered)."""
-    n = len(bundle.test)
+                      rank: int = 0, world: int = 1, dataset: Dataset | None = None
+                      ) -> DataLoader:
+    """The test set (or ``dataset``: the validation split) in order; with ``world``
+    ranks, rank r takes items r, r + world, ... (the last ones padded by repetition so
+    every rank has as many; the padding is cut when predictions are gathered)."""
+    dataset = bundle.test if dataset is None else dataset
+    n = len(dataset)
     per_rank = -(-n // world)
     indices = [min(i * world + rank, n - 1) for i in range(per_rank)]
-    return DataLoader(Subset(bundle.test, indices) if world > 1 else bundle.test,
+    return DataLoader(Subset(dataset, indices) if world > 1 else dataset,
                       batch_size=batch_size, shuffle=False, num_workers=num_workers)

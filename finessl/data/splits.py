@@ -7,6 +7,9 @@ set's profile is consistent with the labeled one (the same ratio), uniform (rati
 or reversed (a negative ratio, as USB writes it: class ``C-1`` keeps the most). The split is a
 pure function of the dataset order and the config, so it needs no seed; its sha256
 is stored with every run so two runs can be checked to have trained on the same data.
+
+A validation split (DATA.NUM_VAL images per class, :func:`draw_validation`) is the one
+part drawn by the run's seed; it is listed in split.json and covered by the hash.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+
+import torch
 
 from finessl.errors import UserError
 from finessl.io import atomic_write_text
@@ -73,13 +78,44 @@ def make_split(
     return labeled, list(range(len(targets))) if num_u is None else unlabeled
 
 
+def draw_validation(targets: Sequence[int], num_classes: int, labeled_idx: Sequence[int],
+                    num_val: int, seed: int) -> list[int]:
+    """``num_val`` training images of each class, drawn by ``seed``, to hold out of both
+    the labeled and the unlabeled sets (DATA.NUM_VAL). A class draws from its labelled
+    images outside the labeled set; where it has too few of those (a dataset whose only
+    labels are its labeled set: ImageFolder, Semi-Aves), from its labeled images, of
+    which at least one stays labeled. Sorted, so the list is the split's, not the draw's."""
+    labeled = set(labeled_idx)
+    outside: list[list[int]] = [[] for _ in range(num_classes)]
+    inside: list[list[int]] = [[] for _ in range(num_classes)]
+    for index, label in enumerate(targets):
+        if label >= 0:
+            (inside if index in labeled else outside)[label].append(index)
+    generator = torch.Generator().manual_seed(seed % 2**63)
+    val: list[int] = []
+    for k in range(num_classes):
+        pool = outside[k] if len(outside[k]) >= num_val else inside[k]
+        if pool is inside[k] and len(pool) <= num_val:
+            raise UserError(
+                f"DATA.NUM_VAL {num_val}: class {k} has {len(outside[k])} labelled images "
+                f"outside the labeled set and {len(inside[k])} in it (one must stay "
+                f"labeled); lower DATA.NUM_VAL")
+        order = torch.randperm(len(pool), generator=generator)[:num_val]
+        val += [pool[i] for i in order.tolist()]
+    return sorted(val)
+
+
 def split_hash(labeled_idx: Sequence[int], unlabeled_idx: Sequence[int],
-               files: Sequence[str] | None = None) -> str:
-    """sha256 of the canonical JSON of both index lists (the split's identity), and of
-    the file list the indices point into when there is one (ImageFolder)."""
+               files: Sequence[str] | None = None, val_idx: Sequence[int] = ()) -> str:
+    """sha256 of the canonical JSON of both index lists (the split's identity), of the
+    validation list when there is one, and of the file list the indices point into
+    when there is one (ImageFolder). Without a validation split the hash is the one
+    it always was."""
     record = {"labeled": list(labeled_idx), "unlabeled": list(unlabeled_idx)}
     if files is not None:
         record["files"] = list(files)
+    if val_idx:
+        record["val"] = list(val_idx)
     canonical = json.dumps(
         record,
         sort_keys=True,
@@ -95,13 +131,14 @@ def save_split(
     meta: dict,
     targets: Sequence[int],
     num_classes: int,
+    val_idx: Sequence[int] = (),
 ) -> str:
     """Write the split as JSON atomically and return its sha256.
 
     Written atomically, so a crash never leaves a half-written split behind.
     ``targets`` and ``num_classes`` only serve the per-class counts kept for reading.
     """
-    digest = split_hash(labeled_idx, unlabeled_idx, meta.get("train_files"))
+    digest = split_hash(labeled_idx, unlabeled_idx, meta.get("train_files"), val_idx)
     labeled_per_class = [0] * num_classes
     unlabeled_per_class = [0] * num_classes
     for i in labeled_idx:
@@ -116,5 +153,10 @@ def save_split(
         "meta": meta,
         "sha256": digest,
     }
+    if val_idx:
+        val_per_class = [0] * num_classes
+        for i in val_idx:
+            val_per_class[targets[i]] += 1
+        record.update(val=list(val_idx), val_per_class=val_per_class)
     atomic_write_text(json.dumps(record), path)
     return digest

@@ -9,7 +9,9 @@ converts them (:mod:`finessl.engine.repair`).
 
 Writing rotates: the previous ``checkpoint_last.pt`` becomes ``checkpoint_prev.pt``
 (a hard link, then a rename), so the last good state is on disk at every instant and
-a damaged last checkpoint still leaves the one before it.
+a damaged last checkpoint still leaves the one before it. With a validation split
+(DATA.NUM_VAL) the checkpoint of the best validation epoch is kept beside them as
+``checkpoint_best_val.pt`` (docs/selection.md).
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ log = logging.getLogger(__name__)
 
 LAST = "checkpoint_last.pt"
 PREV = "checkpoint_prev.pt"  # what checkpoint_last.pt held before the last write
+BEST_VAL = "checkpoint_best_val.pt"  # the epoch of the best validation top-1 (DATA.NUM_VAL)
 # What each use of a checkpoint reads from it.
 RESUME_KEYS = ("epoch", "global_step", "seed", "model", "optimizer", "scheduler", "algorithm",
                "rng", "history")
@@ -39,6 +42,21 @@ OLD_FORMAT_GLOBALS = re.compile(r"^numpy(\._core|\.core)?\.(multiarray\._reconst
                                 r"dtype|dtypes\.\w+|multiarray\.scalar)$")
 
 
+def metric_checkpoint(metric: str, option: str = "--metric") -> str:
+    """The checkpoint file a way of choosing the epoch reads: ``last`` the last epoch's,
+    ``best_val`` the best validation epoch's; ``best_test`` (``best``) is refused, one
+    line: choosing with the test labels is an oracle, and no checkpoint of it is kept."""
+    if metric == "last":
+        return LAST
+    if metric == "best_val":
+        return BEST_VAL
+    if metric in ("best_test", "best"):
+        raise UserError(f"{option} {metric}: the best test epoch is chosen with the test labels "
+                        f"(an oracle, for reference only), so no checkpoint of it is kept; "
+                        f"use best_val (a run with DATA.NUM_VAL) or last")
+    raise UserError(f"{option} {metric}: expected last or best_val")
+
+
 def where(state: dict) -> str:
     """'epoch E' for the end of an epoch, 'epoch E step S' for a mid-epoch checkpoint
     (E epochs done, S steps into the next)."""
@@ -46,13 +64,19 @@ def where(state: dict) -> str:
     return f"epoch {state['epoch']}" + (f" step {step}" if step else "")
 
 
-def write_checkpoint(state: dict, run_dir: str, epoch: int, keep_every: int = 0) -> None:
+def write_checkpoint(state: dict, run_dir: str, epoch: int, keep_every: int = 0,
+                     best_val: bool = False) -> None:
     """``checkpoint_last.pt``, the one it replaces kept as ``checkpoint_prev.pt`` (and
     ``checkpoint_epoch<E>.pt`` every ``keep_every`` epochs), each written atomically: a
-    crash never leaves a half-written file. A failed write (a full disk) is one line
-    naming the file; the files already there are as they were."""
+    crash never leaves a half-written file. ``best_val``: the epoch is the best on the
+    validation split so far, kept as ``checkpoint_best_val.pt`` too (written first: a
+    run killed between the two redoes the epoch on resume and writes both). A failed
+    write (a full disk) is one line naming the file; the files already there are as
+    they were."""
     path = os.path.join(run_dir, LAST)
     try:
+        if best_val:
+            atomic_save(state, os.path.join(run_dir, BEST_VAL))
         atomic_save(state, path, keep_previous=os.path.join(run_dir, PREV))
         if keep_every > 0 and epoch % keep_every == 0:
             atomic_save(state, os.path.join(run_dir, f"checkpoint_epoch{epoch}.pt"))

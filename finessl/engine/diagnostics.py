@@ -184,6 +184,8 @@ def record_epoch(trainer, epoch: int, result: dict, writer) -> None:
     for k, v in result.items():
         if isinstance(v, (int, float)):
             writer.add_scalar(f"epoch/{k}", v, epoch + 1)
+    for k, v in result.get("signals", {}).items():
+        writer.add_scalar(f"signals/{k}", v, epoch + 1)
     per_class = result["per_class_acc"]
     writer.add_histogram("epoch/per_class_acc", np.nan_to_num(np.array(per_class)), epoch + 1)
     result["epoch"] = epoch + 1
@@ -201,21 +203,47 @@ def record_epoch(trainer, epoch: int, result: dict, writer) -> None:
         log.info("epoch %d/%d  head %.2f%%  medium %.2f%%  tail %.2f%%  (classes by labeled "
                  "images, in thirds)", epoch + 1, trainer.cfg.num_epochs,
                  *(100 * result[f"{g}_acc"] for g in ("head", "medium", "tail")))
+    if "val_top1" in result:
+        chosen = best_val_entry(trainer.history)
+        log.info("epoch %d/%d  validation top-1 %.2f%%  (best %.2f%% at epoch %d)", epoch + 1,
+                 trainer.cfg.num_epochs, 100 * result["val_top1"], 100 * chosen["val_top1"],
+                 chosen["epoch"])
+
+
+def best_val_entry(history: list[dict]) -> dict | None:
+    """The epoch of the best validation top-1 (the first of equals), None without a
+    validation split."""
+    validated = [r for r in history if "val_top1" in r]
+    return max(validated, key=lambda r: r["val_top1"]) if validated else None
+
+
+def is_best_val(history: list[dict]) -> bool:
+    """Whether the last epoch is the best on the validation split so far (its checkpoint
+    is kept: checkpoint_best_val.pt)."""
+    return bool(history) and best_val_entry(history) is history[-1]
 
 
 def summary(history: list[dict]) -> dict:
-    """The run's best and last test top-1 (results.json), {} before any epoch."""
+    """The run's test top-1 (results.json) by each way of choosing the epoch, {} before
+    any epoch: ``last``; ``best_val``, at the best validation epoch (with a validation
+    split, DATA.NUM_VAL); ``best_test``, the best test epoch: an oracle, which chooses
+    with the test labels (``best_top1`` / ``best_epoch``, its older name, kept)."""
     if not history:
         return {}
     best, last = max(history, key=lambda r: r["top1"]), history[-1]
-    record = {"best_top1": best["top1"], "best_epoch": best["epoch"],
-              "last_top1": last["top1"], "last_epoch": last["epoch"]}
+    out = {"best_top1": best["top1"], "best_epoch": best["epoch"],
+           "last_top1": last["top1"], "last_epoch": last["epoch"],
+           "best_test_top1": best["top1"], "best_test_epoch": best["epoch"]}
+    chosen = best_val_entry(history)
+    if chosen is not None:
+        out.update(best_val_top1=chosen["top1"], best_val_epoch=chosen["epoch"],
+                   best_val_val_top1=chosen["val_top1"])
     # the last epoch's class-level view (long-tailed data: head / medium / tail)
     for key in ("balanced_acc", "head_acc", "medium_acc", "tail_acc", "per_class_acc",
                 "per_class_precision"):
         if key in last:
-            record[f"last_{key}"] = last[key]
-    return record
+            out[f"last_{key}"] = last[key]
+    return out
 
 
 def write(run_dir: str, trainer) -> None:
@@ -225,6 +253,7 @@ def write(run_dir: str, trainer) -> None:
               "method": algorithm.method_label(),
               "classnames": list(trainer.data.classnames), "split_hash": trainer.data.split_hash,
               "aux_trained": algorithm.dls, "confusion": trainer.confusion,
+              "num_val": len(trainer.data.val) if trainer.data.val is not None else 0,
               "history": history}
     atomic_write_text(json.dumps(record), os.path.join(run_dir, DIAGNOSTICS))
 

@@ -1,10 +1,14 @@
 """Test-set evaluation: top-1, balanced and per-class accuracy, ECE and the confusion
-matrix of the main head, and top-1, ECE and the reliability bins of both heads."""
+matrix of the main head, and top-1, ECE and the reliability bins of both heads; beside
+it, each epoch, the validation split's top-1 (DATA.NUM_VAL) and the label-free
+selection signals of the unlabeled subset (DATA.NUM_SIGNAL, finessl/selection.py)."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from finessl import selection
+from finessl.data import build_test_loader
 from finessl.distributed import SINGLE, Dist
 from finessl.metrics import (confusion_matrix, expected_calibration_error, per_class_accuracy,
                              reliability_bins, top1)
@@ -54,3 +58,49 @@ def _in_order(local: torch.Tensor, dist: Dist, num_test: int | None) -> torch.Te
         return local.cpu()
     gathered = dist.gather(local).view(dist.world, -1).t().reshape(-1)
     return gathered[:num_test].cpu()
+
+
+def held_out(trainer) -> dict:
+    """``val_top1`` and ``val_balanced_acc`` of the validation split, and ``signals``
+    (:func:`finessl.selection.signals`), of those the run has; the model as
+    ``trainer`` evaluates it. Every rank computes the signals on the whole subset (the
+    model is the same on all), so no collective is needed."""
+    data, out = trainer.data, {}
+    batch_size, workers = max(100, trainer.cfg.DATA.BATCH_SIZE), trainer.cfg.num_workers
+    if data.val is not None:
+        loader = build_test_loader(data, batch_size, workers, trainer.dist.rank,
+                                   trainer.dist.world, data.val)
+        val = evaluate(trainer.model, loader, trainer.device, trainer.precision,
+                       data.num_classes, trainer.dist, len(data.val))
+        out.update(val_top1=val["top1"], val_balanced_acc=val["balanced_acc"])
+    if data.signal is not None:
+        loader = build_test_loader(data, batch_size, workers, dataset=data.signal)
+        out["signals"] = signals_of(trainer.model, loader, trainer.device, trainer.precision,
+                                    data.labeled_prior, trainer.algorithm.dls)
+    return out
+
+
+@torch.no_grad()
+def signals_of(model, loader, device: torch.device, precision, prior,
+               aux_trained: bool) -> dict[str, float]:
+    """The label-free signals of ``model`` on the (weak, strong) views ``loader`` gives."""
+    was_training = model.training
+    model.eval()
+    columns: list[list[torch.Tensor]] = [[], [], [], []]  # weak, strong, aux, features
+    for weak, strong in loader:
+        images = torch.cat([weak, strong]).to(device, non_blocking=True)
+        n = len(weak)
+        with precision.autocast():
+            if hasattr(model, "aux_head"):
+                logits, aux, feat = model(images, features=True)
+            else:
+                logits, aux, feat = model.classify(images), None, None
+        weak_only = (None if t is None else t[:n] for t in (aux, feat))  # of the weak views
+        for column, t in zip(columns, (logits[:n], logits[n:], *weak_only)):
+            if t is not None:
+                column.append(t.float().cpu())
+    model.train(was_training)
+    weak, strong = torch.cat(columns[0]), torch.cat(columns[1])
+    aux = torch.cat(columns[2]) if columns[2] and aux_trained else None
+    feat = torch.cat(columns[3]) if columns[3] else None
+    return selection.signals(weak, strong, prior, aux, feat)

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from finessl.data.datasets import dataset_classnames
 from finessl.data.folder import IMAGE_EXTENSIONS, UnreadableLog, list_images, open_rgb, readable
 from finessl.data.transforms import test_transform
-from finessl.engine.checkpoint import LAST
+from finessl.engine.checkpoint import LAST, metric_checkpoint
 from finessl.engine.trained import read_run, rebuild
 from finessl.errors import UserError
 from finessl.io import atomic_write_text
@@ -91,8 +91,11 @@ def _check_output(output: str) -> None:
 
 @torch.no_grad()
 def predict(model_dir: str, images: str, output: str, cfg_file: str | None = None,
-            opts: list[str] | None = None) -> dict:
-    """Write ``output`` (CSV) for every readable image below ``images``; return counts."""
+            opts: list[str] | None = None, metric: str = "last") -> dict:
+    """Write ``output`` (CSV) for every readable image below ``images``; return counts.
+    ``metric``: the epoch whose checkpoint labels them (``last``, ``best_val``:
+    :func:`finessl.engine.checkpoint.metric_checkpoint`)."""
+    name = metric_checkpoint(metric)
     if not os.path.isdir(images):
         raise UserError(f"predict: --images {images} is not a folder")
     _check_output(output)
@@ -100,7 +103,7 @@ def predict(model_dir: str, images: str, output: str, cfg_file: str | None = Non
     if not paths:
         raise UserError(f"predict: no image files below {images} "
                         f"(extensions: {' '.join(IMAGE_EXTENSIONS)})")
-    cfg, state, path = read_run(model_dir, "--model-dir", list(opts or []), cfg_file)
+    cfg, state, path = read_run(model_dir, "--model-dir", list(opts or []), cfg_file, name)
     classnames = _classnames(cfg, state, model_dir)
     run = rebuild(cfg, state, path, classnames)
     model, device, precision, size = run.model, run.device, run.precision, run.input_size

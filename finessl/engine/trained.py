@@ -26,7 +26,8 @@ from finessl.algorithms import ALGORITHMS
 from finessl.config import RUN_CONFIG
 from finessl.config_load import load_config_dict
 from finessl.data.datasets import dataset_stats
-from finessl.engine.checkpoint import LAST, MODEL_KEYS, load_file, read_checkpoint, seed_everything
+from finessl.engine.checkpoint import (BEST_VAL, LAST, MODEL_KEYS, load_file, read_checkpoint,
+                                       seed_everything)
 from finessl.engine.device import Precision, select_device
 from finessl.engine.rundir import checkpoint_seed
 from finessl.errors import UserError, brief
@@ -54,13 +55,17 @@ class TrainedRun:
     path: str  # the checkpoint file read
 
 
-def checkpoint_path(source: str | None, key: str) -> str:
-    """The checkpoint a run folder (its ``checkpoint_last.pt``) or a checkpoint file
-    ``source`` names; ``key`` is the config key or option that named it."""
+def checkpoint_path(source: str | None, key: str, name: str = LAST) -> str:
+    """The checkpoint a run folder (its ``name``: ``checkpoint_last.pt``, or
+    ``checkpoint_best_val.pt``) or a checkpoint file ``source`` names; ``key`` is the
+    config key or option that named it."""
     if not source:
         raise UserError(f"{key}: name the run folder to read (it holds {LAST})")
     if os.path.isdir(source):
-        path = os.path.join(source, LAST)
+        path = os.path.join(source, name)
+        if name == BEST_VAL and not os.path.isfile(path):
+            raise UserError(f"{key}: no {BEST_VAL} in {source}: the run has no validation "
+                            f"split (DATA.NUM_VAL), or no epoch of it has finished")
         if not os.path.isfile(path):
             raise UserError(f"{key}: no {LAST} in {source}: no epoch of that run has finished")
         return path
@@ -71,12 +76,13 @@ def checkpoint_path(source: str | None, key: str) -> str:
     return source
 
 
-def read_state(source: str | None, key: str, keys: tuple[str, ...] = MODEL_KEYS
-               ) -> tuple[dict, str]:
-    """(checkpoint state with every entry of ``keys``, its path), read once."""
-    path = checkpoint_path(source, key)
+def read_state(source: str | None, key: str, keys: tuple[str, ...] = MODEL_KEYS,
+               name: str = LAST) -> tuple[dict, str]:
+    """(checkpoint state with every entry of ``keys``, its path), read once; ``name``:
+    the file of a run folder to read."""
+    path = checkpoint_path(source, key, name)
     if os.path.isdir(source):
-        return read_checkpoint(source, keys), path
+        return read_checkpoint(source, keys, name=name), path
     state = load_file(path)
     missing = [k for k in keys if not isinstance(state, dict) or k not in state]
     if missing:
@@ -100,14 +106,14 @@ def stored_config(state: dict, path: str, opts: list[str] | None = None):
 
 
 def read_run(source: str | None, key: str, opts: list[str] | None = None,
-             cfg_file: str | None = None) -> tuple[object, dict, str]:
-    """(config, checkpoint state, checkpoint path) of the run ``source`` names: its
-    config is ``cfg_file``, else the folder's config.yaml, else the checkpoint's
-    stored copy, and ``opts`` (runtime keys) go on top; keys that would change the
-    model keep the run's values (one warning names them)."""
+             cfg_file: str | None = None, name: str = LAST) -> tuple[object, dict, str]:
+    """(config, checkpoint state, checkpoint path) of the run ``source`` names (its
+    checkpoint ``name``): its config is ``cfg_file``, else the folder's config.yaml,
+    else the checkpoint's stored copy, and ``opts`` (runtime keys) go on top; keys that
+    would change the model keep the run's values (one warning names them)."""
     from finessl.config_load import keep_run_config, load_config
 
-    state, path = read_state(source, key)
+    state, path = read_state(source, key, name=name)
     run_yaml = os.path.join(source, RUN_CONFIG) if os.path.isdir(source) else None
     cfg_file = cfg_file or (run_yaml if run_yaml and os.path.isfile(run_yaml) else None)
     if cfg_file is None:

@@ -25,7 +25,7 @@ from finessl.engine.guard import Diverged, StepGuard
 from finessl.errors import UserError
 from finessl.io import remove_orphan_temps
 from finessl.logs import PROGRESS
-from finessl.engine.evaluate import evaluate
+from finessl.engine.evaluate import evaluate, held_out
 from finessl.engine.optim import build_optimizer
 from finessl.engine.teacher import load_teacher
 from finessl.models import build_model
@@ -60,7 +60,7 @@ class Trainer:
         chosen = ALGORITHMS.get(cfg.algorithm)
         model_cfg = setup.model_cfg  # what the trained model is (SemiKD: the student)
         self.data = build_data(cfg, setup.input_size,
-                               run_dir if write_split and dist.is_main else None)
+                               run_dir if write_split and dist.is_main else None, seed)
         self.model = build_model(model_cfg, self.data.classnames, self.device,
                                  self.precision.fp16_params, self.data.mean, self.data.std,
                                  chosen.zero_shot_head)
@@ -89,7 +89,8 @@ class Trainer:
         self.saved = where({"epoch": epoch, "step": step})
         if self.dist.is_main:
             write_checkpoint(training_state(self, epoch, step), self.run_dir, epoch,
-                             self.cfg.checkpoint_freq if not step else 0)
+                             self.cfg.checkpoint_freq if not step else 0,
+                             best_val=not step and diagnostics.is_best_val(self.history))
 
     # ---- training ----------------------------------------------------------------
     def fit(self) -> dict:
@@ -176,10 +177,14 @@ class Trainer:
                             f"{cfg.total_steps}", self.run_dir)
 
     def evaluate(self) -> dict:
+        """The test metrics, and where the run has them the validation split's and the
+        label-free selection signals (:func:`finessl.engine.evaluate.held_out`)."""
         if self._test_loader is None:
             self._test_loader = build_test_loader(self.data, max(100, self.cfg.DATA.BATCH_SIZE),
                                                   self.cfg.num_workers, self.dist.rank,
                                                   self.dist.world)
         with self.algorithm.evaluation_weights():  # the model its paper evaluates
-            return evaluate(self.model, self._test_loader, self.device, self.precision,
-                            self.data.num_classes, self.dist, len(self.data.test))
+            result = evaluate(self.model, self._test_loader, self.device, self.precision,
+                              self.data.num_classes, self.dist, len(self.data.test))
+            result.update(held_out(self))
+        return result

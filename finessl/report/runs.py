@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from finessl.config import RUN_CONFIG
-from finessl.engine.diagnostics import DIAGNOSTICS, FORMAT
+from finessl.engine.diagnostics import DIAGNOSTICS, FORMAT, summary
 from finessl.errors import UserError
 from finessl.io import RESULTS
 from finessl.metrics import class_groups, group_accuracies
@@ -21,8 +21,11 @@ from finessl.metrics import class_groups, group_accuracies
 SEED_FOLDER = re.compile(r"^seed\d+$")
 # what a sweep table can show (``--metric``): the run's last or best test top-1, or the
 # last epoch's balanced accuracy or accuracy over the head / medium / tail classes
-METRICS = {"last": "last_top1", "best": "best_top1", "balanced": "balanced_acc",
-           "head": "head_acc", "medium": "medium_acc", "tail": "tail_acc"}
+# (docs/selection.md: the last epoch; the best validation epoch, DATA.NUM_VAL; the best
+# test epoch, an oracle that chooses with the test labels, 'best' its older name)
+METRICS = {"last": "last_top1", "best_val": "best_val_top1", "best_test": "best_test_top1",
+           "best": "best_test_top1", "balanced": "balanced_acc", "head": "head_acc",
+           "medium": "medium_acc", "tail": "tail_acc"}
 
 
 def _number(value) -> bool:
@@ -48,7 +51,7 @@ def _check_history(history, path: str) -> list[dict]:
     if not isinstance(history, list) or not history:
         raise UserError(f"{path}: 'history' must be a non-empty list of epochs")
     shapes = {"per_class_acc": list, "pseudo_counts": list, "confidence": dict,
-              "reliability": dict, "train": dict}
+              "reliability": dict, "train": dict, "signals": dict}
     for i, entry in enumerate(history):
         if not isinstance(entry, dict) or not _number(entry.get("top1")) \
                 or not _number(entry.get("epoch")):
@@ -160,16 +163,19 @@ class Run:
         """The number a sweep table shows for ``metric`` (finessl/report/sweep.py METRICS):
         the last or best top-1, or a last-epoch class-level accuracy."""
         key = METRICS[metric]
-        return self.summary()[key] if key in ("last_top1", "best_top1") else self.last_value(key)
+        return self.summary().get(key) if key.endswith("_top1") else self.last_value(key)
 
     def summary(self) -> dict:
-        """best / last top-1 and epochs: results.json's, or from the history so far."""
+        """The test top-1 and epoch of each way of choosing the epoch (last, best_val,
+        best_test: :func:`finessl.engine.diagnostics.summary`), from the history so far;
+        results.json's figures where the run finished (an older one's ``best_top1`` is
+        its best_test)."""
+        out = summary(self.history)
         if self.results is not None:
-            return {k: self.results[k] for k in ("best_top1", "best_epoch", "last_top1",
-                                                  "last_epoch")}
-        best = max(self.history, key=lambda e: e["top1"])
-        return {"best_top1": best["top1"], "best_epoch": best["epoch"],
-                "last_top1": self.history[-1]["top1"], "last_epoch": self.history[-1]["epoch"]}
+            out.update({k: v for k, v in self.results.items() if k in out})
+            out.update(best_test_top1=self.results["best_top1"],
+                       best_test_epoch=self.results["best_epoch"])
+        return out
 
 
 def is_run(folder: str) -> bool:

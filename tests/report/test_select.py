@@ -1,0 +1,103 @@
+"""``main.py select`` (finessl/report/select.py): each rule's pick among hand-written
+run folders, the rank aggregate by hand, the oracle gap, and the supervised-twin
+verdict from validation and from label-free signals (CPU, milliseconds)."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import yaml
+
+from conftest import main_inprocess
+from finessl.report import select
+from finessl.report.runs import find_runs
+
+
+def write_run(folder, algorithm, seed, history, num_val=0, split="h"):
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "diagnostics.json"), "w") as f:
+        json.dump({"format": 1, "epoch": len(history), "classnames": ["a", "b"],
+                   "split_hash": split, "num_val": num_val, "history": history}, f)
+    with open(os.path.join(folder, "config.yaml"), "w") as f:
+        yaml.safe_dump({"algorithm": algorithm, "seed": seed,
+                        "DATA": {"NAME": "CIFAR10", "NUM_L": 4}}, f)
+    return folder
+
+
+def epoch(e, top1, val=None, **signals):
+    entry = {"epoch": e, "top1": top1, "signals": signals}
+    if val is not None:
+        entry["val_top1"] = val
+    return entry
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    write_run(str(tmp_path / "fixmatch" / "seed1"), "fixmatch", 1, [
+        epoch(1, 0.50, 0.60, **{"main/entropy": 0.9, "main/confidence": 0.5}),
+        epoch(2, 0.70, 0.55, **{"main/entropy": 0.2, "main/confidence": 0.6})], num_val=1000)
+    write_run(str(tmp_path / "supervised" / "seed1"), "supervised", 1, [
+        epoch(1, 0.40, 0.40, **{"main/entropy": 0.5, "main/confidence": 0.9}),
+        epoch(2, 0.80, 0.45, **{"main/entropy": 0.4, "main/confidence": 0.7})], num_val=1000)
+    return str(tmp_path)
+
+
+def test_each_rule_picks_its_best_epoch_and_its_gap_to_the_oracle(sweep):
+    picks = {p.rule: p for p in select.picks(find_runs([sweep]))}
+    chosen = {rule: (p.run.get("algorithm"), p.entry["epoch"]) for rule, p in picks.items()}
+    assert chosen[select.VALIDATION] == ("fixmatch", 1)
+    assert chosen["signal main/entropy (lower)"] == ("fixmatch", 2)
+    assert chosen["signal main/confidence (higher)"] == ("supervised", 1)
+    assert chosen[select.ORACLE] == ("supervised", 2)
+    # mean ranks (entropy, confidence): fixmatch 1 (4, 4), 2 (1, 3); supervised 1 (3, 1),
+    # 2 (2, 2): fixmatch 2 and supervised 1 and 2 tie at 2, the first of them wins
+    assert select.aggregate_ranks(select._candidates(find_runs([sweep])),
+                                  ["main/confidence", "main/entropy"]) == [4, 2, 2, 2]
+    assert chosen[select.AGGREGATE] == ("fixmatch", 2)
+
+
+def test_ranks_share_ties():
+    assert select._ranks([3.0, 1.0, 3.0, 0.5]) == [1.5, 3, 1.5, 4]
+
+
+def test_unlabeled_helped_from_validation(sweep):
+    ssl, twin = select.twins(find_runs([sweep]))[0]
+    verdict = select.unlabeled_helped(ssl, twin)
+    # 0.60 vs 0.45 on 1000 images: z = 0.15 / sqrt((.24 + .2475) / 1000) = 6.79
+    assert verdict["answer"] == "yes" and verdict["confidence"] == "sure"
+    assert verdict["source"] == "validation" and "z = +6.79" in verdict["evidence"]
+
+
+def test_unlabeled_helped_from_signals_without_validation(tmp_path):
+    ssl = write_run(str(tmp_path / "a"), "fixmatch", 2, [
+        epoch(1, 0.1, **{"main/entropy": 0.1, "main/confidence": 0.9, "agree/weak_strong": 0.9,
+                         "features/rankme": 5.0})])
+    write_run(str(tmp_path / "b"), "supervised", 2, [
+        epoch(1, 0.9, **{"main/entropy": 0.5, "main/confidence": 0.5, "agree/weak_strong": 0.5,
+                         "features/rankme": 6.0})])
+    runs = find_runs([str(tmp_path)])
+    pairs = select.twins(runs)
+    assert [(a.path, b.path) for a, b in pairs] == [(ssl, str(tmp_path / "b"))]
+    verdict = select.unlabeled_helped(*pairs[0])
+    assert verdict["answer"] == "yes" and verdict["confidence"] == "likely"
+    assert verdict["evidence"].startswith("3 of 4 label-free signals")  # the test top-1: unread
+
+
+def test_no_twin_across_splits_or_seeds(tmp_path):
+    write_run(str(tmp_path / "a"), "fixmatch", 1, [epoch(1, 0.5)], split="x")
+    write_run(str(tmp_path / "b"), "supervised", 1, [epoch(1, 0.5)], split="y")
+    write_run(str(tmp_path / "c"), "supervised", 2, [epoch(1, 0.5)], split="x")
+    assert select.twins(find_runs([str(tmp_path)])) == []
+
+
+def test_select_command_prints_and_writes(sweep, tmp_path):
+    out = str(tmp_path / "out")
+    code, stdout, err = main_inprocess(["select", sweep, "--out", out])
+    assert code == 0, err
+    assert "| validation top-1 | fixmatch CIFAR10_N4 seed 1 | 1 | 50.00 | -30.00 |" in stdout
+    assert "oracle" in stdout and "Did the unlabeled data help?" in stdout
+    record = json.load(open(os.path.join(out, "selection.json")))
+    assert record["twins"][0]["answer"] == "yes"
+    assert record["settings"]["CIFAR10_N4"][0]["gap_to_oracle"] == pytest.approx(-0.3)
+    assert os.path.isfile(os.path.join(out, "selection.md"))
