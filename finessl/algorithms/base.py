@@ -35,6 +35,7 @@ class Algorithm:
     name = "base"  # set by ``@register``: the config's ``algorithm`` value
     order = 100  # its row in sweep tables: the paper's order for the built-ins, then by name
     dist: Dist = SINGLE  # set by build_algorithm; all-gathers for multi-process runs
+    labeled_counts: torch.Tensor | None = None  # labeled images per class (build_algorithm)
     uses_unlabeled = True  # False: the loop feeds labeled batches only (no ``u_*`` keys)
     trains = True  # False: nothing to train, the run only evaluates (zero-shot CLIP)
     zero_shot_head = False  # True: the main head is CLIP's text classifier (build_model)
@@ -152,8 +153,21 @@ class Algorithm:
             self.modules.load_state_dict(state["modules"])
 
 
+def algorithm_class(cfg) -> type[Algorithm]:
+    """The class ``cfg`` trains with: ``algorithm``'s, with the imbalanced-SSL method
+    ``imb`` on top when one is named (finessl/algorithms/imb/)."""
+    chosen = ALGORITHMS.get(cfg.algorithm)
+    if cfg.get("imb") is None:
+        return chosen
+    from finessl.algorithms.imb import with_imb  # the package builds on this module
+    return with_imb(chosen, cfg.imb)
+
+
 def build_algorithm(cfg, model, num_classes, num_unlabeled, device,
-                    dist: Dist = SINGLE) -> Algorithm:
-    algorithm = ALGORITHMS.get(cfg.algorithm)(cfg, model, num_classes, num_unlabeled, device)
+                    dist: Dist = SINGLE, labeled_counts: torch.Tensor | None = None) -> Algorithm:
+    """``labeled_counts``: the labeled set's images per class, for the methods that
+    read them (the imbalanced ones)."""
+    algorithm = algorithm_class(cfg)(cfg, model, num_classes, num_unlabeled, device)
     algorithm.dist = dist
+    algorithm.labeled_counts = labeled_counts
     return algorithm

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import yaml
 
-from finessl.algorithms import ALGORITHMS
+from finessl.algorithms.base import algorithm_class
 from finessl.config import RUN_CONFIG
 from finessl.config_load import load_config_dict
 from finessl.data.datasets import dataset_stats
@@ -160,7 +160,7 @@ def rebuild(cfg, state: dict, path: str, classnames: list[str],
     the model's config when the caller has it already."""
     device = device or select_device(cfg)
     precision = Precision(cfg.prec, device)
-    chosen = ALGORITHMS.get(cfg.algorithm)
+    chosen = algorithm_class(cfg)
     model_cfg = model_cfg or chosen.model_config(cfg)
     mean, std = stats or dataset_stats(cfg.DATA.NAME, cfg.DATA.NORMALIZE)
     seed = checkpoint_seed(state, os.path.dirname(path)) if "seed" in state else 0
@@ -170,7 +170,7 @@ def rebuild(cfg, state: dict, path: str, classnames: list[str],
                             chosen.zero_shot_head)
     load_trained(model, state, path, prefix)
     evaluated = chosen.evaluated_state(state.get("algorithm"))  # Mean Teacher: its EMA
-    if evaluated is not None:
-        load_trained(model, {"model": evaluated}, path, prefix)
+    if evaluated is not None:  # all the trained tensors, or those that differ (ABC's head)
+        load_trained(model, {"model": {**state["model"], **evaluated}}, path, prefix)
     return TrainedRun(cfg, model_cfg, model.eval(), device, precision, state,
                       list(classnames), input_size(model_cfg), path)
