@@ -74,7 +74,8 @@ def method_rows() -> list[tuple[str, str, list[str]]]:
 TABLES = {
     "methods": method_rows,
     "lt": lambda: [(LT, m, _ALGO(m)) for m in ("supervised", "fixmatch", "finessl")] + [
-        (LT_REV, "finessl", _ALGO("finessl"))],
+        (LT_REV, "finessl", _ALGO("finessl"))] + [
+        (LT, f"fixmatch+{imb}", ["algorithm", "fixmatch", "imb", imb]) for imb in ("abc", "darp")],
 }
 # Reference points measured on this machine (docs/demo.md): frozen-feature probes.
 REFERENCE = [("class-mean classifier of the 40 labeled features", 0.59),

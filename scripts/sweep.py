@@ -67,6 +67,8 @@ IMB = {
     "supervised": ["algorithm", "supervised"],
     "fixmatch": ["algorithm", "fixmatch"],
     "finessl": ["algorithm", "finessl"],
+    "fixmatch+abc": ["algorithm", "fixmatch", "imb", "abc"],
+    "fixmatch+darp": ["algorithm", "fixmatch", "imb", "darp"],
 }
 
 

@@ -64,13 +64,9 @@ class Trainer:
         self.model = build_model(model_cfg, self.data.classnames, self.device,
                                  self.precision.fp16_params, self.data.mean, self.data.std,
                                  chosen.zero_shot_head)
-        labeled = self.data.labeled
-        labeled_counts = torch.bincount(  # images per class (the imbalanced methods read it)
-            torch.as_tensor([labeled.raw.train_targets[i] for i in labeled.indices]),
-            minlength=self.data.num_classes)
-        self.algorithm = build_algorithm(cfg, self.model, self.data.num_classes,
-                                         len(self.data.unlabeled), self.device, dist,
-                                         labeled_counts)
+        self.algorithm = build_algorithm(  # the imbalanced methods read the labeled counts
+            cfg, self.model, self.data.num_classes, len(self.data.unlabeled), self.device, dist,
+            torch.tensor(self.data.labeled_counts()))
         if chosen.uses_teacher:  # loaded when training needs it (finessl/engine/teacher.py)
             self.algorithm.set_teacher(functools.partial(load_teacher, cfg, self.data,
                                                          self.device, setup.teacher))
