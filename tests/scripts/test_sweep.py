@@ -111,7 +111,8 @@ def test_every_row_at_every_seed_with_its_own_overrides(tmp_path, fake):
     assert ("fashion_mnist_N4", "flexmatch+bms+dls",
             ["algorithm", "flexmatch", "bms", "True", "dls", "True"]) in rows
     assert not any(m in ("zeroshot", "semikd") for _, m, _ in rows)
-    reversed_lt = bench.runs(bench.TABLES["lt"]()[-1:], [1], str(tmp_path), [])[0]
+    reversed_lt = next(run for run in bench.runs(bench.TABLES["lt"](), [1], str(tmp_path), [])
+                       if "fashion_mnist_LT_rev" in run.folder)
     assert reversed_lt.args[:6] == (
         "--cfg", demo("fashion_mnist_LT.yaml"), "DATA.IMB_U", "-20", "algorithm", "finessl")
     assert fake.calls[0]["cwd"] == os.getcwd()  # the runner never changes directory
