@@ -4,7 +4,9 @@ test top-1 (mean +- std) and the run report of the whole sweep (docs/results.md)
 Every run uses real ImageNet weights (EfficientNet-Lite0) and real data, both
 installed offline (see docs/demo.md); the recipe is the demo's for every method, only
 ``algorithm`` (and ``bms`` / ``dls``, ``DATA.NUM_L``) change; the rows are every
-registered algorithm, so a new algorithm file adds its row. ``--table lt`` runs the
+registered algorithm, so a new algorithm file adds its row. ``--table select`` runs
+supervised, FixMatch and FineSSL at three learning rates with 5 validation images per
+class held out (``DATA.NUM_VAL 5``), for ``main.py select`` (docs/selection.md). ``--table lt`` runs the
 long-tailed table instead (configs/demo/fashion_mnist_LT.yaml: labeled and unlabeled
 sets of ratio 20, and a reversed unlabeled set), into out/fashion_mnist_lt.
 
@@ -40,13 +42,16 @@ sys.path.insert(0, REPO)
 from scripts.sweep import MAIN, Run, run_sweep  # noqa: E402
 
 DEMO = os.path.join(REPO, "configs", "demo")
-N4, N1, LT, LT_REV = ("fashion_mnist_N4", "fashion_mnist_N1", "fashion_mnist_LT",
-                      "fashion_mnist_LT_rev")
+N4, N1, LT, LT_REV, VAL = ("fashion_mnist_N4", "fashion_mnist_N1", "fashion_mnist_LT",
+                           "fashion_mnist_LT_rev", "fashion_mnist_N4_val")
 # setting -> (config, overrides): the balanced demo, its 1-label variant, the
 # long-tailed demo (ratio 20, unlabeled set consistent) and its reversed unlabeled set.
 SETTINGS = {N4: ("fashion_mnist_N4.yaml", []), N1: ("fashion_mnist_N4.yaml", ["DATA.NUM_L", "1"]),
             LT: ("fashion_mnist_LT.yaml", []),
-            LT_REV: ("fashion_mnist_LT.yaml", ["DATA.IMB_U", "-20"])}
+            LT_REV: ("fashion_mnist_LT.yaml", ["DATA.IMB_U", "-20"]),
+            VAL: ("fashion_mnist_N4.yaml", ["DATA.NUM_VAL", "5"])}
+# the "select" grid's learning rates: the demo's, a third of it, three times it
+SELECT_LRS = ("0.0033", "0.01", "0.03")
 _ALGO = lambda m: ["algorithm", m]  # noqa: E731
 # FineSSL's components plugged into other methods, against the plain method (paired by
 # seed): the paper's "plug-and-play" claim, on every method that has such a row.
@@ -76,6 +81,10 @@ TABLES = {
     "lt": lambda: [(LT, m, _ALGO(m)) for m in ("supervised", "fixmatch", "finessl")] + [
         (LT_REV, "finessl", _ALGO("finessl"))] + [
         (LT, f"fixmatch+{imb}", ["algorithm", "fixmatch", "imb", imb]) for imb in ("abc", "darp")],
+    # choosing without peeking (docs/selection.md): 5 validation images per class held
+    # out, three methods at three learning rates, for main.py select
+    "select": lambda: [(VAL, f"{m}+lr{lr}", ["algorithm", m, "lr", lr])
+                       for m in ("supervised", "fixmatch", "finessl") for lr in SELECT_LRS],
 }
 # Reference points measured on this machine (docs/demo.md): frozen-feature probes.
 REFERENCE = [("class-mean classifier of the 40 labeled features", 0.59),
@@ -111,8 +120,8 @@ def markdown(out: str, against: str | None = None, methods=None) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--table", default="methods", choices=sorted(TABLES),
-                        help="which table: 'methods' (balanced, the default) or 'lt' "
-                             "(long-tailed)")
+                        help="which table: 'methods' (balanced, the default), 'lt' "
+                             "(long-tailed) or 'select' (a validation split, 3 learning rates)")
     every = sorted({m for rows in TABLES.values() for _, m, _ in rows()})
     parser.add_argument("--methods", nargs="+", default=None, choices=every, metavar="METHOD",
                         help="only these rows: " + ", ".join(every))

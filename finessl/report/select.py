@@ -109,17 +109,18 @@ def _split_of(run: Run):
 
 
 def twins(runs: list[Run]) -> list[tuple[Run, Run]]:
-    """(SSL run, its supervised twin): same setting, seed and split (where recorded)."""
+    """(SSL run, its supervised twin): same setting, seed and split (where recorded);
+    among several (a learning-rate grid), the one trained with the same ``lr``."""
     supervised = [r for r in runs if r.get("algorithm") == "supervised"]
     out = []
     for run in runs:
         if run.get("algorithm") == "supervised":
             continue
-        for twin in supervised:
-            if (twin.setting, twin.get("seed")) == (run.setting, run.get("seed")) \
-                    and _split_of(twin) == _split_of(run):
-                out.append((run, twin))
-                break
+        found = [twin for twin in supervised
+                 if (twin.setting, twin.get("seed")) == (run.setting, run.get("seed"))
+                 and _split_of(twin) == _split_of(run)]
+        if found:
+            out.append((run, min(found, key=lambda twin: twin.get("lr") != run.get("lr"))))
     return out
 
 

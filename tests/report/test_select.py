@@ -14,13 +14,13 @@ from finessl.report import select
 from finessl.report.runs import find_runs
 
 
-def write_run(folder, algorithm, seed, history, num_val=0, split="h"):
+def write_run(folder, algorithm, seed, history, num_val=0, split="h", lr=0.03):
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "diagnostics.json"), "w") as f:
         json.dump({"format": 1, "epoch": len(history), "classnames": ["a", "b"],
                    "split_hash": split, "num_val": num_val, "history": history}, f)
     with open(os.path.join(folder, "config.yaml"), "w") as f:
-        yaml.safe_dump({"algorithm": algorithm, "seed": seed,
+        yaml.safe_dump({"algorithm": algorithm, "seed": seed, "lr": lr,
                         "DATA": {"NAME": "CIFAR10", "NUM_L": 4}}, f)
     return folder
 
@@ -82,6 +82,14 @@ def test_unlabeled_helped_from_signals_without_validation(tmp_path):
     verdict = select.unlabeled_helped(*pairs[0])
     assert verdict["answer"] == "yes" and verdict["confidence"] == "likely"
     assert verdict["evidence"].startswith("3 of 4 label-free signals")  # the test top-1: unread
+
+
+def test_in_a_learning_rate_grid_the_twin_has_the_same_rate(tmp_path):
+    for name, lr in (("sup_a", 0.01), ("sup_b", 0.03), ("sup_c", 0.1)):
+        write_run(str(tmp_path / name), "supervised", 1, [epoch(1, 0.5)], lr=lr)
+    ssl = write_run(str(tmp_path / "ssl"), "finessl", 1, [epoch(1, 0.5)], lr=0.1)
+    pairs = select.twins(find_runs([str(tmp_path)]))
+    assert [(a.path, b.path) for a, b in pairs] == [(ssl, str(tmp_path / "sup_c"))]
 
 
 def test_no_twin_across_splits_or_seeds(tmp_path):
