@@ -15,7 +15,7 @@ import os
 from finessl.report import figures
 from finessl.errors import UserError
 from finessl.io import atomic_write_text
-from finessl.report import sweep
+from finessl.report import select, sweep
 from finessl.report.runs import Run, find_runs
 
 STYLE = ("body{font-family:sans-serif;max-width:1400px;margin:auto;padding:1em}"
@@ -185,6 +185,12 @@ def sweep_body(runs: list[Run], out: str, links: list[tuple[Run, str]], metric: 
                   _table(header, rows, "paired")]
     parts.append(_figure(sweep.curves(runs), out, "sweep_curves",
                          "learning curves, mean over seeds of each method and setting"))
+    if any("signals" in e or "val_top1" in e for r in runs for e in r.history):
+        parts += ["<h2>Choosing without peeking</h2>",
+                  "<p>The run and epoch each rule picks (<code>main.py select</code>, "
+                  "docs/selection.md), its test top-1 and its gap to the test oracle.</p>"]
+        for i, (title, header, rows) in enumerate(select.tables(runs)[0]):
+            parts += [f"<h3>{html.escape(title)}</h3>", _table(header, rows, f"select{i}")]
     parts.append("<h2>Runs</h2>")
     parts.append(_table(["run", "method", "setting", "seed", f"{metric} top-1 (%)", "state"],
                         [[r.path, r.method, r.setting, r.get("seed", "–"),

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from finessl.errors import UserError
 from finessl.io import atomic_write_text
 from finessl.report.runs import Run, find_runs
+from finessl.report.sweep import markdown
 from finessl.selection import direction
 
 VALIDATION = "validation top-1"
@@ -173,37 +174,43 @@ def _by_setting(runs: list[Run]) -> dict[str, list[Run]]:
     return groups
 
 
-def select(paths: list[str]) -> tuple[list[str], dict]:
-    """The lines printed (markdown) and the record written (selection.json)."""
-    runs = find_runs(paths)
-    lines, record = [], {"settings": {}, "twins": []}
+def tables(runs: list[Run]) -> tuple[list[tuple[str, list[str], list[list[str]]]], dict]:
+    """Each setting's table of picks and the twins' verdicts, as (title, header, rows),
+    and the record written (selection.json): what ``select`` prints and the report shows."""
+    out, record = [], {"settings": {}, "twins": []}
     for setting, group in sorted(_by_setting(runs).items()):
         chosen = picks(group)
         oracle = chosen[-1].test_top1
-        lines += [f"## {setting}: {len(group)} run(s), "
-                  f"{sum(len(r.history) for r in group)} epochs", "",
-                  "| rule | run | epoch | test top-1 (%) | gap to the oracle (points) |",
-                  "|---|---|---|---|---|"]
-        rows = []
+        rows, kept = [], []
         for pick in chosen:
             gap = 100 * (pick.test_top1 - oracle)
-            lines.append(f"| {pick.rule} | {pick.run.label} | {pick.entry['epoch']} | "
-                         f"{100 * pick.test_top1:.2f} | {gap:+.2f} |")
-            rows.append({"rule": pick.rule, "run": pick.run.path, "epoch": pick.entry["epoch"],
+            rows.append([pick.rule, pick.run.label, str(pick.entry["epoch"]),
+                         f"{100 * pick.test_top1:.2f}", f"{gap:+.2f}"])
+            kept.append({"rule": pick.rule, "run": pick.run.path, "epoch": pick.entry["epoch"],
                          "test_top1": pick.test_top1, "gap_to_oracle": pick.test_top1 - oracle})
-        record["settings"][setting] = rows
-        lines.append("")
+        record["settings"][setting] = kept
+        out.append((f"{setting}: {len(group)} run(s), {sum(len(r.history) for r in group)} "
+                    f"epochs", ["rule", "run", "epoch", "test top-1 (%)",
+                                "gap to the oracle (points)"], rows))
     pairs = twins(runs)
     if pairs:
-        lines += ["## Did the unlabeled data help? (SSL run against its supervised twin; "
-                  "no test label read)", "", "| run | answer | how sure | from |",
-                  "|---|---|---|---|"]
+        rows = []
         for ssl, twin in pairs:
             verdict = unlabeled_helped(ssl, twin)
-            lines.append(f"| {ssl.label} | {verdict['answer']} | {verdict['confidence']} | "
-                         f"{verdict['evidence']} |")
+            rows.append([ssl.label, verdict["answer"], verdict["confidence"],
+                         verdict["evidence"]])
             record["twins"].append({"run": ssl.path, "twin": twin.path, **verdict})
-        lines.append("")
+        out.append(("Did the unlabeled data help? (SSL run against its supervised twin; "
+                    "no test label read)", ["run", "answer", "how sure", "from"], rows))
+    return out, record
+
+
+def select(paths: list[str]) -> tuple[list[str], dict]:
+    """The lines printed (markdown) and the record written (selection.json)."""
+    found, record = tables(find_runs(paths))
+    lines = []
+    for title, header, rows in found:
+        lines += [f"## {title}", "", *markdown(header, rows), ""]
     return lines, record
 
 

@@ -299,6 +299,13 @@ def test_report_of_a_sweep_and_of_a_run_in_progress(sweep, tmp_path):
     assert header == ["method", "tiny_N4"]
     mean_std = f"{statistics.fmean(last):.2f} ± {statistics.stdev(last):.2f} (n=2)"
     assert rows == [["finessl", mean_std], ["FineSSL (paper)", "97.39"]]
+    # choosing without peeking (main.py select's table): the oracle last, its gap 0
+    header, *picks = page.tables["select0"]
+    assert header[0] == "rule" and picks[-1][0].startswith("test top-1 (oracle")
+    every_epoch = [100 * e["top1"] for s in (1, 2) for e in _results(
+        os.path.join(sweep, "tiny_N4", "finessl", f"seed{s}"))["history"]]
+    assert picks[-1][4] == "+0.00" and picks[-1][3] == f"{max(every_epoch):.2f}"
+    assert any(row[0].startswith("rank aggregate") for row in picks)
     for seed in (1, 2):
         link = f"runs/seed{seed}/report.html"
         assert link in page.links
