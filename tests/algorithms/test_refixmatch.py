@@ -26,9 +26,10 @@ def _setup(**keys):
     return cfg, build_algorithm(cfg, model, 4, 12, CPU), ref_model
 
 
-def usb_step(th, lambda_u):
+def usb_step(th, lambda_u, w_low):
     """USB's ReFixMatch step (hard labels, fixed threshold, T = 0.5 in the KL term),
-    each unlabeled term averaged over our two strong views."""
+    its lambda_u split into L_u's and L_low's weights, each unlabeled term averaged over
+    our two strong views."""
     def step(model, batch):
         logits = lambda v: model(v)[0]  # noqa: E731
         sup = F.cross_entropy(logits(batch["x"]), batch["y"])
@@ -43,7 +44,7 @@ def usb_step(th, lambda_u):
             kl = F.kl_div(F.log_softmax(z_s / 0.5, dim=-1), F.softmax(probs_w / 0.5, dim=-1),
                           reduction="none")
             refix = refix + torch.sum(kl * (1.0 - mask).unsqueeze(-1), dim=1).mean() / 2
-        return sup + lambda_u * unsup + lambda_u * refix, {"mask": mask, "refix": refix}
+        return sup + lambda_u * unsup + w_low * refix, {"mask": mask, "refix": refix}
     return step
 
 
@@ -52,9 +53,10 @@ def test_refixmatch_matches_usb_over_steps_with_gradients():
     gen = torch.Generator().manual_seed(0)
     batches = [random_batch(gen) for _ in range(4)]
     masks = []
-    for logs, info in side_by_side(algo, ref_model, usb_step(cfg.th, cfg.w_con), batches):
+    step = usb_step(cfg.th, cfg.w_con, cfg.REFIXMATCH.W_LOW)
+    for logs, info in side_by_side(algo, ref_model, step, batches):
         assert abs(logs["pseudo/mask_rate"].item() - info["mask"].mean().item()) < 1e-6
-        assert abs(logs["loss/low_conf"].item() - cfg.w_con * info["refix"].item()) < 1e-12
+        assert abs(logs["loss/low_conf"].item() - cfg.REFIXMATCH.W_LOW * info["refix"].item()) < 1e-12
         masks.append(info["mask"])
     assert 0 < torch.cat(masks).mean() < 1  # both terms were exercised
 
@@ -69,4 +71,4 @@ def test_refixmatch_temperature_and_bms_dls():
     target = torch.softmax(torch.softmax(out.logits_w, dim=-1), dim=-1).repeat(2, 1)
     kl = (target * (target.log() - torch.log_softmax(out.logits_u, dim=-1))).sum(dim=-1)
     low = (torch.softmax(out.logits_w, dim=-1).max(dim=-1).values < cfg.th).double().repeat(2)
-    assert abs(logs["loss/low_conf"].item() - cfg.w_con * (kl * low).mean().item()) < 1e-12
+    assert abs(logs["loss/low_conf"].item() - cfg.REFIXMATCH.W_LOW * (kl * low).mean().item()) < 1e-12

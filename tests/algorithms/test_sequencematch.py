@@ -57,9 +57,9 @@ class FlexHook:
         return mask
 
 
-def usb_step(th, lambda_u, T, hook):
-    """USB's SequenceMatch step (hard labels); L_u, L_sm and L_sw averaged over our two
-    strong views."""
+def usb_step(th, lambda_u, w_kl, T, hook):
+    """USB's SequenceMatch step (hard labels), its lambda_u split into L_u's and the KL
+    terms' weights; L_u, L_sm and L_sw averaged over our two strong views."""
     def kl(z, target):
         return F.kl_div(F.softmax(z, dim=-1).log(), target, reduction="none").sum(dim=1)
 
@@ -81,7 +81,7 @@ def usb_step(th, lambda_u, T, hook):
                              * mask).mean() / 2
             loss_sm = loss_sm + (kl(z_s, target_m) * mask).mean() / 2
             loss_sw = loss_sw + (kl(z_s, target_w) * mask).mean() / 2
-        total = sup + lambda_u * (unsup + loss_mw + loss_sm + loss_sw)
+        total = sup + lambda_u * unsup + w_kl * (loss_mw + loss_sm + loss_sw)
         return total, {"mask": mask, "kl": (loss_mw, loss_sm, loss_sw)}
     return step
 
@@ -94,12 +94,12 @@ def test_sequencematch_matches_usb_over_steps_with_gradients(warmup):
     gen = torch.Generator().manual_seed(0)
     batches = [random_batch(gen, views=("u_w", "u_s1", "u_s2", "u_m")) for _ in range(5)]
     masks = []
-    step = usb_step(cfg.th, cfg.w_con, cfg.SEQUENCEMATCH.T, hook)
+    step = usb_step(cfg.th, cfg.w_con, cfg.SEQUENCEMATCH.W_KL, cfg.SEQUENCEMATCH.T, hook)
     for logs, info in side_by_side(algo, ref_model, step, batches):
         assert torch.equal(algo.selected_label, hook.selected_label)
         assert abs(logs["pseudo/mask_rate"].item() - info["mask"].mean().item()) < 1e-6
         for name, value in zip(("kl_mw", "kl_sm", "kl_sw"), info["kl"]):
-            assert abs(logs[f"loss/{name}"].item() - cfg.w_con * value.item()) < 1e-12
+            assert abs(logs[f"loss/{name}"].item() - cfg.SEQUENCEMATCH.W_KL * value.item()) < 1e-12
         masks.append(info["mask"])
     masks = torch.cat(masks)
     assert 0 < masks.mean() < 1 and (hook.classwise_acc > 0).any()  # thresholds moved
