@@ -20,7 +20,7 @@ exactly FineSSL.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -53,10 +53,11 @@ class PseudoLabels:
 class StepOutputs:
     """This rank's forward passes of the step in progress (``PseudoLabeling.outputs``),
     for rules and loss terms that need more than the weak view's logits: logits, aux
-    logits and backbone features (float) of the labeled batch (``*_x``), of the weak
-    view (``*_w``, no autograd) and of the strong views (``*_u``: both views
-    concatenated, ``views`` of them; the weak view itself for Pseudo-Label), and the
-    batch."""
+    logits and backbone features (float) of the labeled batch (``*_x``: its
+    ``labeled_views`` concatenated, ``x`` alone by default), of the weak view (``*_w``,
+    no autograd) and of the strong views (``*_u``: both views concatenated, ``views``
+    of them; the weak view itself for Pseudo-Label), the batch, and ``extra``: the
+    (logits, aux logits, features) of each of the algorithm's ``extra_views`` by key."""
     batch: Mapping
     logits_x: torch.Tensor
     aux_x: torch.Tensor
@@ -68,6 +69,7 @@ class StepOutputs:
     aux_u: torch.Tensor
     feat_u: torch.Tensor
     views: int
+    extra: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
 def pace_threshold(cfg) -> float:
@@ -82,6 +84,11 @@ class PseudoLabeling(Algorithm):
     """Base of every algorithm that learns from pseudo-labels of unlabeled images."""
 
     consistency = True  # L_u on the strong views (False: on the weak view, as Pseudo-Label)
+    # batch keys of the labeled views L_x (and DLS's L_x_aux) average over (DeFixMatch: x, x_s)
+    labeled_views: tuple[str, ...] = ("x",)
+    # batch keys of further views forwarded with autograd in the same forward as the
+    # others (SequenceMatch: u_m); their outputs are in ``self.outputs.extra``
+    extra_views: tuple[str, ...] = ()
 
     def __init__(self, cfg, model, num_classes, num_unlabeled, device):
         super().__init__(cfg, model, num_classes, num_unlabeled, device)
@@ -134,22 +141,28 @@ class PseudoLabeling(Algorithm):
 
     def train_step(self, batch):
         cfg, dist = self.cfg, self.dist
-        x, y = batch["x"], batch["y"]
-        n_x = x.shape[0]
+        y = batch["y"].repeat(len(self.labeled_views))
+        n_x = len(y)
         margins = self.margins() if self.bms else None
         if self.consistency:
             with torch.no_grad():
                 logits_w, aux_w, feat_w = self.forward(batch["u_w"])
-            logits, aux, feat = self.forward(torch.cat([x, batch["u_s1"], batch["u_s2"]]))
-            views = 2
+            unlabeled = [batch["u_s1"], batch["u_s2"]]
         else:
-            logits, aux, feat = self.forward(torch.cat([x, batch["u_w"]]))
-            logits_w, aux_w, feat_w = logits[n_x:].detach(), aux[n_x:].detach(), feat[n_x:].detach()
-            views = 1
-        logits_x, aux_x = logits[:n_x], aux[:n_x]
-        logits_u, aux_u = logits[n_x:], aux[n_x:]
-        self.outputs = StepOutputs(batch, logits_x, aux_x, feat[:n_x], logits_w, aux_w, feat_w,
-                                   logits_u, aux_u, feat[n_x:], views)
+            unlabeled = [batch["u_w"]]
+        views, n_u = len(unlabeled), sum(len(u) for u in unlabeled)
+        extra_images = [batch[k] for k in self.extra_views]
+        # one forward: the labeled views, the strong (or weak) views, the extra views
+        outputs = self.forward(torch.cat([*(batch[k] for k in self.labeled_views), *unlabeled,
+                                          *extra_images]))
+        sizes = [n_x, n_u, *(len(e) for e in extra_images)]
+        (logits_x, logits_u, *logits_e), (aux_x, aux_u, *aux_e), (feat_x, feat_u, *feat_e) = (
+            t.split(sizes) for t in outputs)
+        if not self.consistency:
+            logits_w, aux_w, feat_w = logits_u.detach(), aux_u.detach(), feat_u.detach()
+        extra = dict(zip(self.extra_views, zip(logits_e, aux_e, feat_e)))
+        self.outputs = StepOutputs(batch, logits_x, aux_x, feat_x, logits_w, aux_w, feat_w,
+                                   logits_u, aux_u, feat_u, views, extra)
         # pseudo-labels of the whole (all ranks') weak batch: state updates are global
         u_idx, u_true = dist.gather(batch["u_idx"]), dist.gather(batch["u_true"])
         logits_w_all = dist.gather(logits_w)

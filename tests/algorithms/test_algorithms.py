@@ -39,7 +39,8 @@ def _log_probs(rows):
 def _batch(x, y, u_w, u_s1, u_s2, u_idx, u_true):
     return {"x": id_images(x), "y": torch.tensor(y), "u_w": id_images(u_w),
             "u_s1": id_images(u_s1), "u_s2": id_images(u_s2),
-            "u_idx": torch.tensor(u_idx), "u_true": torch.tensor(u_true)}
+            "u_idx": torch.tensor(u_idx), "u_true": torch.tensor(u_true),
+            "x_s": id_images(x), "u_m": id_images(u_s1)}  # the views DeFixMatch, SequenceMatch add
 
 
 # ---- FixMatch and Pseudo-Label ------------------------------------------------------
