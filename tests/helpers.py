@@ -17,7 +17,7 @@ from finessl.errors import UserError
 from finessl.models import build_model
 
 
-# ---- a model of fixed logits (test_losses, test_algorithms) --------------------------
+# ---- models of fixed logits (test_losses, test_algorithms, consistency methods) ------
 class Lookup(nn.Module):
     """A head that returns a fixed row of logits per one-hot feature."""
 
@@ -57,6 +57,47 @@ def id_images(ids):
 def ce(z, t):
     """Cross-entropy of the logits ``z`` (a list) against class ``t``, by hand."""
     return -z[t] + math.log(sum(math.exp(v) for v in z))
+
+
+class Normalizer:
+    """A stand-in tower's input normalisation, as ``ImageTower.normalize``: float images
+    are taken as already normalised."""
+
+    def normalize(self, images):
+        return images
+
+
+class LinearModel(nn.Module):
+    """A fixed fp64 linear classifier of flattened images with the model interface the
+    algorithms use (``classify``, ``forward``, ``backbone.normalize``, the trainable
+    state): equations of consistency losses are checked on it by hand."""
+
+    def __init__(self, in_dim: int, num_classes: int, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.fc = nn.Linear(in_dim, num_classes).double()
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.randn(num_classes, in_dim, generator=g, dtype=torch.float64))
+            self.fc.bias.copy_(torch.randn(num_classes, generator=g, dtype=torch.float64))
+        self.backbone = Normalizer()
+
+    def classify(self, images):
+        return self.fc(images.flatten(1))
+
+    def forward(self, images, detach_aux=True, features=False):
+        logits = self.classify(images)
+        return (logits, logits, images.flatten(1)) if features else (logits, logits)
+
+    def _trained_buffers(self):
+        return {}
+
+    def trainable_state_dict(self):
+        return {n: p.detach().clone() for n, p in self.named_parameters()}
+
+    def load_trainable_state_dict(self, state):
+        with torch.no_grad():
+            for n, p in self.named_parameters():
+                p.copy_(state[n])
 
 
 # ---- one step of the tiny ViT (test_step_equivalence, test_peft) ---------------------
