@@ -100,6 +100,33 @@ class LinearModel(nn.Module):
                 p.copy_(state[n])
 
 
+def image_batches(steps: int, num_classes: int, shape=(3, 2, 2), seed: int = 0) -> list[dict]:
+    """``steps`` batches of fp64 images (3 labeled, 5 unlabeled) for a LinearModel."""
+    g = torch.Generator().manual_seed(seed)
+    images = lambda n: torch.randn(n, *shape, generator=g, dtype=torch.float64)  # noqa: E731
+    return [{"x": images(3), "y": torch.randint(0, num_classes, (3,), generator=g),
+             "u_w": images(5), "u_s1": images(5), "u_s2": images(5), "u_idx": torch.arange(5),
+             "u_true": torch.randint(0, num_classes, (5,), generator=g)} for _ in range(steps)]
+
+
+def plain_sgd(params, lr: float = 0.1) -> None:
+    """p <- p - lr * grad, grads cleared: the same update for a model and its reference."""
+    with torch.no_grad():
+        for p in params:
+            p -= lr * p.grad
+            p.grad = None
+
+
+def algorithm_config(algorithm: str, num_epochs: int = 1, total_steps: int = 10, **keys):
+    """The default config for ``algorithm``, with dotted ``keys`` given as NODE__KEY."""
+    cfg = get_cfg_defaults()
+    cfg.algorithm, cfg.num_epochs, cfg.total_steps = algorithm, num_epochs, total_steps
+    for key, value in keys.items():
+        node, leaf = key.split("__")
+        cfg[node][leaf] = value
+    return cfg
+
+
 # ---- one step of the tiny ViT (test_step_equivalence, test_peft) ---------------------
 def setup_tiny_step(vpt: str):
     """(cfg, model, algorithm, batch) for one FineSSL step of the tiny ViT with the

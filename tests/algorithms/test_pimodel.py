@@ -8,47 +8,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import LinearModel, one_line_error
+from helpers import LinearModel, algorithm_config, image_batches, one_line_error, plain_sgd
 from finessl.algorithms import build_algorithm
 from finessl.algorithms.consistency import ramp_up
-from finessl.config import get_cfg_defaults
 from finessl.config_load import load_config
 
-C, SHAPE = 4, (3, 2, 2)
-
-
-def batches(steps: int, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    images = lambda n: torch.randn(n, *SHAPE, generator=g, dtype=torch.float64)  # noqa: E731
-    return [{"x": images(3), "y": torch.randint(0, C, (3,), generator=g), "u_w": images(5),
-             "u_s1": images(5), "u_s2": images(5), "u_idx": torch.arange(5),
-             "u_true": torch.randint(0, C, (5,), generator=g)} for _ in range(steps)]
-
-
-def config(algorithm: str, **keys):
-    cfg = get_cfg_defaults()
-    cfg.algorithm, cfg.num_epochs, cfg.total_steps = algorithm, 1, 10
-    for key, value in keys.items():
-        node, leaf = key.split(".")
-        cfg[node][leaf] = value
-    return cfg
-
-
-def sgd(params, lr: float = 0.1) -> None:
-    with torch.no_grad():
-        for p in params:
-            p -= lr * p.grad
-            p.grad = None
+C = 4
 
 
 def test_loss_ramp_and_gradients_follow_usb_over_several_steps():
     """L = CE(f(x), y) + lambda_u clip(t / (0.4 T), 0, 1) mean (softmax f(u_s) -
     softmax f(u_w))^2, the weak view's softmax fixed; five SGD steps, T = 10."""
-    cfg = config("pimodel", **{"PIMODEL.LAMBDA_U": 10.0, "PIMODEL.WARMUP": 0.4})
+    cfg = algorithm_config("pimodel", PIMODEL__LAMBDA_U=10.0, PIMODEL__WARMUP=0.4)
     model = LinearModel(12, C)
     ref = copy.deepcopy(model)
     algorithm = build_algorithm(cfg, model, C, 5, torch.device("cpu"))
-    for t, batch in enumerate(batches(5)):
+    for t, batch in enumerate(image_batches(5, C)):
         loss, logs = algorithm.train_step(batch)
         loss.backward()
         W, b = ref.fc.weight, ref.fc.bias
@@ -62,7 +37,7 @@ def test_loss_ramp_and_gradients_follow_usb_over_several_steps():
         assert logs["loss/ramp"] == pytest.approx(ramp)
         for ours, theirs in zip(model.parameters(), ref.parameters()):
             assert torch.allclose(ours.grad, theirs.grad, atol=1e-10, rtol=0)
-        sgd(model.parameters()), sgd(ref.parameters())
+        plain_sgd(model.parameters()), plain_sgd(ref.parameters())
     assert int(algorithm.state_dict()["step"]) == 5
 
 
@@ -72,9 +47,9 @@ def test_ramp_up():
 
 
 def test_step_counter_resumes():
-    cfg = config("pimodel")
+    cfg = algorithm_config("pimodel")
     algorithm = build_algorithm(cfg, LinearModel(12, C), C, 5, torch.device("cpu"))
-    algorithm.train_step(batches(1)[0])
+    algorithm.train_step(image_batches(1, C)[0])
     other = build_algorithm(cfg, LinearModel(12, C), C, 5, torch.device("cpu"))
     other.load_state_dict(algorithm.state_dict())
     assert int(other.step) == 1 and other.ramp() == algorithm.ramp()
