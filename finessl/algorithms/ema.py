@@ -27,14 +27,16 @@ class EmaWeights:
         self._averaged = {n for n, p in model.named_parameters() if p.requires_grad}
 
     @torch.no_grad()
-    def update(self) -> None:
-        """One EMA step towards the model's current tensors."""
+    def update(self, momentum: float | None = None) -> None:
+        """One EMA step towards the model's current tensors, with ``momentum`` (default:
+        the one it was built with)."""
+        m = self.momentum if momentum is None else momentum
         current = dict(self.model.named_parameters())
         current.update(self.model._trained_buffers())
         for name, value in self.shadow.items():
             now = current[name].detach()
             if name in self._averaged:
-                value.mul_(self.momentum).add_(now.to(value.dtype), alpha=1 - self.momentum)
+                value.mul_(m).add_(now.to(value.dtype), alpha=1 - m)
             else:
                 value.copy_(now)
 

@@ -14,7 +14,13 @@ Evaluation and ``predict`` use the teacher (the EMA weights), as the paper and U
 Defaults are USB's (usb_cv configs): m = ``MEANTEACHER.EMA`` 0.999, lambda_u =
 ``MEANTEACHER.LAMBDA_U`` 50, ramp over ``MEANTEACHER.WARMUP`` 0.4 of training. The
 paper ramps lambda_u with a sigmoid-shaped curve and raises m from 0.99 to 0.999 after
-its ramp-up; USB keeps both fixed, and so do we. Views as for the Pi-model: the
+its ramp-up; USB keeps both fixed, and so do we. One difference from USB, on by
+default: the momentum at step t (1 after the first step) is min(1 - 1/(t + 1), m)
+(``MEANTEACHER.EMA_WARMUP``), as in the authors' released code
+(``update_ema_variables``): early on the teacher is the plain mean of the student's
+weights so far instead of staying within (1 - m^t) of its random start, so a short
+run (a few hundred steps) evaluates a trained teacher; after ~1/(1 - m) steps it is
+USB's EMA. ``MEANTEACHER.EMA_WARMUP False`` is USB's. Views as for the Pi-model: the
 teacher sees the weak view, the student the first strong view (USB: two weak views).
 The EMA is kept in fp32 (ema.py).
 """
@@ -31,6 +37,8 @@ from finessl.config import declare, momentum, non_negative
 # Hyperparameters, USB's defaults.
 declare("MEANTEACHER.EMA", 0.999, "Mean Teacher: momentum of the teacher's weight EMA",
         check=momentum)
+declare("MEANTEACHER.EMA_WARMUP", True, "Mean Teacher: momentum min(1 - 1/(t+1), EMA) at "
+        "step t, as the authors' code (False: EMA from the first step, as USB)")
 declare("MEANTEACHER.LAMBDA_U", 50.0, "Mean Teacher: weight of the consistency loss",
         check=non_negative)
 declare("MEANTEACHER.WARMUP", 0.4, "Mean Teacher: fraction of training over which the "
@@ -53,7 +61,10 @@ class MeanTeacher(PiModel):
             return super().targets(images)
 
     def after_step(self) -> None:
-        self.ema.update()
+        m = self.cfg.MEANTEACHER.EMA
+        if self.cfg.MEANTEACHER.EMA_WARMUP:  # self.step: the steps taken, this one included
+            m = min(1.0 - 1.0 / (int(self.step) + 1), m)
+        self.ema.update(m)
 
     def evaluation_weights(self):
         return self.ema.applied()

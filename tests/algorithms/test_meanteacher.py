@@ -22,11 +22,15 @@ from finessl.engine.trainer import Trainer
 C = 4
 
 
-def test_loss_gradients_and_teacher_follow_usb_over_several_steps():
-    """Teacher theta' <- m theta' + (1 - m) theta after each step; L = CE(f(x), y) +
-    lambda_u clip(t / (0.4 T), 0, 1) mean (softmax f_theta(u_s) - softmax f_theta'(u_w))^2."""
-    m, lam = 0.9, 50.0
-    cfg = algorithm_config("meanteacher", MEANTEACHER__EMA=m, MEANTEACHER__LAMBDA_U=lam)
+@pytest.mark.parametrize("warmup", [True, False])
+def test_loss_gradients_and_teacher_follow_usb_over_several_steps(warmup):
+    """Teacher theta' <- m_t theta' + (1 - m_t) theta after step t (1, 2, ...), m_t =
+    min(1 - 1/(t + 1), m) with the warm-up (the authors' code), m without (USB);
+    L = CE(f(x), y) + lambda_u clip(t / (0.4 T), 0, 1) mean (softmax f_theta(u_s) -
+    softmax f_theta'(u_w))^2."""
+    m, lam = 0.7, 50.0
+    cfg = algorithm_config("meanteacher", MEANTEACHER__EMA=m, MEANTEACHER__LAMBDA_U=lam,
+                           MEANTEACHER__EMA_WARMUP=warmup)
     model = LinearModel(12, C)
     ref = copy.deepcopy(model)
     teacher = [p.detach().clone() for p in ref.parameters()]
@@ -45,7 +49,8 @@ def test_loss_gradients_and_teacher_follow_usb_over_several_steps():
             assert torch.allclose(ours.grad, theirs.grad, atol=1e-10, rtol=0)
         plain_sgd(model.parameters()), plain_sgd(ref.parameters())
         algorithm.after_step()
-        teacher = [m * s + (1 - m) * p.detach() for s, p in zip(teacher, ref.parameters())]
+        m_t = min(1 - 1 / (t + 2), m) if warmup else m
+        teacher = [m_t * s + (1 - m_t) * p.detach() for s, p in zip(teacher, ref.parameters())]
         shadow = algorithm.ema.shadow
         assert torch.allclose(shadow["fc.weight"], teacher[0], atol=1e-12, rtol=0)
         assert torch.allclose(shadow["fc.bias"], teacher[1], atol=1e-12, rtol=0)
