@@ -17,7 +17,7 @@ from finessl.errors import UserError
 from finessl.models import build_model
 
 
-# ---- a model of fixed logits (test_losses, test_algorithms) --------------------------
+# ---- models of fixed logits (test_losses, test_algorithms, consistency methods) ------
 class Lookup(nn.Module):
     """A head that returns a fixed row of logits per one-hot feature."""
 
@@ -122,6 +122,72 @@ def side_by_side(algorithm, ref_model, reference, batches, lr=0.5, tol=1e-10):
             for p, g in zip(ours + theirs, g_ours + g_ref):
                 p.sub_(lr * g)
         yield logs, info
+class Normalizer:
+    """A stand-in tower's input normalisation, as ``ImageTower.normalize``: float images
+    are taken as already normalised."""
+
+    def normalize(self, images):
+        return images
+
+
+class LinearModel(nn.Module):
+    """A fixed fp64 linear classifier of flattened images with the model interface the
+    algorithms use (``classify``, ``forward``, ``backbone.normalize``, the trainable
+    state): equations of consistency losses are checked on it by hand."""
+
+    def __init__(self, in_dim: int, num_classes: int, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.fc = nn.Linear(in_dim, num_classes).double()
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.randn(num_classes, in_dim, generator=g, dtype=torch.float64))
+            self.fc.bias.copy_(torch.randn(num_classes, generator=g, dtype=torch.float64))
+        self.backbone = Normalizer()
+
+    def classify(self, images):
+        return self.fc(images.flatten(1))
+
+    def forward(self, images, detach_aux=True, features=False):
+        logits = self.classify(images)
+        return (logits, logits, images.flatten(1)) if features else (logits, logits)
+
+    def _trained_buffers(self):
+        return {}
+
+    def trainable_state_dict(self):
+        return {n: p.detach().clone() for n, p in self.named_parameters()}
+
+    def load_trainable_state_dict(self, state):
+        with torch.no_grad():
+            for n, p in self.named_parameters():
+                p.copy_(state[n])
+
+
+def image_batches(steps: int, num_classes: int, shape=(3, 2, 2), seed: int = 0) -> list[dict]:
+    """``steps`` batches of fp64 images (3 labeled, 5 unlabeled) for a LinearModel."""
+    g = torch.Generator().manual_seed(seed)
+    images = lambda n: torch.randn(n, *shape, generator=g, dtype=torch.float64)  # noqa: E731
+    return [{"x": images(3), "y": torch.randint(0, num_classes, (3,), generator=g),
+             "u_w": images(5), "u_s1": images(5), "u_s2": images(5), "u_idx": torch.arange(5),
+             "u_true": torch.randint(0, num_classes, (5,), generator=g)} for _ in range(steps)]
+
+
+def plain_sgd(params, lr: float = 0.1) -> None:
+    """p <- p - lr * grad, grads cleared: the same update for a model and its reference."""
+    with torch.no_grad():
+        for p in params:
+            p -= lr * p.grad
+            p.grad = None
+
+
+def algorithm_config(algorithm: str, num_epochs: int = 1, total_steps: int = 10, **keys):
+    """The default config for ``algorithm``, with dotted ``keys`` given as NODE__KEY."""
+    cfg = get_cfg_defaults()
+    cfg.algorithm, cfg.num_epochs, cfg.total_steps = algorithm, num_epochs, total_steps
+    for key, value in keys.items():
+        node, leaf = key.split("__")
+        cfg[node][leaf] = value
+    return cfg
 
 
 # ---- one step of the tiny ViT (test_step_equivalence, test_peft) ---------------------

@@ -8,7 +8,9 @@ from collections.abc import Mapping
 import torch
 import torch.nn as nn
 
+from finessl.config import cross_check
 from finessl.distributed import SINGLE, Dist
+from finessl.errors import UserError
 from finessl.metrics import PseudoLabelStats
 from finessl.registry import Registry
 
@@ -50,6 +52,9 @@ class Algorithm:
     bms = False  # Balanced Margin Softmax is on (docs/method.md §3)
     dls = False  # Decoupled Label Smoothing is on: the aux head learns (else it stays as built)
     stats: PseudoLabelStats | None = None  # this epoch's confidence histograms, if it has them
+    # why FineSSL's components cannot apply to it ('': they can, or it ignores them):
+    # ``bms True`` / ``dls True`` with it then fail at config time, naming this reason
+    refuses_components = ""
 
     def __init__(self, cfg, model: nn.Module, num_classes: int, num_unlabeled: int,
                  device: torch.device):
@@ -161,6 +166,16 @@ def algorithm_class(cfg) -> type[Algorithm]:
         return chosen
     from finessl.algorithms.imb import with_imb  # the package builds on this module
     return with_imb(chosen, cfg.imb)
+
+
+@cross_check
+def _components_apply(cfg) -> None:
+    """``bms True`` / ``dls True`` only with an algorithm they can apply to."""
+    why = ALGORITHMS.get(cfg.algorithm).refuses_components
+    asked = [key for key in ("bms", "dls") if cfg[key]]
+    if why and asked:
+        raise UserError(f"{' and '.join(k + ' True' for k in asked)}: algorithm {cfg.algorithm} "
+                        f"{why}; drop {' and '.join(asked)}")
 
 
 def build_algorithm(cfg, model, num_classes, num_unlabeled, device,
