@@ -61,7 +61,7 @@ class Dash(PseudoLabeling):
         if it < cfg.WARMUP:
             if it >= cfg.WARMUP - self.cfg.total_steps:  # the warm-up's last epoch: rho_hat
                 out = self.outputs
-                labeled = self.dist.gather(F.cross_entropy(out.logits_x.detach().float(),
+                labeled = self.dist.gather(F.cross_entropy(out.logits_x.detach(),
                                                            out.batch["y"], reduction="none"))
                 self.loss_sum += labeled.sum().double()
                 self.loss_count += labeled.numel()
