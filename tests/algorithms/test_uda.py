@@ -82,3 +82,18 @@ def test_tsa_thresholds_rise_from_one_over_c_towards_one():
     assert tsa_threshold("linear", 0.0, 10) == pytest.approx(0.1)
     assert tsa_threshold("log", 0.0, 10) == pytest.approx(0.1)
     assert tsa_threshold("none", 0.0, 10) == 1.0
+
+
+@pytest.mark.parametrize("name", ["uda", "dash"])
+def test_bms_and_dls_plug_into_uda_and_dash(name):
+    """UDA's and Dash's targets come from the weak view: FineSSL's components apply."""
+    cfg = get_cfg_defaults()
+    cfg.algorithm, cfg.bms, cfg.dls, cfg.total_steps = name, True, True, 2
+    cfg.DASH.WARMUP = 1
+    algorithm = build_algorithm(cfg, LinearModel(D, C), C, 20, torch.device("cpu"))
+    algorithm.memory.load(torch.tensor([0, 0, 1, 2] + [-1] * 16))  # margins != 0
+    for batch in batches(3):
+        loss, logs = algorithm.train_step(batch)
+        assert torch.isfinite(loss) and logs["pseudo/margin_max"] > 0
+        assert "loss/u_aux" in logs and "loss/x_aux" in logs
+    assert algorithm.method_label() == f"{name}+bms+dls"
