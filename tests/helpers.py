@@ -47,6 +47,28 @@ class TableModel(nn.Module):
         return (*out, feat) if features else out
 
 
+class LinearHeads(nn.Module):
+    """A fixed-size fp64 linear model on flattened (float) images, with the model's
+    interface (main and aux logits, features, ``classify``): the algorithms' key tests
+    differentiate through it. ``backbone.feat_dim`` sizes an algorithm's own heads."""
+
+    def __init__(self, in_dim, num_classes, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.backbone = nn.Flatten()
+        self.backbone.feat_dim = in_dim
+        self.head = nn.Linear(in_dim, num_classes).double()
+        self.aux_head = nn.Linear(in_dim, num_classes).double()
+
+    def forward(self, images, detach_aux=True, features=False):
+        feat = self.backbone(images)
+        out = self.head(feat), self.aux_head(feat.detach() if detach_aux else feat)
+        return (*out, feat) if features else out
+
+    def classify(self, images):
+        return self.head(self.backbone(images))
+
+
 def id_images(ids):
     """Images a TableModel reads as the given ids."""
     x = torch.zeros(len(ids), 3, 2, 2)

@@ -108,6 +108,11 @@ class PseudoLabeling(Algorithm):
         rank's: gather what a global statistic needs with ``self.dist.gather``)."""
         raise NotImplementedError
 
+    def labeled_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """L_x on the labeled logits (with BMS's margins where on): the mean cross-entropy
+        (UDA anneals it: training-signal annealing)."""
+        return F.cross_entropy(logits, y)
+
     def adjust_unlabeled_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits L_u is computed on (DebiasPL adds its adaptive margin here)."""
         return logits
@@ -175,7 +180,7 @@ class PseudoLabeling(Algorithm):
         labeled_logits = logits_x
         if self.bms and cfg.bms_labeled:
             labeled_logits = add_margin(logits_x, y, margins)
-        losses = {"x": F.cross_entropy(labeled_logits, y)}
+        losses = {"x": self.labeled_loss(labeled_logits, y)}
         unlabeled_logits = self.adjust_unlabeled_logits(logits_u)
         if self.bms:
             unlabeled_logits = add_margin(unlabeled_logits, targets, margins)

@@ -32,7 +32,7 @@ PAPER_METHODS = {"finessl", "supervised", "zeroshot", "pseudolabel", "fixmatch",
 def test_every_paper_method_is_registered_and_unknown_names_are_refused():
     assert PAPER_METHODS <= set(ALGORITHMS)
     assert PAPER_METHODS - {"zeroshot", "semikd"} <= set(TRAINED)  # no training: zero-shot
-    with pytest.raises(UserError, match="algorithm: 'mymatch' is not one of debiaspl") as info:
+    with pytest.raises(UserError, match="algorithm: 'mymatch' is not one of ") as info:
         load_config(None, ["algorithm", "mymatch"])
     assert all(name in str(info.value) for name in ALGORITHMS)
 
@@ -45,13 +45,19 @@ def test_a_registered_algorithm_joins_the_tested_set(forget_plugins):
     assert "toymatch" in trained_algorithms() and "toymatch" in ALGORITHMS
 
 
+# Keys whose defaults are tuned for runs of 2^20 steps, set for these 75: ReMixMatch's
+# distribution alignment divides by the first batch's mean prediction for the whole run
+# at momentum 0.999 (the run then learns nothing: 20%; 0.9: 50%, no alignment: 100%).
+SHORT_RUN = {"remixmatch": {"REMIXMATCH.DA_EMA": 0.9}}
+
+
 @pytest.mark.slow  # 3 short epochs each
 @pytest.mark.parametrize("algorithm", TRAINED)
 def test_each_algorithm_learns_through_main(algorithm, cifar_root, tmp_path,
                                             figures_not_rasterised):
     out = str(tmp_path / algorithm)
     code, _, err = main_inprocess(tiny_args(cifar_root, out, algorithm=algorithm, num_epochs=3,
-                                      total_steps=25, seed=2))
+                                      total_steps=25, seed=2, **SHORT_RUN.get(algorithm, {})))
     assert code == 0, err
     result = json.load(open(os.path.join(out, "results.json")))
     assert result["algorithm"] == algorithm
@@ -107,5 +113,10 @@ def test_resume_after_a_crash_mid_epoch_is_exact(algorithm, cifar_root, tmp_path
     state_a, state_b = reference.algorithm.state_dict(), resumed.algorithm.state_dict()
     assert state_a.keys() == state_b.keys()
     for key in state_a:
-        assert torch.equal(torch.as_tensor(state_a[key]), torch.as_tensor(state_b[key])), key
+        a_key, b_key = state_a[key], state_b[key]
+        if isinstance(a_key, dict):  # an algorithm's own modules (ReMixMatch's rotation head)
+            assert a_key.keys() == b_key.keys()
+            assert all(torch.equal(a_key[k], b_key[k]) for k in a_key), key
+        else:
+            assert torch.equal(torch.as_tensor(a_key), torch.as_tensor(b_key)), key
     assert [r["top1"] for r in reference.history] == [r["top1"] for r in resumed.history]
