@@ -59,6 +59,50 @@ def ce(z, t):
     return -z[t] + math.log(sum(math.exp(v) for v in z))
 
 
+# ---- a small trainable model in fp64 (the USB algorithms' transcription tests) ------
+class LinearNet(nn.Module):
+    """Features tanh(W x) of the flattened image, main and aux linear heads, in fp64; the
+    interface of the models the algorithms train (``backbone.feat_dim`` sizes their
+    heads)."""
+
+    def __init__(self, in_dim=12, feat_dim=6, num_classes=4, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.backbone = nn.Linear(in_dim, feat_dim).double()
+        self.backbone.feat_dim = feat_dim
+        self.head = nn.Linear(feat_dim, num_classes).double()
+        self.aux_head = nn.Linear(feat_dim, num_classes).double()
+
+    def features(self, images):
+        return torch.tanh(self.backbone(images.flatten(1)))
+
+    def forward(self, images, detach_aux=True, features=False):
+        feat = self.features(images)
+        out = self.head(feat), self.aux_head(feat.detach() if detach_aux else feat)
+        return (*out, feat) if features else out
+
+
+def random_batch(generator, n_x=4, n_u=6, num_labeled=8, num_unlabeled=12, num_classes=4,
+                 views=("u_w", "u_s1", "u_s2")):
+    """A batch of random fp64 images (3 x 2 x 2) with distinct labeled and unlabeled
+    indices, every key the engine's batches carry."""
+    image = lambda n: torch.randn(n, 3, 2, 2, generator=generator, dtype=torch.float64)  # noqa: E731
+    batch = {"x": image(n_x), "y": torch.randint(num_classes, (n_x,), generator=generator),
+             "x_idx": torch.randperm(num_labeled, generator=generator)[:n_x],
+             "u_idx": torch.randperm(num_unlabeled, generator=generator)[:n_u],
+             "u_true": torch.randint(num_classes, (n_u,), generator=generator)}
+    batch.update({k: image(n_u) for k in views})
+    return batch
+
+
+def grads(params):
+    """The parameters' gradients (zeros where none), then cleared."""
+    out = [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    return out
+
+
 # ---- one step of the tiny ViT (test_step_equivalence, test_peft) ---------------------
 def setup_tiny_step(vpt: str):
     """(cfg, model, algorithm, batch) for one FineSSL step of the tiny ViT with the

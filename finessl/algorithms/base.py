@@ -35,6 +35,7 @@ class Algorithm:
     name = "base"  # set by ``@register``: the config's ``algorithm`` value
     order = 100  # its row in sweep tables: the paper's order for the built-ins, then by name
     dist: Dist = SINGLE  # set by build_algorithm; all-gathers for multi-process runs
+    num_labeled = 0  # size of the labeled set (set by build_algorithm before __init__)
     uses_unlabeled = True  # False: the loop feeds labeled batches only (no ``u_*`` keys)
     trains = True  # False: nothing to train, the run only evaluates (zero-shot CLIP)
     zero_shot_head = False  # True: the main head is CLIP's text classifier (build_model)
@@ -152,7 +153,11 @@ class Algorithm:
 
 
 def build_algorithm(cfg, model, num_classes, num_unlabeled, device,
-                    dist: Dist = SINGLE) -> Algorithm:
-    algorithm = ALGORITHMS.get(cfg.algorithm)(cfg, model, num_classes, num_unlabeled, device)
-    algorithm.dist = dist
+                    dist: Dist = SINGLE, num_labeled: int = 0) -> Algorithm:
+    """The config's algorithm; ``dist`` and ``num_labeled`` are set before its
+    ``__init__`` runs (a bank over the labeled set is sized in ``initial_statistics``)."""
+    cls = ALGORITHMS.get(cfg.algorithm)
+    algorithm = cls.__new__(cls)
+    algorithm.dist, algorithm.num_labeled = dist, num_labeled
+    algorithm.__init__(cfg, model, num_classes, num_unlabeled, device)
     return algorithm

@@ -65,7 +65,8 @@ class Trainer:
                                  self.precision.fp16_params, self.data.mean, self.data.std,
                                  chosen.zero_shot_head)
         self.algorithm = build_algorithm(cfg, self.model, self.data.num_classes,
-                                         len(self.data.unlabeled), self.device, dist)
+                                         len(self.data.unlabeled), self.device, dist,
+                                         len(self.data.labeled))
         if chosen.uses_teacher:  # loaded when training needs it (finessl/engine/teacher.py)
             self.algorithm.set_teacher(functools.partial(load_teacher, cfg, self.data,
                                                          self.device, setup.teacher))
