@@ -26,7 +26,8 @@ from finessl.config import declare, momentum
 
 
 def align(probs: torch.Tensor, p_target: torch.Tensor, p_model: torch.Tensor) -> torch.Tensor:
-    """Distribution alignment as USB writes it: Normalize(q (p_target + 1e-6) / (p_model + 1e-6))."""
+    """Distribution alignment as USB writes it:
+    Normalize(q (p_target + 1e-6) / (p_model + 1e-6))."""
     aligned = probs * (p_target + 1e-6) / (p_model + 1e-6)
     return aligned / aligned.sum(dim=-1, keepdim=True)
 

@@ -94,7 +94,8 @@ class CoMatch(PseudoLabeling):
             sim = torch.softmax(weak @ self.queue_feats.to(weak.dtype).t() / cfg.T, dim=1)
             probs = cfg.ALPHA * aligned + (1 - cfg.ALPHA) * sim @ self.queue_probs.to(weak.dtype)
         onehot = F.one_hot(dist.gather(out.batch["y"]), self.num_classes)
-        self.push(torch.cat([weak, labeled.to(weak.dtype)]), torch.cat([aligned, onehot.to(aligned.dtype)]))
+        self.push(torch.cat([weak, labeled.to(weak.dtype)]),
+                  torch.cat([aligned, onehot.to(aligned.dtype)]))
         conf, targets = probs.max(dim=-1)
         return PseudoLabels(targets, (conf >= self.cfg.th).float(), self.pace_selected(conf), probs)
 

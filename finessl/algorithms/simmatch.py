@@ -119,7 +119,8 @@ class SimMatch(PseudoLabeling):
         self.bank[idx] = F.normalize(m * self.bank[idx] + (1 - m) * labeled.to(self.bank.dtype), dim=0)
         self.bank_labels[idx] = dist.gather(out.batch["y"])
         conf, targets = probs.max(dim=-1)
-        return PseudoLabels(targets, (conf >= self.cfg.th).float(), self.pace_selected(conf), probs)
+        return PseudoLabels(targets, (conf >= self.cfg.th).float(), self.pace_selected(conf),
+                            probs)
 
     def extra_losses(self, logits_u, pl):
         views = self.outputs.views

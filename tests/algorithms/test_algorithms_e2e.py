@@ -107,5 +107,8 @@ def test_resume_after_a_crash_mid_epoch_is_exact(algorithm, cifar_root, tmp_path
     state_a, state_b = reference.algorithm.state_dict(), resumed.algorithm.state_dict()
     assert state_a.keys() == state_b.keys()
     for key in state_a:
+        if key == "modules":  # the algorithm's own heads: a state dict of their own
+            assert all(torch.equal(v, state_b[key][k]) for k, v in state_a[key].items()), key
+            continue
         assert torch.equal(torch.as_tensor(state_a[key]), torch.as_tensor(state_b[key])), key
     assert [r["top1"] for r in reference.history] == [r["top1"] for r in resumed.history]
