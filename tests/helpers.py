@@ -144,6 +144,8 @@ def side_by_side(algorithm, ref_model, reference, batches, lr=0.5, tol=1e-10):
             for p, g in zip(ours + theirs, g_ours + g_ref):
                 p.sub_(lr * g)
         yield logs, info
+
+
 class Normalizer:
     """A stand-in tower's input normalisation, as ``ImageTower.normalize``: float images
     are taken as already normalised."""

@@ -38,6 +38,7 @@ class Algorithm:
     order = 100  # its row in sweep tables: the paper's order for the built-ins, then by name
     dist: Dist = SINGLE  # set by build_algorithm; all-gathers for multi-process runs
     labeled_counts: torch.Tensor | None = None  # labeled images per class (build_algorithm)
+    num_labeled = 0  # size of the labeled set (set by build_algorithm before __init__)
     uses_unlabeled = True  # False: the loop feeds labeled batches only (no ``u_*`` keys)
     trains = True  # False: nothing to train, the run only evaluates (zero-shot CLIP)
     zero_shot_head = False  # True: the main head is CLIP's text classifier (build_model)
@@ -158,16 +159,6 @@ class Algorithm:
             self.modules.load_state_dict(state["modules"])
 
 
-def algorithm_class(cfg) -> type[Algorithm]:
-    """The class ``cfg`` trains with: ``algorithm``'s, with the imbalanced-SSL method
-    ``imb`` on top when one is named (finessl/algorithms/imb/)."""
-    chosen = ALGORITHMS.get(cfg.algorithm)
-    if cfg.get("imb") is None:
-        return chosen
-    from finessl.algorithms.imb import with_imb  # the package builds on this module
-    return with_imb(chosen, cfg.imb)
-
-
 @cross_check
 def _components_apply(cfg) -> None:
     """``bms True`` / ``dls True`` only with an algorithm they can apply to."""
@@ -176,13 +167,3 @@ def _components_apply(cfg) -> None:
     if why and asked:
         raise UserError(f"{' and '.join(k + ' True' for k in asked)}: algorithm {cfg.algorithm} "
                         f"{why}; drop {' and '.join(asked)}")
-
-
-def build_algorithm(cfg, model, num_classes, num_unlabeled, device,
-                    dist: Dist = SINGLE, labeled_counts: torch.Tensor | None = None) -> Algorithm:
-    """``labeled_counts``: the labeled set's images per class, for the methods that
-    read them (the imbalanced ones)."""
-    algorithm = algorithm_class(cfg)(cfg, model, num_classes, num_unlabeled, device)
-    algorithm.dist = dist
-    algorithm.labeled_counts = labeled_counts
-    return algorithm

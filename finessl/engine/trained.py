@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import yaml
 
-from finessl.algorithms.base import algorithm_class
+from finessl.algorithms import algorithm_class
 from finessl.config import RUN_CONFIG
 from finessl.config_load import load_config_dict
 from finessl.data.datasets import dataset_stats

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from finessl.algorithms import ALGORITHMS, build_algorithm
+from finessl.algorithms import ALGORITHMS, Algorithm, build_algorithm
 from finessl.algorithms.pseudo_labeling import PseudoLabeling, PseudoLabels
 from finessl.config import get_cfg_defaults
 from helpers import TableModel, ce, id_images
@@ -15,6 +15,9 @@ from helpers import TableModel, ce, id_images
 L = math.log
 CPU = torch.device("cpu")
 PSEUDO_LABELING = sorted(n for n, c in ALGORITHMS.items() if issubclass(c, PseudoLabeling))
+# those that run on a TableModel: no heads of their own on the backbone's features (the
+# others' state is checked in their own tests and by the end-to-end resume)
+ON_TABLES = [n for n in PSEUDO_LABELING if ALGORITHMS.get(n).extra_modules is Algorithm.extra_modules]
 
 
 def _build(name, main=None, aux=None, num_classes=3, num_unlabeled=4, **keys):
@@ -290,7 +293,7 @@ def _random_run(name, seed, steps):
     return algo, batches
 
 
-@pytest.mark.parametrize("name", PSEUDO_LABELING)
+@pytest.mark.parametrize("name", ON_TABLES)
 def test_state_dict_round_trip_restores_every_tensor(name):
     algo, batches = _random_run(name, seed=0, steps=3)
     initial = algo.state_dict()
