@@ -32,7 +32,7 @@ PAPER_METHODS = {"finessl", "supervised", "zeroshot", "pseudolabel", "fixmatch",
 def test_every_paper_method_is_registered_and_unknown_names_are_refused():
     assert PAPER_METHODS <= set(ALGORITHMS)
     assert PAPER_METHODS - {"zeroshot", "semikd"} <= set(TRAINED)  # no training: zero-shot
-    with pytest.raises(UserError, match="algorithm: 'mymatch' is not one of debiaspl") as info:
+    with pytest.raises(UserError, match="algorithm: 'mymatch' is not one of ") as info:
         load_config(None, ["algorithm", "mymatch"])
     assert all(name in str(info.value) for name in ALGORITHMS)
 
@@ -107,5 +107,9 @@ def test_resume_after_a_crash_mid_epoch_is_exact(algorithm, cifar_root, tmp_path
     state_a, state_b = reference.algorithm.state_dict(), resumed.algorithm.state_dict()
     assert state_a.keys() == state_b.keys()
     for key in state_a:
-        assert torch.equal(torch.as_tensor(state_a[key]), torch.as_tensor(state_b[key])), key
+        if key == "modules":  # the weights of the algorithm's own heads (extra_modules)
+            for name in state_a[key]:
+                assert torch.equal(state_a[key][name], state_b[key][name]), name
+        else:
+            assert torch.equal(torch.as_tensor(state_a[key]), torch.as_tensor(state_b[key])), key
     assert [r["top1"] for r in reference.history] == [r["top1"] for r in resumed.history]
