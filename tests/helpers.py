@@ -30,6 +30,18 @@ class Lookup(nn.Module):
         return feat @ self.table + self.shift
 
 
+class OneHot(nn.Module):
+    """A TableModel's 'backbone': the image id stored in pixel [0, 0, 0], one-hot
+    (``feat_dim`` wide, so that the heads of an algorithm's own fit it)."""
+
+    def __init__(self, num_ids):
+        super().__init__()
+        self.feat_dim = num_ids
+
+    def forward(self, images):
+        return nn.functional.one_hot(images[:, 0, 0, 0].long(), self.feat_dim).float()
+
+
 class TableModel(nn.Module):
     """Fixed (main, aux) logits, looked up by the image id stored in pixel [0, 0, 0]."""
 
@@ -37,9 +49,7 @@ class TableModel(nn.Module):
         super().__init__()
         self.num_ids = main.shape[0]
         self.head, self.aux_head = Lookup(main), Lookup(aux)
-
-    def backbone(self, images):
-        return nn.functional.one_hot(images[:, 0, 0, 0].long(), self.num_ids).float()
+        self.backbone = OneHot(self.num_ids)
 
     def forward(self, images, detach_aux=True, features=False):
         feat = self.backbone(images)

@@ -14,7 +14,7 @@ from helpers import TableModel
 
 # the rules that read more of the step than the weak logits (the labeled batch, features:
 # ``PseudoLabeling.outputs``) are checked in their own tests
-READS_THE_STEP = {"adamatch", "simmatch", "comatch"}
+READS_THE_STEP = {"adamatch", "simmatch", "comatch", "acr"}
 PSEUDO_LABELING = sorted(n for n, c in ALGORITHMS.items()
                          if issubclass(c, PseudoLabeling) and n not in READS_THE_STEP)
 C, N_U, B = 100, 50_000, 64

@@ -15,9 +15,9 @@ both. With N_c the labeled images of class c, mu_c = min_k N_k / N_c, e the epoc
 - L = L_base + ``ABC.LOSS_RATIO`` * (L_abc_x + L_abc_u),
   B(p) a Bernoulli draw (one per sample and step, the same for both strong views).
 
-Inference uses g, as USB evaluates (``out_key='logits_aux'``): :meth:`evaluation_weights`
-puts g's weights into the model's head while the trainer evaluates, and
-:meth:`evaluated_state` does the same for a rebuilt run (predict, eval_only).
+Inference uses g, as USB evaluates (``out_key='logits_aux'``): g's weights take the
+model's head while the trainer evaluates, and in a rebuilt run (predict, eval_only)
+(:class:`finessl.algorithms.heads.EvaluatedByOwnHead`).
 
 Defaults are USB's (p_cutoff 0.95, loss ratio 1; the paper's too). Differences: g is a
 cosine head like the model's own (USB: a linear layer; here the heads are cosine ones,
@@ -27,11 +27,10 @@ the base algorithm's heads as they do without ABC; g is trained by ABC's loss on
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 
+from finessl.algorithms.heads import EvaluatedByOwnHead
 from finessl.algorithms.imb import ImbMethod, register_imb
 from finessl.config import declare, non_negative, threshold
 from finessl.models.heads import CosineHead
@@ -49,7 +48,9 @@ def bernoulli_mask(keep: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 @register_imb("abc")
-class ABC(ImbMethod):
+class ABC(EvaluatedByOwnHead, ImbMethod):
+    evaluated_head = HEAD
+
     def extra_modules(self, feat_dim):
         return {**super().extra_modules(feat_dim), HEAD: CosineHead(feat_dim, self.num_classes)}
 
@@ -74,26 +75,3 @@ class ABC(ImbMethod):
                   * mask.repeat(out.views)).mean()
         losses["abc"] = cfg.ABC.LOSS_RATIO * (loss_x + loss_u)
         return losses
-
-    @contextlib.contextmanager
-    def evaluation_weights(self):
-        """The model's head holds g's weights inside the block (ABC infers with g)."""
-        with super().evaluation_weights():
-            head = self.model.head
-            own = {k: v.detach().clone() for k, v in head.state_dict().items()}
-            head.load_state_dict(self.modules[HEAD].state_dict())
-            try:
-                yield
-            finally:
-                head.load_state_dict(own)
-
-    @classmethod
-    def evaluated_state(cls, state):
-        """The base's evaluated tensors, with g's weights as the model's head."""
-        if state is None:
-            return super().evaluated_state(state)
-        evaluated = dict(super().evaluated_state(state) or {})
-        prefix = HEAD + "."
-        evaluated.update({"head." + k[len(prefix):]: v for k, v in state["modules"].items()
-                          if k.startswith(prefix)})
-        return evaluated
