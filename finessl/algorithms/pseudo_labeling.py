@@ -105,6 +105,11 @@ class PseudoLabeling(Algorithm):
         """Logits L_u is computed on (DebiasPL adds its adaptive margin here)."""
         return logits
 
+    def class_weights(self, labeled: bool) -> torch.Tensor | None:
+        """Per-class factors (C) of the per-sample terms of L_x (``labeled``) or L_u, by
+        the sample's (pseudo-)label (SAW); None: none."""
+        return None
+
     def extra_losses(self, logits_u: torch.Tensor, pl: PseudoLabels) -> dict[str, torch.Tensor]:
         """Further loss terms, added to L with weight 1 (FreeMatch's fairness loss);
         ``pl`` is this rank's part of the batch, ``self.outputs`` the step's outputs."""
@@ -162,7 +167,12 @@ class PseudoLabeling(Algorithm):
         labeled_logits = logits_x
         if self.bms and cfg.bms_labeled:
             labeled_logits = add_margin(logits_x, y, margins)
-        losses = {"x": F.cross_entropy(labeled_logits, y)}
+        factors = self.class_weights(labeled=True)
+        if factors is None:
+            losses = {"x": F.cross_entropy(labeled_logits, y)}
+        else:
+            ce_x = F.cross_entropy(labeled_logits, y, reduction="none")
+            losses = {"x": (ce_x * factors[y].to(ce_x.dtype)).mean()}
         unlabeled_logits = self.adjust_unlabeled_logits(logits_u)
         if self.bms:
             unlabeled_logits = add_margin(unlabeled_logits, targets, margins)
@@ -171,6 +181,9 @@ class PseudoLabeling(Algorithm):
             weight = conf_aux * (conf_aux >= cfg.th_min)
         else:
             weight = pl.weight
+        factors = self.class_weights(labeled=False)
+        if factors is not None:
+            weight = weight * factors[pl.targets].to(weight.dtype)
         weight = weight.repeat(views)
         if pl.soft is None:
             per_sample = F.cross_entropy(unlabeled_logits, targets, reduction="none")
