@@ -9,12 +9,17 @@ import os
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from conftest import TINY_VIT
+from conftest import TINY_VIT, tiny_args
 from finessl.algorithms import build_algorithm
 from finessl.config import get_cfg_defaults
+from finessl.config_load import load_config
+from finessl.engine.run import restore
+from finessl.engine.trainer import Trainer
 from finessl.errors import UserError
 from finessl.models import build_model
+from finessl.models.heads import CosineHead
 
 
 # ---- models of fixed logits (test_losses, test_algorithms, consistency methods) ------
@@ -222,6 +227,149 @@ def algorithm_config(algorithm: str, num_epochs: int = 1, total_steps: int = 10,
         node, leaf = key.split("__")
         cfg[node][leaf] = value
     return cfg
+
+
+# ---- imbalanced methods on FixMatch in fp64 (test_imb_*) -------------------------------
+IMB_C, IMB_D_IN, IMB_FEAT = 3, 12, 5
+IMB_LABELED_COUNTS = torch.tensor([10, 5, 2])
+
+
+class ImbModel(nn.Module):
+    """A linear 'backbone' and the two cosine heads, in fp64."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Linear(IMB_D_IN, IMB_FEAT)
+        self.backbone.feat_dim = IMB_FEAT
+        self.head, self.aux_head = CosineHead(IMB_FEAT, IMB_C), CosineHead(IMB_FEAT, IMB_C)
+
+    def forward(self, images, detach_aux=True, features=False):
+        feat = self.backbone(images.flatten(1))
+        out = self.head(feat), self.aux_head(feat.detach() if detach_aux else feat)
+        return (*out, feat) if features else out
+
+
+def build_imb(imb, num_unlabeled=12, algorithm="fixmatch", **keys):
+    """(cfg, model, algorithm) of ``algorithm`` + ``imb`` on a fp64 ImbModel; ``keys``
+    as ``NODE__LEAF=value`` (or a top-level ``leaf=value``)."""
+    cfg = get_cfg_defaults()
+    cfg.algorithm, cfg.imb, cfg.num_epochs = algorithm, imb, 4
+    for key, value in keys.items():
+        node, _, leaf = key.rpartition("__")
+        setattr(getattr(cfg, node) if node else cfg, leaf, value)
+    torch.manual_seed(0)
+    model = ImbModel().double()
+    algo = build_algorithm(cfg, model, IMB_C, num_unlabeled, torch.device("cpu"),
+                           labeled_counts=IMB_LABELED_COUNTS)
+    algo.modules.double()
+    return cfg, model, algo
+
+
+def imb_batch(step, n_x=4, n_u=6, num_unlabeled=12):
+    g = torch.Generator().manual_seed(100 + step)
+    images = lambda n: torch.randn(n, 3, 2, 2, generator=g, dtype=torch.float64)  # noqa: E731
+    u_idx = torch.randperm(num_unlabeled, generator=g)[:n_u]
+    return {"x": images(n_x), "y": torch.randint(0, IMB_C, (n_x,), generator=g),
+            "u_w": images(n_u), "u_s1": images(n_u), "u_s2": images(n_u), "u_idx": u_idx,
+            "u_true": torch.randint(0, IMB_C, (n_u,), generator=g)}
+
+
+def cosine(x, head):
+    """A cosine head, by hand: s * x/|x| . W/|W|."""
+    w = head["weight"]
+    return head["logit_scale"] * (x / x.norm(dim=-1, keepdim=True)) @ (w / w.norm(dim=-1, keepdim=True)).t()
+
+
+def linear_features(p):
+    """The ImbModel's backbone, by hand, from the parameters ``p``."""
+    return lambda x: x.flatten(1) @ p["backbone.weight"].t() + p["backbone.bias"]
+
+
+def main_head(p):
+    return {"weight": p["head.weight"], "logit_scale": p["head.logit_scale"]}
+
+
+def fixmatch_loss(p, b, th, w_con, targets=None, mask=None, lb_weights=None, ulb_weights=None):
+    """FixMatch (Sohn et al. Eq. 2) on both strong views: ``targets`` replace argmax,
+    ``mask`` the confidence mask; ``lb_weights`` / ``ulb_weights`` (C) weight each
+    sample's term by its (pseudo-)label's class."""
+    f = linear_features(p)
+    head = main_head(p)
+    ce_x = F.cross_entropy(cosine(f(b["x"]), head), b["y"], reduction="none")
+    loss_x = (ce_x * (1 if lb_weights is None else lb_weights[b["y"]])).mean()
+    with torch.no_grad():
+        conf, argmax = torch.softmax(cosine(f(b["u_w"]), head), -1).max(-1)
+    targets = argmax if targets is None else targets
+    mask = (conf >= th).double() if mask is None else mask
+    if ulb_weights is not None:
+        mask = mask * ulb_weights[targets]
+    loss_u = sum((F.cross_entropy(cosine(f(b[v]), head), targets, reduction="none") * mask).sum()
+                 for v in ("u_s1", "u_s2")) / (2 * len(targets))
+    return loss_x + w_con * loss_u, f, conf
+
+
+def weak_probs(p, b):
+    """softmax of the main head on the weak view (no autograd)."""
+    with torch.no_grad():
+        return torch.softmax(cosine(linear_features(p)(b["u_w"]), main_head(p)), -1)
+
+
+def compare_grads(loss, params, ours):
+    """Our parameters' .grad against the transcription's (None: unused, as the aux head)."""
+    grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+    for (name, g), p in zip(zip(params, grads), ours):
+        if g is None:
+            assert p.grad is None or not p.grad.any(), name
+        else:
+            assert torch.allclose(p.grad, g, atol=1e-6, rtol=0), name
+
+
+def leaf_params(named):
+    return {n: p.detach().clone().requires_grad_(True) for n, p in named}
+
+
+class Killed(Exception):
+    pass
+
+
+def assert_imb_resume_exact(imb, cifar_root, tmp_path, steps=4, **keys):
+    """A run of FixMatch + ``imb`` killed mid-epoch two and resumed ends as the run
+    that was not: weights, the algorithm's state and the evaluations."""
+    def trainer(folder, write_split=True):
+        opts = tiny_args(cifar_root, str(tmp_path / folder), algorithm="fixmatch", imb=imb,
+                         num_epochs=2, total_steps=steps, th=0.3, **keys)
+        return Trainer(load_config(None, opts), str(tmp_path / folder), seed=3,
+                       write_split=write_split)
+
+    reference = trainer("reference")
+    reference.fit()
+    crashed = trainer("crashed")
+    calls = {"n": 0}
+    step = crashed.algorithm.train_step
+
+    def crash_in_epoch_two(batch):
+        calls["n"] += 1
+        if calls["n"] == steps + steps // 2:
+            raise Killed
+        return step(batch)
+    crashed.algorithm.train_step = crash_in_epoch_two
+    with pytest.raises(Killed):
+        crashed.fit()
+    resumed = trainer("crashed", write_split=False)
+    restore(resumed, str(tmp_path / "crashed"))
+    resumed.fit()
+    a, b = reference.model.trainable_state_dict(), resumed.model.trainable_state_dict()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    state_a, state_b = reference.algorithm.state_dict(), resumed.algorithm.state_dict()
+    assert state_a.keys() == state_b.keys()
+    for key in state_a:
+        if key != "modules":
+            assert torch.equal(torch.as_tensor(state_a[key]), torch.as_tensor(state_b[key])), key
+    for key in state_a.get("modules", {}):
+        assert torch.equal(state_a["modules"][key], state_b["modules"][key]), key
+    assert [r["top1"] for r in reference.history] == [r["top1"] for r in resumed.history]
+    return reference
 
 
 # ---- one step of the tiny ViT (test_step_equivalence, test_peft) ---------------------

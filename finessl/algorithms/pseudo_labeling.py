@@ -108,14 +108,29 @@ class PseudoLabeling(Algorithm):
         rank's: gather what a global statistic needs with ``self.dist.gather``)."""
         raise NotImplementedError
 
-    def labeled_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """L_x on the labeled logits (with BMS's margins where on): the mean cross-entropy
-        (UDA anneals it: training-signal annealing)."""
-        return F.cross_entropy(logits, y)
+    def labeled_loss(self, logits: torch.Tensor, y: torch.Tensor,
+                     sample_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """L_x on the labeled logits (with BMS's margins where on): the mean cross-entropy,
+        each sample's term times its class's factor (``class_weights``: SAW) and its
+        ``sample_weights`` (UDA's training-signal annealing masks some)."""
+        factors = self.class_weights(labeled=True)
+        if factors is None and sample_weights is None:
+            return F.cross_entropy(logits, y)
+        ce = F.cross_entropy(logits, y, reduction="none")
+        if factors is not None:
+            ce = ce * factors[y].to(ce.dtype)
+        if sample_weights is not None:
+            ce = ce * sample_weights
+        return ce.mean()
 
     def adjust_unlabeled_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits L_u is computed on (DebiasPL adds its adaptive margin here)."""
         return logits
+
+    def class_weights(self, labeled: bool) -> torch.Tensor | None:
+        """Per-class factors (C) of the per-sample terms of L_x (``labeled``) or L_u, by
+        the sample's (pseudo-)label (SAW); None: none."""
+        return None
 
     def extra_losses(self, logits_u: torch.Tensor, pl: PseudoLabels) -> dict[str, torch.Tensor]:
         """Further loss terms, added to L with weight 1 (FreeMatch's fairness loss);
@@ -189,6 +204,9 @@ class PseudoLabeling(Algorithm):
             weight = conf_aux * (conf_aux >= cfg.th_min)
         else:
             weight = pl.weight
+        factors = self.class_weights(labeled=False)
+        if factors is not None:
+            weight = weight * factors[pl.targets].to(weight.dtype)
         weight = weight.repeat(views)
         if pl.soft is None:
             per_sample = F.cross_entropy(unlabeled_logits, targets, reduction="none")

@@ -63,7 +63,7 @@ class UDA(PseudoLabeling):
         progress = int(self.it) / (cfg.num_epochs * cfg.total_steps)
         eta = tsa_threshold(cfg.UDA.TSA, progress, self.num_classes)
         conf = torch.softmax(self.outputs.logits_x.detach(), dim=-1).max(dim=-1).values
-        return (F.cross_entropy(logits, y, reduction="none") * (conf <= eta)).mean()
+        return super().labeled_loss(logits, y, (conf <= eta).to(logits.dtype))
 
     def train_step(self, batch):
         out = super().train_step(batch)

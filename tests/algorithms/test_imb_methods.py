@@ -8,93 +8,19 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from scipy import optimize
 
-from conftest import tiny_args
 from finessl.algorithms import build_algorithm
 from finessl.config import get_cfg_defaults
 from finessl.config_load import load_config
-from finessl.engine.run import restore
-from finessl.engine.trainer import Trainer
-from finessl.models.heads import CosineHead
-from helpers import one_line_error
-
-C, D_IN, FEAT = 3, 12, 5
-LABELED_COUNTS = torch.tensor([10, 5, 2])
-
-
-class LinearModel(nn.Module):
-    """A linear 'backbone' and the two cosine heads, in fp64."""
-
-    def __init__(self):
-        super().__init__()
-        self.backbone = nn.Linear(D_IN, FEAT)
-        self.backbone.feat_dim = FEAT
-        self.head, self.aux_head = CosineHead(FEAT, C), CosineHead(FEAT, C)
-
-    def forward(self, images, detach_aux=True, features=False):
-        feat = self.backbone(images.flatten(1))
-        out = self.head(feat), self.aux_head(feat.detach() if detach_aux else feat)
-        return (*out, feat) if features else out
-
-
-def build(imb, num_unlabeled=12, **keys):
-    cfg = get_cfg_defaults()
-    cfg.algorithm, cfg.imb, cfg.num_epochs = "fixmatch", imb, 4
-    for key, value in keys.items():
-        node, leaf = key.split("__")
-        setattr(getattr(cfg, node), leaf, value)
-    torch.manual_seed(0)
-    model = LinearModel().double()
-    algo = build_algorithm(cfg, model, C, num_unlabeled, torch.device("cpu"),
-                           labeled_counts=LABELED_COUNTS)
-    algo.modules.double()
-    return cfg, model, algo
-
-
-def batch(step, n_x=4, n_u=6, num_unlabeled=12):
-    g = torch.Generator().manual_seed(100 + step)
-    images = lambda n: torch.randn(n, 3, 2, 2, generator=g, dtype=torch.float64)  # noqa: E731
-    u_idx = torch.randperm(num_unlabeled, generator=g)[:n_u]
-    return {"x": images(n_x), "y": torch.randint(0, C, (n_x,), generator=g), "u_w": images(n_u),
-            "u_s1": images(n_u), "u_s2": images(n_u), "u_idx": u_idx,
-            "u_true": torch.randint(0, C, (n_u,), generator=g)}
-
-
-def cosine(x, head):
-    """A cosine head, by hand: s * x/|x| . W/|W|."""
-    w = head["weight"]
-    return head["logit_scale"] * (x / x.norm(dim=-1, keepdim=True)) @ (w / w.norm(dim=-1, keepdim=True)).t()
-
-
-def fixmatch_loss(p, b, th, w_con, targets=None):
-    """FixMatch (Sohn et al. Eq. 2) on both strong views; ``targets`` replace argmax."""
-    f = lambda x: x.flatten(1) @ p["backbone.weight"].t() + p["backbone.bias"]  # noqa: E731
-    head = {"weight": p["head.weight"], "logit_scale": p["head.logit_scale"]}
-    loss_x = F.cross_entropy(cosine(f(b["x"]), head), b["y"])
-    with torch.no_grad():
-        conf, argmax = torch.softmax(cosine(f(b["u_w"]), head), -1).max(-1)
-    targets = argmax if targets is None else targets
-    mask = (conf >= th).double()
-    loss_u = sum((F.cross_entropy(cosine(f(b[v]), head), targets, reduction="none") * mask).sum()
-                 for v in ("u_s1", "u_s2")) / (2 * len(targets))
-    return loss_x + w_con * loss_u, f, conf
-
-
-def compare_grads(loss, params, ours):
-    """Our parameters' .grad against the transcription's (None: unused, as the aux head)."""
-    grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
-    for (name, g), p in zip(zip(params, grads), ours):
-        if g is None:
-            assert p.grad is None or not p.grad.any(), name
-        else:
-            assert torch.allclose(p.grad, g, atol=1e-6, rtol=0), name
-
-
-def leaf_params(named):
-    return {n: p.detach().clone().requires_grad_(True) for n, p in named}
+from helpers import IMB_C as C
+from helpers import IMB_LABELED_COUNTS as LABELED_COUNTS
+from helpers import ImbModel, assert_imb_resume_exact
+from helpers import build_imb as build
+from helpers import compare_grads, cosine, fixmatch_loss
+from helpers import imb_batch as batch
+from helpers import leaf_params, one_line_error
 
 
 # ---- ABC ------------------------------------------------------------------------------
@@ -246,50 +172,10 @@ def test_method_label_names_the_imbalanced_method():
     assert build("abc")[2].method_label() == "fixmatch+abc"
     cfg = get_cfg_defaults()
     cfg.algorithm, cfg.imb, cfg.bms = "fixmatch", "darp", True
-    algo = build_algorithm(cfg, LinearModel(), C, 4, torch.device("cpu"))
+    algo = build_algorithm(cfg, ImbModel(), C, 4, torch.device("cpu"))
     assert algo.method_label() == "fixmatch+darp+bms" and algo.name == "fixmatch"
-
-
-class Killed(Exception):
-    pass
 
 
 @pytest.mark.parametrize("imb", ["abc", "darp"])
 def test_resume_after_a_crash_mid_epoch_is_exact(imb, cifar_root, tmp_path):
-    steps = 4
-
-    def trainer(folder, write_split=True):
-        opts = tiny_args(cifar_root, str(tmp_path / folder), algorithm="fixmatch", imb=imb,
-                         num_epochs=2, total_steps=steps, th=0.3, **{"DARP.WARMUP": 0,
-                                                                     "DARP.PERIOD": 3})
-        return Trainer(load_config(None, opts), str(tmp_path / folder), seed=3,
-                       write_split=write_split)
-
-    reference = trainer("reference")
-    reference.fit()
-    crashed = trainer("crashed")
-    calls = {"n": 0}
-    step = crashed.algorithm.train_step
-
-    def crash_in_epoch_two(batch):
-        calls["n"] += 1
-        if calls["n"] == steps + steps // 2:
-            raise Killed
-        return step(batch)
-    crashed.algorithm.train_step = crash_in_epoch_two
-    with pytest.raises(Killed):
-        crashed.fit()
-    resumed = trainer("crashed", write_split=False)
-    restore(resumed, str(tmp_path / "crashed"))
-    resumed.fit()
-    a, b = reference.model.trainable_state_dict(), resumed.model.trainable_state_dict()
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
-    state_a, state_b = reference.algorithm.state_dict(), resumed.algorithm.state_dict()
-    assert state_a.keys() == state_b.keys()
-    for key in state_a:
-        if key != "modules":
-            assert torch.equal(torch.as_tensor(state_a[key]), torch.as_tensor(state_b[key])), key
-    for key in state_a.get("modules", {}):
-        assert torch.equal(state_a["modules"][key], state_b["modules"][key]), key
-    assert [r["top1"] for r in reference.history] == [r["top1"] for r in resumed.history]
+    assert_imb_resume_exact(imb, cifar_root, tmp_path, **{"DARP.WARMUP": 0, "DARP.PERIOD": 3})

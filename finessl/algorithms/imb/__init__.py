@@ -24,7 +24,7 @@ from finessl.registry import Registry, import_package_modules
 IMB_METHODS = Registry("method for imbalanced SSL", "imb", config_key=False)
 register_imb = IMB_METHODS.register
 
-declare("imb", None, "imbalanced-SSL method applied on top of the pseudo-labelling 'algorithm': abc or darp (null = none; finessl/algorithms/imb/)", types=(str,))
+declare("imb", None, "imbalanced-SSL method applied on top of the pseudo-labelling 'algorithm': abc, darp, saw, adsh, crest+, daso (null = none; finessl/algorithms/imb/)", types=(str,))
 
 
 class ImbMethod:
