@@ -193,7 +193,7 @@ declare("grad_checkpointing", False, "recompute block activations in backward: l
 declare("compile", False, "torch.compile the backbone forward (fused kernels; first steps compile)")
 
 # ---- algorithm (docs/method.md §3, §5) ---------------------------------------------------
-declare("algorithm", "finessl", "finessl, supervised, zeroshot, pseudolabel, fixmatch, flexmatch, freematch, softmatch, debiaspl, semikd (a trained run teaches a student: KD True, docs/semikd.md)")
+declare("algorithm", "finessl", "the training method: finessl, supervised, zeroshot, semikd (a trained run teaches a student: KD True, docs/semikd.md), any of USB's (fixmatch, flexmatch, ...) or acr; the registered names are listed in docs/algorithms.md")
 declare("bms", None, "Balanced Margin Softmax on/off; None = on for finessl only", types=(bool,))
 declare("dls", None, "Decoupled Label Smoothing (aux head) on/off; None = on for finessl only", types=(bool,))
 declare("bms_fixed_alpha", False, "ablation: margin spread fixed to alpha instead of (max-min pace) * alpha")
