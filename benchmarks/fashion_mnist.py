@@ -74,13 +74,14 @@ def method_rows() -> list[tuple[str, str, list[str]]]:
 
 
 # table -> its rows (setting, method, overrides). "methods": method_rows(). "lt": where
-# the bias is real (docs/results.md): the long-tailed split, and FineSSL on a reversed
-# unlabeled set.
+# the bias is real (docs/results.md): the long-tailed split with the imbalanced-SSL
+# methods of issue 25's table (ABC, DARP, ACR), and FineSSL on a reversed unlabeled set.
 TABLES = {
     "methods": method_rows,
     "lt": lambda: [(LT, m, _ALGO(m)) for m in ("supervised", "fixmatch", "finessl")] + [
         (LT_REV, "finessl", _ALGO("finessl"))] + [
-        (LT, f"fixmatch+{imb}", ["algorithm", "fixmatch", "imb", imb]) for imb in ("abc", "darp")],
+        (LT, f"fixmatch+{imb}", ["algorithm", "fixmatch", "imb", imb]) for imb in ("abc", "darp")] + [
+        (LT, "acr", _ALGO("acr"))],
     # choosing without peeking (docs/selection.md): 5 validation images per class held
     # out, three methods at three learning rates, for main.py select
     "select": lambda: [(VAL, f"{m}+lr{lr}", ["algorithm", m, "lr", lr])

@@ -63,13 +63,17 @@ TABLE6 = {  # Table 6's variant -> the KEY VALUE overrides that make it
 # published figures (``reference_top1``) under the same row names.
 LT_SETTINGS = ["cifar10_lt_r100", "cifar10_lt_r100_rev", "cifar10_lt_r150",
                "cifar100_lt_r10", "cifar100_lt_r10_rev", "cifar100_lt_r15"]
-IMB = {
-    "supervised": ["algorithm", "supervised"],
-    "fixmatch": ["algorithm", "fixmatch"],
-    "finessl": ["algorithm", "finessl"],
-    "fixmatch+abc": ["algorithm", "fixmatch", "imb", "abc"],
-    "fixmatch+darp": ["algorithm", "fixmatch", "imb", "darp"],
-}
+
+
+def imb_rows() -> dict[str, list[str]]:
+    """The long-tailed table's rows: the labeled-only, FixMatch and FineSSL baselines,
+    ACR, FixMatch with each imbalanced-SSL method of the registry (its order: a new
+    method file adds its row) and DebiasPL (USB's "fixmatch+debiaspl")."""
+    from finessl.algorithms.imb import IMB_METHODS
+    rows = {m: ["algorithm", m] for m in ("supervised", "fixmatch", "finessl", "acr")}
+    rows.update({f"fixmatch+{m}": ["algorithm", "fixmatch", "imb", m] for m in IMB_METHODS})
+    rows["fixmatch+debiaspl"] = ["algorithm", "debiaspl"]
+    return rows
 
 
 @dataclass(frozen=True)
@@ -252,7 +256,7 @@ def plan(table: str, settings: list[str], files: list[str], methods: list[str] |
     """The runs of one of the paper's sweeps, config by config, method by method, seed
     by seed. ``peft``'s row is ``vpt_deep`` for a paper setting, ``finessl`` for a
     config file (run with ``algorithm finessl``)."""
-    rows_of = {"table6": TABLE6, "imb": IMB}.get(table)
+    rows_of = {"table6": TABLE6, "imb": imb_rows()}.get(table) if table in ("table6", "imb") else None
     if rows_of is not None:
         unknown = [m for m in methods or () if m not in rows_of]
         if unknown:

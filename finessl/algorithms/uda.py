@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from finessl.algorithms.base import register
 from finessl.algorithms.pseudo_labeling import PseudoLabeling, PseudoLabels

@@ -22,7 +22,6 @@ from finessl.engine.batches import Batch, epoch_batches, train_loaders
 from finessl.engine.checkpoint import seed_everything, training_state, where, write_checkpoint
 from finessl.engine.device import Precision
 from finessl.engine.guard import Diverged, StepGuard
-from finessl.errors import UserError
 from finessl.io import remove_orphan_temps
 from finessl.logs import PROGRESS
 from finessl.engine.evaluate import evaluate, held_out
