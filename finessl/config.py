@@ -86,6 +86,16 @@ def cross_check(check: Callable[[CN], None]) -> Callable[[CN], None]:
     return check
 
 
+def starts_within_the_run(key: str, value: int, first: int, last: int, unit: str,
+                          method: str) -> None:
+    """A warm-up key (``key`` = ``value``) after which ``method`` acts from ``unit``
+    ``first`` (from 1) on must leave it room in a run of ``last`` of them: otherwise the
+    run is silently its base algorithm."""
+    if first > last:
+        raise UserError(f"{key} {value}: {method} would act from {unit} {first} on, past "
+                        f"the run's last ({last}); set {key} to at most {value - (first - last)}")
+
+
 def show(value) -> str:
     """A value in a one-line message: strings quoted (so a newline shows as \\n), long
     values cut."""

@@ -168,6 +168,18 @@ def test_imb_is_checked_at_config_time_in_one_line():
     assert load_config(None, ["algorithm", "flexmatch", "imb", "darp"]).imb == "darp"
 
 
+def test_a_warm_up_that_outlasts_the_run_is_refused():
+    """Otherwise the run is silently FixMatch: DARP refines from epoch WARMUP + 2 (from 1),
+    DASO blends from step NUM_PRETRAIN_ITER + 1."""
+    short = ["algorithm", "fixmatch", "num_epochs", "8", "total_steps", "50"]
+    one_line_error(load_config, None, short + ["imb", "darp"],
+                   names=("DARP.WARMUP 12", "epoch 14", "(8)", "at most 6"))
+    assert load_config(None, short + ["imb", "darp", "DARP.WARMUP", "6"]).DARP.WARMUP == 6
+    one_line_error(load_config, None, short + ["imb", "daso"],
+                   names=("DASO.NUM_PRETRAIN_ITER 500", "step 501", "(400)", "at most 399"))
+    assert load_config(None, short + ["imb", "daso", "DASO.NUM_PRETRAIN_ITER", "399"])
+
+
 def test_method_label_names_the_imbalanced_method():
     assert build("abc")[2].method_label() == "fixmatch+abc"
     cfg = get_cfg_defaults()

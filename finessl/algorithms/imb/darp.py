@@ -44,7 +44,7 @@ import torch
 
 from finessl.algorithms.imb import ImbMethod, register_imb
 from finessl.algorithms.pseudo_labeling import PseudoLabels
-from finessl.config import declare, non_negative, positive
+from finessl.config import cross_check, declare, non_negative, positive, starts_within_the_run
 
 declare("DARP.WARMUP", 12, "DARP refines pseudo-labels from the epoch after this one on (epochs from 0)", check=non_negative)
 declare("DARP.PERIOD", 10, "DARP re-solves its refinery every K steps of an epoch", check=positive)
@@ -120,3 +120,10 @@ class DARP(ImbMethod):
         refined = self.darp_refine[idx]
         return PseudoLabels(refined.argmax(dim=-1), pl.weight, pl.selected,
                             None if pl.soft is None else refined.to(pl.soft.dtype))
+
+
+@cross_check
+def _darp_acts(cfg) -> None:
+    if cfg.imb == "darp":  # refines from epoch WARMUP + 1 (from 0) on
+        starts_within_the_run("DARP.WARMUP", cfg.DARP.WARMUP, cfg.DARP.WARMUP + 2,
+                              cfg.num_epochs, "epoch", "DARP")

@@ -40,7 +40,8 @@ import torch.nn.functional as F
 
 from finessl.algorithms.imb import ImbMethod, register_imb
 from finessl.algorithms.pseudo_labeling import PseudoLabels
-from finessl.config import declare, non_negative, positive, threshold
+from finessl.config import (cross_check, declare, non_negative, positive, starts_within_the_run,
+                            threshold)
 from finessl.losses import soft_cross_entropy
 
 declare("DASO.QUEUE_LEN", 256, "DASO: labeled features kept per class for the prototypes", check=positive)
@@ -129,3 +130,11 @@ class DASO(ImbMethod):
             sim_s = self.similarities(out.feat_u.to(self.daso_queue.dtype), self.daso_prototypes)
             losses["assign"] = self.cfg.DASO.ASSIGN_LOSS_RATIO * soft_cross_entropy(sim_s, q).mean()
         return losses
+
+
+@cross_check
+def _daso_acts(cfg) -> None:
+    if cfg.imb == "daso":  # blends from step NUM_PRETRAIN_ITER (from 0) on
+        starts_within_the_run("DASO.NUM_PRETRAIN_ITER", cfg.DASO.NUM_PRETRAIN_ITER,
+                              cfg.DASO.NUM_PRETRAIN_ITER + 1, cfg.num_epochs * cfg.total_steps,
+                              "step", "DASO")
