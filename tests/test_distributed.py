@@ -38,12 +38,14 @@ def _run(opts, out, dist=None):
             "algorithm": trainer.algorithm.state_dict(), "history": trainer.history}
 
 
-def _rank(rank, world, port, opts, out):
+def _rank(rank, world, port, runs):
+    """One rank: every (opts, out) of ``runs`` in turn, in one process group (one spawn
+    for all the algorithms: a spawn is seconds of imports per process)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     dist = init_distributed()
-    state = _run(opts, out, dist)
-    torch.save(state, os.path.join(out, f"rank{rank}.pt"))
+    for opts, out in runs:
+        torch.save(_run(opts, out, dist), os.path.join(out, f"rank{rank}.pt"))
     torch.distributed.destroy_process_group()
 
 
@@ -53,28 +55,42 @@ def _losses(run_dir):
     return [e.value for e in events.Scalars("train/loss/total")]
 
 
-@pytest.mark.parametrize("algorithm", ["finessl", "flexmatch", "freematch"])  # state of each kind: pace memory, label memory, EMAs with a loss of their own
-def test_two_processes_match_one_with_the_same_global_batch(algorithm, cifar_root, tmp_path):
-    single_dir, multi_dir = str(tmp_path / "single"), str(tmp_path / "multi")
-    os.makedirs(multi_dir)
-    single = _run(tiny_args(cifar_root, single_dir, algorithm=algorithm, **SETTINGS), single_dir)
-    opts = tiny_args(cifar_root, multi_dir, algorithm=algorithm, **SETTINGS)
-    mp.spawn(_rank, args=(2, _free_port(), opts, multi_dir), nprocs=2, join=True)
-    rank0, rank1 = (torch.load(os.path.join(multi_dir, f"rank{r}.pt"), weights_only=False)
-                    for r in range(2))
+# state of each kind: a pace memory, a label memory, EMAs with a loss of their own
+ALGORITHMS = ["finessl", "flexmatch", "freematch"]
 
+
+@pytest.mark.long  # one spawn of two processes for the three algorithms
+def test_two_processes_match_one_with_the_same_global_batch(cifar_root, tmp_path):
+    multi = {}
+    for algorithm in ALGORITHMS:
+        multi[algorithm] = str(tmp_path / algorithm / "multi")
+        os.makedirs(multi[algorithm])
+    runs = [(tiny_args(cifar_root, multi[a], algorithm=a, **SETTINGS), multi[a])
+            for a in ALGORITHMS]
+    mp.spawn(_rank, args=(2, _free_port(), runs), nprocs=2, join=True)
+    for algorithm in ALGORITHMS:
+        single_dir, multi_dir = str(tmp_path / algorithm / "single"), multi[algorithm]
+        single = _run(tiny_args(cifar_root, single_dir, algorithm=algorithm, **SETTINGS),
+                      single_dir)
+        rank0, rank1 = (torch.load(os.path.join(multi_dir, f"rank{r}.pt"), weights_only=False)
+                        for r in range(2))
+        _assert_ranks_match_one_process(algorithm, single, rank0, rank1, single_dir, multi_dir)
+
+
+def _assert_ranks_match_one_process(algorithm, single, rank0, rank1, single_dir, multi_dir):
     for name in rank0["model"]:  # ranks: bit-identical
-        assert torch.equal(rank0["model"][name], rank1["model"][name]), name
+        assert torch.equal(rank0["model"][name], rank1["model"][name]), (algorithm, name)
     for key in rank0["algorithm"]:
-        assert torch.equal(rank0["algorithm"][key], rank1["algorithm"][key]), key
-    assert (rank0["algorithm"]["selected"] >= 0).any()  # the pace memory was really used
+        assert torch.equal(rank0["algorithm"][key], rank1["algorithm"][key]), (algorithm, key)
+    assert (rank0["algorithm"]["selected"] >= 0).any(), algorithm  # the pace memory was used
 
     for name in single["model"]:  # against one process: equal up to float summation order
-        assert torch.allclose(single["model"][name], rank0["model"][name], atol=1e-5), name
+        assert torch.allclose(single["model"][name], rank0["model"][name], atol=1e-5), \
+            (algorithm, name)
     for key in single["algorithm"]:
         assert torch.allclose(single["algorithm"][key].float(),
-                              rank0["algorithm"][key].float(), atol=1e-5), key
-    assert _losses(multi_dir) == pytest.approx(_losses(single_dir), abs=1e-5)
+                              rank0["algorithm"][key].float(), atol=1e-5), (algorithm, key)
+    assert _losses(multi_dir) == pytest.approx(_losses(single_dir), abs=1e-5), algorithm
     assert len(_losses(multi_dir)) == 8
     assert [r["top1"] for r in rank0["history"]] == [r["top1"] for r in single["history"]]
 
@@ -89,7 +105,7 @@ def _torchrun(args, out_log):
 
 @pytest.mark.long
 def test_torchrun_run_killed_mid_epoch_resumes_to_the_same_parameters(cifar_root, tmp_path):
-    settings = dict(num_epochs=2, total_steps=30, seed=6, print_freq=5)
+    settings = dict(num_epochs=2, total_steps=16, seed=6, print_freq=5)
     reference = str(tmp_path / "reference")
     with open(tmp_path / "reference.log", "w") as f:
         assert _torchrun(tiny_args(cifar_root, reference, **settings), f).wait(300) == 0
@@ -99,7 +115,7 @@ def test_torchrun_run_killed_mid_epoch_resumes_to_the_same_parameters(cifar_root
     with open(tmp_path / "killed.log", "w") as f:
         proc = _torchrun(tiny_args(cifar_root, killed, **settings), f)
         # the progress line of step 5 of epoch 2 is in log.txt: kill inside epoch 2
-        wait_for_text(os.path.join(killed, "log.txt"), "epoch 2/2 step 5/30")
+        wait_for_text(os.path.join(killed, "log.txt"), "epoch 2/2 step 5/16")
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert torch.load(ckpt, weights_only=False)["epoch"] == 1, "kill came too late"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ import open_clip
 import pytest
 import torch
 
-from conftest import REPO, TINY_VIT, main_inprocess, tiny_args
+from conftest import REPO, TINY_VIT, main_inprocess, tiny_args, wait_for_text
 from fakedata import write_fake_cifar
 from helpers import assert_user_error
 from finessl.errors import UserError
@@ -49,26 +50,41 @@ def shell(command: str, cwd: str, timeout: float = 600) -> subprocess.CompletedP
 
 
 # ---- the quick start, exactly as written -----------------------------------------------
-@pytest.mark.long
-@pytest.mark.slow  # the README's ViT demo: a few minutes of 2 CPU cores
-def test_readme_vit_quick_start_runs_as_written_and_learns(tmp_path):
+@pytest.mark.slow  # the README's ViT demo, its first epoch: ~30 s of one core
+def test_readme_vit_quick_start_runs_as_written_learns_and_stops_cleanly(tmp_path):
+    """The README's two commands, as typed. The demo's first epoch must learn (measured
+    50 %; chance 10 %); then the run is stopped as a cluster stops it (SIGTERM), which
+    must leave a checkpoint to resume from. The whole demo (4 epochs, 80 %: docs/demo.md)
+    is ~2 minutes of one core, more than this suite can give one test; the end of a run
+    (results.json, the closing "best top-1" line) is tested in-process in
+    tests/engine/test_train.py."""
     commands = readme_commands()
     make = "python scripts/synthetic_cifar.py datasets/synthetic-cifar10"
     demo = "python main.py --cfg configs/demo/vit_tiny.yaml"
     assert make in commands and demo in commands
     home = user_folder(tmp_path)
     assert shell(make, home).returncode == 0
-    proc = shell(demo, home)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    # progress and results on stdout; the bar and warnings on stderr
-    lines = proc.stdout.strip().splitlines()
-    epochs = [line for line in lines if re.match(r"epoch \d/4  test top-1", line)]
-    assert len(epochs) == 4 and lines[-1].startswith("best top-1")
-    assert "test top-1" not in proc.stderr and "best top-1" not in proc.stderr
-    last = float(re.search(r"last top-1 ([\d.]+)%", lines[-1]).group(1))
-    assert last > 40.0, lines[-1]  # 10 classes: chance is 10 %
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    with open(tmp_path / "stdout.txt", "w") as out, open(tmp_path / "stderr.txt", "w") as err:
+        proc = subprocess.Popen(["bash", "-c", f"exec {demo}"], cwd=home, env=env,
+                                stdout=out, stderr=err)
+        try:
+            wait_for_text(str(tmp_path / "stdout.txt"), "epoch 1/4  test top-1", timeout=300)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=120) == 143
+        finally:
+            proc.kill()
+    stdout, stderr = (tmp_path / "stdout.txt").read_text(), (tmp_path / "stderr.txt").read_text()
+    # progress and results on stdout; the bar, warnings and the stop on stderr
+    first = re.search(r"^epoch 1/4  test top-1 ([\d.]+)%", stdout, re.M)
+    assert first and float(first.group(1)) > 30.0, stdout  # 10 classes: chance is 10 %
+    assert "test top-1" not in stderr
+    # the signal lands between epochs or early in the second one
+    assert re.search(r"stopped by SIGTERM (after epoch 1/4|at epoch 2/4 step \d+/50):", stderr)
     run = os.path.join(home, "out", "vit_tiny", "finessl", "seed1")
-    assert os.path.isfile(os.path.join(run, "results.json"))
+    assert torch.load(os.path.join(run, "checkpoint_last.pt"), weights_only=False)["epoch"] >= 1
+    assert not os.path.exists(os.path.join(run, "results.json"))
     # (a sweep of a config of one's own and its summary: tests/scripts/test_scripts.py)
 
 
