@@ -53,12 +53,16 @@ def _losses(run_dir):
     return [e.value for e in events.Scalars("train/loss/total")]
 
 
-@pytest.mark.parametrize("algorithm", ["finessl", "flexmatch", "freematch"])  # state of each kind: pace memory, label memory, EMAs with a loss of their own
+# state of each kind: pace memory, label memory, EMAs with a loss of their own, and a
+# labeled set that grows from the gathered predictions of the unlabeled set (CReST)
+@pytest.mark.parametrize("algorithm", ["finessl", "flexmatch", "freematch", "fixmatch+crest"])
 def test_two_processes_match_one_with_the_same_global_batch(algorithm, cifar_root, tmp_path):
     single_dir, multi_dir = str(tmp_path / "single"), str(tmp_path / "multi")
     os.makedirs(multi_dir)
-    single = _run(tiny_args(cifar_root, single_dir, algorithm=algorithm, **SETTINGS), single_dir)
-    opts = tiny_args(cifar_root, multi_dir, algorithm=algorithm, **SETTINGS)
+    algorithm, _, imb = algorithm.partition("+")
+    keys = {**SETTINGS, **({"imb": imb, "CREST.NUM_GENS": 2, "DATA.IMB_L": 4} if imb else {})}
+    single = _run(tiny_args(cifar_root, single_dir, algorithm=algorithm, **keys), single_dir)
+    opts = tiny_args(cifar_root, multi_dir, algorithm=algorithm, **keys)
     mp.spawn(_rank, args=(2, _free_port(), opts, multi_dir), nprocs=2, join=True)
     rank0, rank1 = (torch.load(os.path.join(multi_dir, f"rank{r}.pt"), weights_only=False)
                     for r in range(2))
@@ -68,6 +72,8 @@ def test_two_processes_match_one_with_the_same_global_batch(algorithm, cifar_roo
     for key in rank0["algorithm"]:
         assert torch.equal(rank0["algorithm"][key], rank1["algorithm"][key]), key
     assert (rank0["algorithm"]["selected"] >= 0).any()  # the pace memory was really used
+    if imb:  # the labeled set really grew
+        assert (rank0["algorithm"]["crest_labels"] >= 0).any()
 
     for name in single["model"]:  # against one process: equal up to float summation order
         assert torch.allclose(single["model"][name], rank0["model"][name], atol=1e-5), name
