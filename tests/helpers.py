@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from conftest import TINY_VIT, tiny_args
 from finessl.algorithms import build_algorithm
 from finessl.config import get_cfg_defaults
 from finessl.config_load import load_config
+from finessl.engine import signals
 from finessl.engine.run import restore
 from finessl.engine.trainer import Trainer
 from finessl.errors import UserError
@@ -332,9 +334,11 @@ class Killed(Exception):
     pass
 
 
-def assert_imb_resume_exact(imb, cifar_root, tmp_path, steps=4, **keys):
+def assert_imb_resume_exact(imb, cifar_root, tmp_path, steps=4, preempt=False, **keys):
     """A run of FixMatch + ``imb`` killed mid-epoch two and resumed ends as the run
-    that was not: weights, the algorithm's state and the evaluations."""
+    that was not: weights, the algorithm's state and the evaluations. Killed: resumed
+    from the end of epoch one; ``preempt``: stopped by SIGUSR1 instead, resumed from the
+    mid-epoch checkpoint that leaves."""
     def trainer(folder, write_split=True):
         opts = tiny_args(cifar_root, str(tmp_path / folder), algorithm="fixmatch", imb=imb,
                          num_epochs=2, total_steps=steps, th=0.3, **keys)
@@ -350,10 +354,12 @@ def assert_imb_resume_exact(imb, cifar_root, tmp_path, steps=4, **keys):
     def crash_in_epoch_two(batch):
         calls["n"] += 1
         if calls["n"] == steps + steps // 2:
-            raise Killed
+            if not preempt:
+                raise Killed
+            os.kill(os.getpid(), signal.SIGUSR1)
         return step(batch)
     crashed.algorithm.train_step = crash_in_epoch_two
-    with pytest.raises(Killed):
+    with signals.handling(), pytest.raises(signals.Preempted if preempt else Killed):
         crashed.fit()
     resumed = trainer("crashed", write_split=False)
     restore(resumed, str(tmp_path / "crashed"))

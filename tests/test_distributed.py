@@ -55,23 +55,27 @@ def _losses(run_dir):
     return [e.value for e in events.Scalars("train/loss/total")]
 
 
-# state of each kind: a pace memory, a label memory, EMAs with a loss of their own
-ALGORITHMS = ["finessl", "flexmatch", "freematch"]
+# state of each kind: a pace memory, a label memory, EMAs with a loss of their own, and a
+# labeled set that grows from the gathered predictions of the unlabeled set (CReST)
+ALGORITHMS = {"finessl": {}, "flexmatch": {}, "freematch": {},
+              "fixmatch+crest": {"imb": "crest", "CREST.NUM_GENS": 2, "DATA.IMB_L": 4}}
 
 
-@pytest.mark.long  # one spawn of two processes for the three algorithms
+def _keys(method: str) -> dict:
+    return {**SETTINGS, "algorithm": method.partition("+")[0], **ALGORITHMS[method]}
+
+
+@pytest.mark.long  # one spawn of two processes for the four methods
 def test_two_processes_match_one_with_the_same_global_batch(cifar_root, tmp_path):
     multi = {}
-    for algorithm in ALGORITHMS:
-        multi[algorithm] = str(tmp_path / algorithm / "multi")
-        os.makedirs(multi[algorithm])
-    runs = [(tiny_args(cifar_root, multi[a], algorithm=a, **SETTINGS), multi[a])
-            for a in ALGORITHMS]
+    for method in ALGORITHMS:
+        multi[method] = str(tmp_path / method / "multi")
+        os.makedirs(multi[method])
+    runs = [(tiny_args(cifar_root, multi[m], **_keys(m)), multi[m]) for m in ALGORITHMS]
     mp.spawn(_rank, args=(2, _free_port(), runs), nprocs=2, join=True)
     for algorithm in ALGORITHMS:
         single_dir, multi_dir = str(tmp_path / algorithm / "single"), multi[algorithm]
-        single = _run(tiny_args(cifar_root, single_dir, algorithm=algorithm, **SETTINGS),
-                      single_dir)
+        single = _run(tiny_args(cifar_root, single_dir, **_keys(algorithm)), single_dir)
         rank0, rank1 = (torch.load(os.path.join(multi_dir, f"rank{r}.pt"), weights_only=False)
                         for r in range(2))
         _assert_ranks_match_one_process(algorithm, single, rank0, rank1, single_dir, multi_dir)
@@ -83,6 +87,8 @@ def _assert_ranks_match_one_process(algorithm, single, rank0, rank1, single_dir,
     for key in rank0["algorithm"]:
         assert torch.equal(rank0["algorithm"][key], rank1["algorithm"][key]), (algorithm, key)
     assert (rank0["algorithm"]["selected"] >= 0).any(), algorithm  # the pace memory was used
+    if "crest" in algorithm:  # the labeled set really grew
+        assert (rank0["algorithm"]["crest_labels"] >= 0).any()
 
     for name in single["model"]:  # against one process: equal up to float summation order
         assert torch.allclose(single["model"][name], rank0["model"][name], atol=1e-5), \

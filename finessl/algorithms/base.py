@@ -46,6 +46,9 @@ class Algorithm:
     long_tailed_only = False  # True: made for long-tailed data (ACR): no row in balanced tables
     labeled_strong = False  # True: batches carry ``x_s``, a strong view of each labeled image
     unlabeled_medium = False  # True: batches carry ``u_m``, a medium view of each unlabeled one
+    # True: keeps state per labeled image, by its position ``x_idx`` (SimMatch's bank), so
+    # its labeled set cannot grow during the run (an imbalanced method that adds to it)
+    labeled_state = False
 
     # ---- what the engine reads (diagnostics, the report) -----------------------------
     uses_finessl_components = False  # what bms / dls are by default: the method label
@@ -126,6 +129,28 @@ class Algorithm:
 
     def train_step(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
+
+    # ---- a labeled set that grows during the run (CReST) -----------------------------
+    def relabels_at(self, epoch: int) -> bool:
+        """Whether pseudo-labelled images are chosen anew for the labeled set before epoch
+        ``epoch``'s first step: the trainer then predicts the unlabeled set and hands the
+        predictions to :meth:`choose_labeled`. Never, by default."""
+        return False
+
+    def choose_labeled(self, positions: torch.Tensor, probs: torch.Tensor) -> None:
+        """Choose the unlabeled images that join the labeled set, and their labels, in
+        place of those chosen before: ``probs`` (N x C, float) are the main head's class
+        probabilities of the unlabeled images at ``positions`` (those that are not labeled
+        images too), on their evaluation view and with :meth:`evaluation_weights`, the same
+        on every rank. The choice is the algorithm's state (a statistic: checkpointed),
+        read back by :meth:`added_labeled`."""
+        raise NotImplementedError
+
+    def added_labeled(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(positions in the unlabeled set, labels) of the images the labeled set holds
+        besides its own, in the order they follow them there; None: none (the default).
+        The trainer's loaders serve them, a resumed run's too."""
+        return None
 
     def pseudo_label_memory(self) -> torch.Tensor | None:
         """Current pseudo-label per unlabeled image (-1 = none), for diagnostics; None:

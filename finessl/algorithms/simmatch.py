@@ -80,6 +80,8 @@ declare("SIMMATCH.BANK_EMA", 0.7, "momentum of the labeled bank's embeddings", c
 
 @register("simmatch", order=48)
 class SimMatch(PseudoLabeling):
+    labeled_state = True  # the bank: one row per labeled image
+
     def extra_modules(self, feat_dim):
         return {"proj": projection_head(feat_dim, self.cfg.SIMMATCH.PROJ)}
 

@@ -106,25 +106,34 @@ class LabeledDataset(Dataset):
     when ``strong`` is set (an algorithm that asks for it: ``Algorithm.labeled_strong``).
     The position lets algorithms keep per-sample state of labeled images (SimMatch's
     labeled memory bank). The strong view is drawn after the weak one from the same
-    ``rng``, so asking for it leaves the weak view as it was."""
+    ``rng``, so asking for it leaves the weak view as it was.
+
+    ``added``: (training index, label) of pseudo-labelled images the set holds after its
+    own, at positions ``len(indices)`` on (an algorithm that grows its labeled set:
+    ``Algorithm.added_labeled``); none by default."""
 
     strong = False
 
     def __init__(self, raw: RawDataset, indices: Sequence[int], views: ViewMaker):
         self.raw, self.indices, self.views = raw, list(indices), views
+        self.added: list[tuple[int, int]] = []
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return len(self.indices) + len(self.added)
 
     def __getitem__(self, item: tuple[int, int]) -> tuple:
         position, aug_seed = item
-        index = self.indices[position]
+        if position < len(self.indices):
+            index = self.indices[position]
+            label = self.raw.train_targets[index]
+        else:
+            index, label = self.added[position - len(self.indices)]
         rng = random.Random(aug_seed)
         image = self.raw.train_image(index)
         view = self.views.labeled(image, rng)
         if self.strong:
-            return view, self.raw.train_targets[index], position, self.views.strong(image, rng)
-        return view, self.raw.train_targets[index], position
+            return view, label, position, self.views.strong(image, rng)
+        return view, label, position
 
 
 class UnlabeledDataset(Dataset):
@@ -242,6 +251,16 @@ class DataBundle:
         targets = self.labeled.raw.train_targets
         return torch.bincount(torch.tensor([targets[i] for i in self.labeled_idx]),
                               minlength=self.num_classes).tolist()
+
+    def unlabeled_only(self) -> tuple[list[int], HeldOutDataset]:
+        """The unlabeled images that are not labeled ones too, by position in the unlabeled
+        set, and a dataset of their evaluation views (no augmentation), read as the test
+        set is: what an algorithm predicts to choose pseudo-labelled images for the
+        labeled set (``Algorithm.choose_labeled``)."""
+        labeled = set(self.labeled_idx)
+        positions = [p for p, i in enumerate(self.unlabeled_idx) if i not in labeled]
+        images = [self.unlabeled_idx[p] for p in positions]
+        return positions, HeldOutDataset(self.unlabeled.raw, images, self.unlabeled.views)
 
 
 def _split(raw: RawDataset, data, num_classes: int) -> tuple[list[int], list[int], dict]:

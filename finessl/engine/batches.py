@@ -78,8 +78,12 @@ _FIELDS = tuple(f.name for f in dataclasses.fields(Batch))
 def train_loaders(cfg, data, seed: int, device: torch.device, dist,
                   algorithm) -> list[DataLoader]:
     """The loaders whose zipped batches :meth:`Batch.from_loaders` reads: the labeled
-    one, and the unlabeled one when the algorithm learns from unlabeled images, with
-    the extra views the algorithm asks for."""
+    one (with the pseudo-labelled images the algorithm has added to the labeled set, as
+    its state holds them now), and the unlabeled one when the algorithm learns from
+    unlabeled images, with the extra views the algorithm asks for."""
+    added = algorithm.added_labeled()
+    data.labeled.added = [] if added is None else [
+        (data.unlabeled_idx[p], label) for p, label in zip(*(t.tolist() for t in added))]
     data.labeled.strong = algorithm.labeled_strong
     data.unlabeled.medium = algorithm.unlabeled_medium
     uses_unlabeled = algorithm.uses_unlabeled

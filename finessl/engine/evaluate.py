@@ -1,7 +1,8 @@
 """Test-set evaluation: top-1, balanced and per-class accuracy, ECE and the confusion
 matrix of the main head, and top-1, ECE and the reliability bins of both heads; beside
 it, each epoch, the validation split's top-1 (DATA.NUM_VAL) and the label-free
-selection signals of the unlabeled subset (DATA.NUM_SIGNAL, finessl/selection.py)."""
+selection signals of the unlabeled subset (DATA.NUM_SIGNAL, finessl/selection.py); and
+the unlabeled set's predictions an algorithm that grows its labeled set chooses from."""
 from __future__ import annotations
 
 import torch
@@ -54,10 +55,48 @@ def evaluate(model, loader, device: torch.device, precision, num_classes: int,
 
 
 def _in_order(local: torch.Tensor, dist: Dist, num_test: int | None) -> torch.Tensor:
+    """The rows of every rank's strided share (``build_test_loader``) in dataset order."""
     if not dist.enabled:
         return local.cpu()
-    gathered = dist.gather(local).view(dist.world, -1).t().reshape(-1)
+    rest = local.shape[1:]
+    gathered = dist.gather(local).view(dist.world, -1, *rest).transpose(0, 1).reshape(-1, *rest)
     return gathered[:num_test].cpu()
+
+
+@torch.no_grad()
+def probabilities(model, loader, device: torch.device, precision, dist: Dist = SINGLE,
+                  num_images: int | None = None) -> torch.Tensor:
+    """The main head's class probabilities (float, N x C) of the images ``loader`` gives
+    (image, label), in order; multi-process: each rank's strided share, gathered, so every
+    rank holds all of them."""
+    was_training = model.training
+    model.eval()
+    rows = []
+    for images, _ in loader:
+        images = images.to(device, non_blocking=True)
+        with precision.autocast():
+            logits = model(images)[0] if hasattr(model, "aux_head") else model.classify(images)
+        rows.append(F.softmax(logits.float(), dim=-1))
+    model.train(was_training)
+    return _in_order(torch.cat(rows), dist, num_images)
+
+
+def unlabeled_predictions(trainer) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positions, probabilities): the unlabeled images that are not labeled ones, and the
+    main head's probabilities of their evaluation views, the model as ``trainer``
+    evaluates it (``Algorithm.choose_labeled`` reads them). Every rank predicts its
+    strided share and all hold the gathered whole: the same pseudo-labels everywhere,
+    for 1 / world of the work."""
+    data, cfg = trainer.data, trainer.cfg
+    positions, dataset = data.unlabeled_only()
+    if not positions:
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, data.num_classes)
+    loader = build_test_loader(data, max(100, cfg.DATA.BATCH_SIZE), cfg.num_workers,
+                               trainer.dist.rank, trainer.dist.world, dataset)
+    with trainer.algorithm.evaluation_weights():
+        probs = probabilities(trainer.model, loader, trainer.device, trainer.precision,
+                              trainer.dist, len(dataset))
+    return torch.tensor(positions), probs
 
 
 def held_out(trainer) -> dict:

@@ -24,7 +24,7 @@ from finessl.engine.device import Precision
 from finessl.engine.guard import Diverged, StepGuard
 from finessl.io import remove_orphan_temps
 from finessl.logs import PROGRESS
-from finessl.engine.evaluate import evaluate, held_out
+from finessl.engine.evaluate import evaluate, held_out, unlabeled_predictions
 from finessl.engine.optim import build_optimizer
 from finessl.engine.teacher import load_teacher
 from finessl.models import build_model
@@ -102,13 +102,15 @@ class Trainer:
             diagnostics.record_epoch(self, -1, self.evaluate(), writer)
             writer.close()
             return diagnostics.summary(self.history)
-        loaders = train_loaders(cfg, self.data, self.seed, self.device, self.dist,
-                                self.algorithm)
+        loaders = self.train_loaders()
         self.guard = StepGuard(self.model, self.params, self.precision, self.dist, self.device)
         try:
             with signals.deferred():
                 for epoch in range(self.start_epoch, cfg.num_epochs):
                     start = self.start_step if epoch == self.start_epoch else 0
+                    if start == 0 and self.algorithm.relabels_at(epoch):
+                        self.relabel(epoch)
+                        loaders = self.train_loaders()
                     self.train_epoch(epoch, loaders, writer, start)
                     with warnings.catch_warnings():  # resumed after the epoch's last step:
                         warnings.filterwarnings("ignore", "Detected call of `lr_scheduler")
@@ -124,6 +126,24 @@ class Trainer:
         finally:
             writer.close()
         return diagnostics.summary(self.history)
+
+    def train_loaders(self) -> list:
+        """The epoch's loaders (finessl/engine/batches.py), over the labeled set as the
+        algorithm's state has it (with the images it added: a resumed run's too)."""
+        return train_loaders(self.cfg, self.data, self.seed, self.device, self.dist,
+                             self.algorithm)
+
+    def relabel(self, epoch: int) -> None:
+        """Before epoch ``epoch``: the algorithm chooses anew the pseudo-labelled images of
+        the labeled set from the unlabeled set's predictions (``Algorithm.relabels_at``).
+        At an epoch's start only, so a resumed epoch keeps the choice its checkpoint holds."""
+        self.algorithm.choose_labeled(*unlabeled_predictions(self))
+        positions, labels = self.algorithm.added_labeled()
+        truth = self.data.unlabeled_targets[positions]
+        right = (truth == labels)[truth >= 0].float().mean().item()  # nan: no truth known
+        log.info("epoch %d/%d: %d pseudo-labelled images join the %d of the labeled set "
+                 "(%.1f%% right, of those of a known class)", epoch + 1, self.cfg.num_epochs,
+                 len(labels), len(self.data.labeled_idx), 100 * right)
 
     def optimizer_step(self, batches, epoch: int, step: int) -> tuple[dict, bool]:
         """One optimizer step; its logs, and whether a signal asked to stop after it."""

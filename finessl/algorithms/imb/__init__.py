@@ -24,7 +24,7 @@ from finessl.registry import Registry, import_package_modules
 IMB_METHODS = Registry("method for imbalanced SSL", "imb", config_key=False)
 register_imb = IMB_METHODS.register
 
-declare("imb", None, "imbalanced-SSL method applied on top of the pseudo-labelling 'algorithm': abc, darp, saw, adsh, crest+, daso (null = none; finessl/algorithms/imb/)", types=(str,))
+declare("imb", None, "imbalanced-SSL method applied on top of the pseudo-labelling 'algorithm': abc, darp, saw, adsh, crest, crest+, daso (null = none; finessl/algorithms/imb/)", types=(str,))
 
 
 class ImbMethod:
@@ -32,6 +32,7 @@ class ImbMethod:
     resume does not call ``on_epoch_start``) and the labeled set's class counts."""
 
     imb = ""  # the method's name, set on the composed class by with_imb
+    grows_labeled = False  # True: adds pseudo-labelled images to the labeled set (CReST)
 
     def initial_statistics(self):
         return {**super().initial_statistics(),
@@ -66,10 +67,13 @@ def with_imb(base: type, imb: str) -> type:
 def _imb_fits(cfg) -> None:
     if cfg.imb is None:
         return
-    IMB_METHODS.get(cfg.imb)
-    if not issubclass(ALGORITHMS.get(cfg.algorithm), PseudoLabeling):
+    method, base = IMB_METHODS.get(cfg.imb), ALGORITHMS.get(cfg.algorithm)
+    if not issubclass(base, PseudoLabeling):
         raise UserError(f"imb {cfg.imb}: applies on top of a pseudo-labelling algorithm "
                         f"(fixmatch, flexmatch, ...), not algorithm {cfg.algorithm}")
+    if method.grows_labeled and base.labeled_state:
+        raise UserError(f"imb {cfg.imb}: adds images to the labeled set during the run, and "
+                        f"algorithm {cfg.algorithm} keeps state per labeled image of a fixed set")
 
 
 import_package_modules(__name__, __path__)
