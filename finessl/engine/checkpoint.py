@@ -113,7 +113,12 @@ def restore_training_state(trainer, state: dict, run_dir: str) -> None:
                         f"use the config the run was trained with") from None
     trainer.optim.load_state_dict(state["optimizer"])
     trainer.sched.load_state_dict(state["scheduler"])
-    trainer.algorithm.load_state_dict(state["algorithm"])
+    try:
+        trainer.algorithm.load_state_dict(state["algorithm"])
+    except (KeyError, RuntimeError) as e:  # a statistic it lacks (an older FineSSL) or resized
+        raise UserError(f"{path}: the algorithm's state does not fit "
+                        f"{trainer.algorithm.method_label()} of this FineSSL ({brief(e)}); resume "
+                        f"it with the version that wrote it, or start the run afresh") from None
     if trainer.precision.scaler is not None and state["scaler"] is not None:
         trainer.precision.scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])

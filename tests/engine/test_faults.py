@@ -187,6 +187,21 @@ def test_orphan_temp_files_are_removed_when_a_run_starts_in_the_folder(cifar_roo
     assert all((run / name).exists() for name in kept)
 
 
+def test_a_checkpoint_whose_algorithm_state_lacks_a_statistic_is_one_line(cifar_root, tmp_path):
+    """An older FineSSL's checkpoint of an algorithm that has since gained a statistic
+    (CReST's re-sampled labels): named, not a KeyError from load_state_dict."""
+    from finessl.engine.run import restore
+    opts = tiny_args(cifar_root, str(tmp_path), algorithm="flexmatch", num_epochs=2,
+                     total_steps=2)
+    Trainer(load_config(None, opts), str(tmp_path), seed=0).fit()
+    state = torch.load(tmp_path / LAST, weights_only=False)
+    del state["algorithm"]["selected_label"]  # FlexMatch's label memory
+    torch.save(state, tmp_path / LAST)
+    resumed = Trainer(load_config(None, opts), str(tmp_path), seed=0, write_split=False)
+    one_line_error(restore, resumed, str(tmp_path),
+                   names=(str(tmp_path / LAST), "flexmatch", "start the run afresh"))
+
+
 # ---- divergence stops cleanly ------------------------------------------------------
 def test_the_guard_finds_a_non_finite_gradient_or_batchnorm_statistic():
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
