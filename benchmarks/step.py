@@ -75,7 +75,10 @@ def build(model_name: str, batch: int, num_classes: int, device, algorithm: str 
             "u_w": images(), "u_s1": images(), "u_s2": images(), "u_m": images(),
             "u_idx": torch.arange(batch, device=device),
             "u_true": torch.randint(num_classes, (batch,), device=device)}
-    algorithm = build_algorithm(cfg, model, num_classes, 1000, device)
+    # 1000 unlabeled images; a labeled set of 4 per class (SimMatch's bank, ACR's and
+    # the imbalanced methods' class counts read it)
+    algorithm = build_algorithm(cfg, model, num_classes, 1000, device,
+                                labeled_counts=torch.full((num_classes,), 4))
     return cfg, model, algorithm, data
 
 

@@ -18,6 +18,11 @@ ALGORITHMS = Registry("algorithm", "algorithm")
 register = ALGORITHMS.register  # class decorator: ``@register("mymatch")``
 
 
+# why an algorithm without pseudo-labels refuses ``bms True`` / ``dls True``
+NO_PSEUDO_LABELS = ("makes no pseudo-labels (BMS's margins follow the learning pace of "
+                    "pseudo-labels and DLS smooths them)")
+
+
 class Algorithm:
     """Base class. Subclasses implement :meth:`train_step`.
 

@@ -18,10 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from finessl.algorithms.base import Algorithm
+from finessl.algorithms.base import NO_PSEUDO_LABELS, Algorithm
 
-NO_PSEUDO_LABELS = ("makes no pseudo-labels (BMS's margins follow the learning pace of "
-                    "pseudo-labels and DLS smooths them)")
 
 
 def ramp_up(step: int, warmup: float, total: int) -> float:

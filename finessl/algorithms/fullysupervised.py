@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from finessl.algorithms.base import Algorithm, register
-from finessl.algorithms.consistency import NO_PSEUDO_LABELS
+from finessl.algorithms.base import NO_PSEUDO_LABELS
 from finessl.errors import UserError
 from finessl.metrics import UNKNOWN
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from finessl.algorithms.base import Algorithm, register
+from finessl.algorithms.base import NO_PSEUDO_LABELS, Algorithm, register
 
 
 @register("supervised", order=10)
 class Supervised(Algorithm):
     uses_unlabeled = False
+    refuses_components = NO_PSEUDO_LABELS
 
     def train_step(self, batch):
         logits = self.model.classify(batch["x"])

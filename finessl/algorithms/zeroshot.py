@@ -12,3 +12,4 @@ class ZeroShot(Algorithm):
     uses_unlabeled = False
     trains = False
     zero_shot_head = True
+    refuses_components = "trains nothing"

@@ -55,12 +55,16 @@ def test_step_counter_resumes():
     assert int(other.step) == 1 and other.ramp() == algorithm.ramp()
 
 
-@pytest.mark.parametrize("algorithm", ["pimodel", "meanteacher", "vat", "fullysupervised"])
+@pytest.mark.parametrize("algorithm", ["pimodel", "meanteacher", "vat", "fullysupervised",
+                                       "supervised"])
 @pytest.mark.parametrize("component", ["bms", "dls"])
 def test_finessl_components_are_refused_at_config_time(algorithm, component):
     one_line_error(load_config, None, ["algorithm", algorithm, component, "True"],
                    names=(f"{component} True", algorithm, "pseudo-labels"))
     assert load_config(None, ["algorithm", algorithm, component, "False"])[component] is False
+    if algorithm == "supervised":  # and zero-shot CLIP, which trains nothing
+        one_line_error(load_config, None, ["algorithm", "zeroshot", component, "True"],
+                       names=(f"{component} True", "zeroshot", "trains nothing"))
 
 
 def test_warmup_is_a_fraction():

@@ -109,3 +109,37 @@ def test_select_command_prints_and_writes(sweep, tmp_path):
     assert record["twins"][0]["answer"] == "yes"
     assert record["settings"]["CIFAR10_N4"][0]["gap_to_oracle"] == pytest.approx(-0.3)
     assert os.path.isfile(os.path.join(out, "selection.md"))
+
+
+def test_the_selection_study_measures_each_rule_against_the_oracle_and_the_twin_truth(tmp_path):
+    """benchmarks/selection_study.py on a hand-made grid: one (method, seed) group of two
+    learning rates, and a supervised twin whose validation says the opposite of its test."""
+    from benchmarks import selection_study
+
+    def finished(folder, algorithm, lr, history):
+        write_run(folder, algorithm, 1, history, num_val=1000, lr=lr)
+        with open(os.path.join(folder, "results.json"), "w") as f:
+            json.dump({"algorithm": algorithm, "seed": 1, "lr": lr, "best_top1": 0.0,
+                       "best_epoch": 1, "last_top1": 0.0, "last_epoch": 2,
+                       "history": history}, f)
+    finished(str(tmp_path / "fixmatch+lr0.01" / "seed1"), "fixmatch", 0.01,
+             [epoch(1, 0.50, 0.60), epoch(2, 0.70, 0.55)])
+    finished(str(tmp_path / "fixmatch+lr0.03" / "seed1"), "fixmatch", 0.03,
+             [epoch(1, 0.60, 0.50), epoch(2, 0.65, 0.70)])
+    finished(str(tmp_path / "supervised+lr0.01" / "seed1"), "supervised", 0.01,
+             [epoch(1, 0.40, 0.40), epoch(2, 0.60, 0.45)])
+    runs = find_runs([str(tmp_path)])
+    gaps = selection_study.rule_gaps(runs)
+    # fixmatch: the oracle is lr 0.01 epoch 2 (0.70); validation picks lr 0.03 epoch 2
+    # (0.65): -5 points; the default recipe's last epoch is the oracle: 0; supervised: one
+    # run, validation picks epoch 2, the oracle too
+    assert gaps[select.VALIDATION] == pytest.approx([-5.0, 0.0])
+    assert gaps[selection_study.DEFAULT] == pytest.approx([0.0, 0.0])
+    low, high = selection_study.helped(runs)  # both against the one supervised run
+    # lr 0.01: validation 0.60 vs 0.45 on 1000 images: yes, sure; the test top-1 at those
+    # epochs 0.50 vs 0.60: no. No signals recorded: no label-free answer; last epochs
+    # 0.70 vs 0.60: yes. lr 0.03: 0.70 vs 0.45: yes, sure; test 0.65 vs 0.60: yes
+    assert low[1:] == ["yes (sure)", "no", "unknown (none)", "yes"]
+    assert high[1:] == ["yes (sure)", "yes", "unknown (none)", "yes"]
+    assert selection_study.agreement([low, high], 1, 2) == \
+        "1 of 2 agree with the test labels (0 unclear)"
