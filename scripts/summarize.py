@@ -17,7 +17,9 @@ sample std over the runs found, with their number when fewer than 3. The "FineSS
 config declares (``paper_top1``: the shipped paper settings carry the FineSSL numbers
 of docs/method.md §6); ``--no-paper`` drops it, ``--paper`` forces it. Where configs
 declare other methods' published figures (``reference_top1``: the long-tailed configs
-carry USB's), a second table sets ours beside them.
+carry USB's), a second table sets ours beside them. ``--against METHOD`` adds the
+paired comparison of METHOD against every other method of each setting: the mean
+difference over the seeds both ran and its 95 % t-interval (``main.py report``'s).
 """
 from __future__ import annotations
 
@@ -44,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--paper", action=argparse.BooleanOptionalAction, default=None,
                         help="add the row of the paper's figures the configs declare "
                              "(default: when any run records one)")
+    parser.add_argument("--against", metavar="METHOD", default=None,
+                        help="add METHOD minus each other method, paired by seed, with its "
+                             "95 %% confidence interval (e.g. --against finessl)")
     args = parser.parse_args(argv)
     try:
         runs = find_runs([args.root])
@@ -51,6 +56,11 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"{args.root} holds no finished run: no {RESULTS} below it")
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    paired = tables.paired(runs, args.metric, args.against) if args.against else None
+    if paired is not None and not paired[1]:
+        print(f"error: --against {args.against}: no run of that method shares a seed with "
+              f"another method's in {args.root}", file=sys.stderr)
         return 2
     oracle = (" (an oracle: chosen with the test labels)"
               if args.metric in ("best", "best_test") else "")
@@ -64,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     if rows and args.paper is not False:
         print("\nBeside the published figures the configs declare (reference_top1; the "
               "long-tailed configs: USB's, WRN-28-2 trained from scratch, not CLIP):\n")
+        print("\n".join(tables.markdown(header, rows)))
+    if args.against:
+        header, rows = paired
+        print(f"\n{args.against} minus each method, paired by seed, 95 % confidence "
+              f"interval:\n")
         print("\n".join(tables.markdown(header, rows)))
     return 0
 

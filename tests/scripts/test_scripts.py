@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 
 import pytest
@@ -41,6 +42,7 @@ def write_results(run_dir, last: float, best: float | None = None,
         json.dump({"best_top1": last if best is None else best, "best_epoch": 3,
                    "last_top1": last, "last_epoch": 30, "paper_top1": paper,
                    "setting": os.path.basename(os.path.dirname(os.path.dirname(run_dir))),
+                   "seed": int(re.sub(r"\D", "", os.path.basename(run_dir)) or 0),
                    "history": [{"epoch": 30, "top1": last}]}, f)
 
 
@@ -318,3 +320,14 @@ def test_summarize_no_results(tmp_path, capsys):
     code, lines, err = summary(capsys, str(tmp_path))
     assert code == 2 and err == f"error: {tmp_path} holds no finished run: no results.json " \
                                 "below it\n"
+
+
+def test_summarize_against_pairs_by_seed_with_its_interval(results_root, capsys):
+    code, lines, err = summary(capsys, results_root, "--against", "finessl", "--no-paper")
+    assert code == 0, err
+    # cifar100_N4, seeds 1 and 2: finessl - fixmatch = 10, 9 points: mean 9.5, sd 0.707,
+    # se 0.5, t(1, 0.975) = 12.706: 9.5 -+ 6.35
+    row = next(line for line in lines if line.startswith("| cifar100_N4 | fixmatch |"))
+    assert row == "| cifar100_N4 | fixmatch | 2 | +9.50 | [+3.15, +15.85] | finessl ahead |"
+    code, _, err = summary(capsys, results_root, "--against", "nosuch")
+    assert code == 2 and err.startswith("error: --against nosuch:") and err.count("\n") == 1
