@@ -9,14 +9,14 @@ import shutil
 import pytest
 import torch
 
-from conftest import run_main, tiny_args
+from conftest import main_inprocess, tiny_args
 from fakedata import NOT_AN_IMAGE, TRUNCATED, write_image_folder
 from finessl.engine.predict import predict
 from finessl.errors import UserError
 
 CLASSNAMES = ["apple_pie", "bus", "cat"]  # the folder names, not the prompts
 
-pytestmark = pytest.mark.slow  # every test runs main.py in a subprocess
+pytestmark = pytest.mark.slow  # every test needs the trained run of the fixture (~5 s)
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def folder_run(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("run") / "tiny")
     args = tiny_args(root, out, **{"DATA.NAME": "ImageFolder", "num_epochs": 1,
                                    "total_steps": 3, "DATA.BATCH_SIZE": 4})
-    code, _, err = run_main(args)
+    code, _, err = main_inprocess(args)
     assert code == 0, err
     return root, out, err
 
@@ -49,7 +49,7 @@ def test_predict_writes_one_row_per_readable_image(folder_run, tmp_path):
     root, out, _ = folder_run
     images = os.path.join(root, "unlabeled")
     output = str(tmp_path / "predictions.csv")
-    code, _, err = run_main(["predict", "--model-dir", out, "--images", images,
+    code, _, err = main_inprocess(["predict", "--model-dir", out, "--images", images,
                              "--output", output, "num_workers", "0"])
     assert code == 0, err
     rows = read_csv(output)
@@ -110,7 +110,7 @@ def test_predict_mistakes_are_user_errors(folder_run, tmp_path):
 
 
 def test_predict_help_documents_the_command():
-    code, out, _ = run_main(["predict", "--help"])
+    code, out, _ = main_inprocess(["predict", "--help"])
     assert code == 0
     for needle in ("--model-dir", "--images", "--output", "path", "class", "confidence"):
         assert needle in out
