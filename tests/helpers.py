@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from yacs.config import CfgNode
 
 from conftest import TINY_VIT, tiny_args
 from finessl.algorithms import build_algorithm
@@ -567,6 +568,17 @@ def assert_user_error(rc: int, stderr: str, *needles: str, only_line: bool = Fal
     for needle in needles:
         assert needle in errors[0], (needle, errors[0])
     return errors[0]
+
+
+# ---- data configs (tests/data) ------------------------------------------------------------
+def data_cfg(root: str, name: str = "CIFAR10", num_l: int = 2, num_u: int = 4, **keys):
+    """A config of the DATA node alone, as the loaders read it: ``name`` from ``root`` (no
+    download), ``num_l`` labeled and ``num_u`` unlabeled images per class, balanced, the
+    number of classes from the dataset; ``keys`` add or replace DATA keys."""
+    data = {"NAME": name, "DATAPATH": root, "DOWNLOAD": False, "NUM_L": num_l, "NUM_U": num_u,
+            "IMB_L": 1.0, "IMB_U": 1.0, "NUMBER_CLASSES": -1}
+    data.update(keys)
+    return CfgNode({"DATA": data})
 
 
 # ---- the authors' released YAMLs (tests/assets/released/) --------------------------------
