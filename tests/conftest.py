@@ -94,6 +94,14 @@ def cifar_root(tmp_path_factory) -> str:
     return write_fake_cifar(root, "cifar10", train_per_class=40, test_per_class=20, seed=0)
 
 
+@pytest.fixture(scope="module")
+def cifar10_root(tmp_path_factory) -> str:
+    """A smaller fake CIFAR-10, one per test module: 12 train and 3 test images per class
+    (the data tests, tests/data/)."""
+    return write_fake_cifar(str(tmp_path_factory.mktemp("c10")), "cifar10",
+                            train_per_class=12, test_per_class=3)
+
+
 def tiny_args(cifar_root: str, out: str, **overrides) -> list[str]:
     """KEY VALUE pairs for a fast run of the tiny ViT on the fake CIFAR-10."""
     opts = {

@@ -3,6 +3,7 @@ conftest.py, fake data sets in fakedata.py). Test modules import from here, neve
 each other."""
 from __future__ import annotations
 
+import copy
 import math
 import os
 import signal
@@ -11,6 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from yacs.config import CfgNode
 
 from conftest import TINY_VIT, tiny_args
 from finessl.algorithms import build_algorithm
@@ -163,6 +165,58 @@ def side_by_side(algorithm, ref_model, reference, batches, lr=0.5, tol=1e-10):
         yield logs, info
 
 
+def side_by_side_setup(algorithm, num_unlabeled=12, th=0.5, **keys):
+    """(cfg, algorithm, ref_model) for :func:`side_by_side`: ``algorithm`` at threshold
+    ``th`` on a LinearNet whose main head is scaled by 4 (confident and unconfident
+    predictions alike), and a copy of that model for the reference; ``keys`` set
+    top-level config keys."""
+    cfg = get_cfg_defaults()
+    cfg.algorithm, cfg.th = algorithm, th
+    for key, value in keys.items():
+        setattr(cfg, key, value)
+    model = LinearNet()
+    with torch.no_grad():
+        model.head.weight.mul_(4.0)
+    ref_model = copy.deepcopy(model)
+    return cfg, build_algorithm(cfg, model, 4, num_unlabeled, torch.device("cpu")), ref_model
+
+
+def shared_model_steps(algorithm, params, reference, batches, lr=0.5, atol=1e-6):
+    """For each batch, our step's loss and the gradients of ``params`` against
+    ``reference(batch) -> (loss, info)`` (a transcription's step on the same model,
+    taken after ours), to ``atol``; yields (our logs, info, our gradients) for the test's
+    own checks, then takes one plain SGD step of ours, so the next batch sees new
+    weights."""
+    for batch in batches:
+        loss, logs = algorithm.train_step(batch)
+        loss.backward()
+        ours = grads(params)
+        ref_loss, info = reference(batch)
+        ref_loss.backward()
+        theirs = grads(params)
+        assert loss.item() == pytest.approx(ref_loss.item(), abs=atol)
+        for a, b in zip(ours, theirs):
+            assert torch.allclose(a, b, atol=atol, rtol=0)
+        yield logs, info, ours
+        with torch.no_grad():
+            for p, d in zip(params, ours):
+                p -= lr * d
+
+
+def shared_model_epochs(algorithm, params, reference, draw, epochs=2, steps=3, **kwargs):
+    """:func:`shared_model_steps` over ``epochs`` epochs of ``steps`` batches, each from
+    ``draw()``, the algorithm told of each epoch's start; ``reference(batch, epoch)``;
+    yields (epoch, our logs, info, our gradients)."""
+    for epoch in range(epochs):
+        algorithm.on_epoch_start(epoch)
+        batches = (draw() for _ in range(steps))
+        step = lambda batch: reference(batch, epoch)  # noqa: E731
+        for out in shared_model_steps(algorithm, params, step, batches, **kwargs):
+            yield (epoch, *out)
+
+
+# ---- a fixed linear classifier, batches of images, SGD on two copies (consistency
+# methods; the LinearHeads transcriptions: test_dash, test_uda, test_*mixmatch) ---------
 class Normalizer:
     """A stand-in tower's input normalisation, as ``ImageTower.normalize``: float images
     are taken as already normalised."""
@@ -204,13 +258,18 @@ class LinearModel(nn.Module):
                 p.copy_(state[n])
 
 
-def image_batches(steps: int, num_classes: int, shape=(3, 2, 2), seed: int = 0) -> list[dict]:
-    """``steps`` batches of fp64 images (3 labeled, 5 unlabeled) for a LinearModel."""
+def image_batches(steps: int, num_classes: int, shape=(3, 2, 2), seed: int = 0, n_x: int = 3,
+                  n_u: int = 5, scale: float = 1.0, num_unlabeled: int | None = None) -> list[dict]:
+    """``steps`` batches of fp64 images (``n_x`` labeled, ``n_u`` unlabeled, standard
+    normal times ``scale``) for a LinearModel or LinearHeads; the unlabeled indices are
+    0 .. n_u - 1, or ``n_u`` drawn from ``num_unlabeled``."""
     g = torch.Generator().manual_seed(seed)
-    images = lambda n: torch.randn(n, *shape, generator=g, dtype=torch.float64)  # noqa: E731
-    return [{"x": images(3), "y": torch.randint(0, num_classes, (3,), generator=g),
-             "u_w": images(5), "u_s1": images(5), "u_s2": images(5), "u_idx": torch.arange(5),
-             "u_true": torch.randint(0, num_classes, (5,), generator=g)} for _ in range(steps)]
+    images = lambda n: torch.randn(n, *shape, generator=g, dtype=torch.float64) * scale  # noqa: E731
+    indices = lambda: (torch.arange(n_u) if num_unlabeled is None  # noqa: E731
+                       else torch.randperm(num_unlabeled, generator=g)[:n_u])
+    return [{"x": images(n_x), "y": torch.randint(0, num_classes, (n_x,), generator=g),
+             "u_w": images(n_u), "u_s1": images(n_u), "u_s2": images(n_u), "u_idx": indices(),
+             "u_true": torch.randint(0, num_classes, (n_u,), generator=g)} for _ in range(steps)]
 
 
 def plain_sgd(params, lr: float = 0.1) -> None:
@@ -219,6 +278,23 @@ def plain_sgd(params, lr: float = 0.1) -> None:
         for p in params:
             p -= lr * p.grad
             p.grad = None
+
+
+def step_both(ours, theirs, loss, expected, lr=0.5, atol=1e-9):
+    """One step of two copies of a model: our loss and the reference's agree to ``atol``,
+    each is backpropagated into its own parameters (``ours``, ``theirs``: lists, their
+    gradients cleared first), the gradients agree to ``atol``, and both take the same SGD
+    step."""
+    assert abs(loss.item() - expected.item()) <= atol
+    for params, value in ((ours, loss), (theirs, expected)):
+        for p in params:
+            p.grad = None
+        value.backward()
+    for p, q in zip(ours, theirs):
+        assert torch.allclose(p.grad, q.grad, atol=atol, rtol=0)
+        with torch.no_grad():
+            p -= lr * p.grad
+            q -= lr * q.grad
 
 
 def algorithm_config(algorithm: str, num_epochs: int = 1, total_steps: int = 10, **keys):
@@ -330,18 +406,44 @@ def leaf_params(named):
     return {n: p.detach().clone().requires_grad_(True) for n, p in named}
 
 
+# ---- crash and resume (test_algorithms_e2e, test_imb_*, test_semikd) -----------------
 class Killed(Exception):
-    pass
+    """A stand-in for the process being killed in the middle of a step."""
 
 
-def assert_imb_resume_exact(imb, cifar_root, tmp_path, steps=4, preempt=False, **keys):
-    """A run of FixMatch + ``imb`` killed mid-epoch two and resumed ends as the run
-    that was not: weights, the algorithm's state and the evaluations. Killed: resumed
-    from the end of epoch one; ``preempt``: stopped by SIGUSR1 instead, resumed from the
-    mid-epoch checkpoint that leaves."""
+def assert_states_equal(a, b, where="state"):
+    """Two algorithm states hold the same keys and the same values, exactly; a nested dict
+    (an algorithm's own modules, as ReMixMatch's rotation head) entry by entry."""
+    assert a.keys() == b.keys(), where
+    for key in a:
+        if isinstance(a[key], dict):
+            assert_states_equal(a[key], b[key], f"{where}.{key}")
+        else:
+            assert torch.equal(torch.as_tensor(a[key]), torch.as_tensor(b[key])), f"{where}.{key}"
+
+
+def assert_runs_equal(reference, resumed):
+    """Two trainers ended alike: trainable weights, the algorithm's state and the
+    evaluation history, exactly."""
+    a, b = reference.model.trainable_state_dict(), resumed.model.trainable_state_dict()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert_states_equal(reference.algorithm.state_dict(), resumed.algorithm.state_dict(),
+                        "algorithm")
+    assert [r["top1"] for r in reference.history] == [r["top1"] for r in resumed.history]
+
+
+def assert_resume_exact(cifar_root, tmp_path, steps=4, preempt=False, crash_step=None, **keys):
+    """A tiny run of 2 epochs x ``steps`` (``keys``: its options, the algorithm's
+    included) stopped at step ``crash_step`` of epoch two (default ``steps // 2 + 1``)
+    and resumed ends as the run that was not (:func:`assert_runs_equal`). Killed: it
+    resumes from the end of epoch one; ``preempt``: stopped by SIGUSR1 instead, from the
+    mid-epoch checkpoint that leaves. The reference trainer."""
+    crash_step = steps // 2 + 1 if crash_step is None else crash_step
+
     def trainer(folder, write_split=True):
-        opts = tiny_args(cifar_root, str(tmp_path / folder), algorithm="fixmatch", imb=imb,
-                         num_epochs=2, total_steps=steps, th=0.3, **keys)
+        opts = tiny_args(cifar_root, str(tmp_path / folder), num_epochs=2, total_steps=steps,
+                         **keys)
         return Trainer(load_config(None, opts), str(tmp_path / folder), seed=3,
                        write_split=write_split)
 
@@ -353,7 +455,7 @@ def assert_imb_resume_exact(imb, cifar_root, tmp_path, steps=4, preempt=False, *
 
     def crash_in_epoch_two(batch):
         calls["n"] += 1
-        if calls["n"] == steps + steps // 2:
+        if calls["n"] == steps + crash_step:
             if not preempt:
                 raise Killed
             os.kill(os.getpid(), signal.SIGUSR1)
@@ -363,19 +465,18 @@ def assert_imb_resume_exact(imb, cifar_root, tmp_path, steps=4, preempt=False, *
         crashed.fit()
     resumed = trainer("crashed", write_split=False)
     restore(resumed, str(tmp_path / "crashed"))
+    if not preempt:
+        assert resumed.start_epoch == 1
     resumed.fit()
-    a, b = reference.model.trainable_state_dict(), resumed.model.trainable_state_dict()
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
-    state_a, state_b = reference.algorithm.state_dict(), resumed.algorithm.state_dict()
-    assert state_a.keys() == state_b.keys()
-    for key in state_a:
-        if key != "modules":
-            assert torch.equal(torch.as_tensor(state_a[key]), torch.as_tensor(state_b[key])), key
-    for key in state_a.get("modules", {}):
-        assert torch.equal(state_a["modules"][key], state_b["modules"][key]), key
-    assert [r["top1"] for r in reference.history] == [r["top1"] for r in resumed.history]
+    assert_runs_equal(reference, resumed)
     return reference
+
+
+def assert_imb_resume_exact(imb, cifar_root, tmp_path, steps=4, preempt=False, **keys):
+    """:func:`assert_resume_exact` for FixMatch + ``imb`` at threshold 0.3, stopped at
+    step ``steps // 2`` of epoch two."""
+    return assert_resume_exact(cifar_root, tmp_path, steps, preempt, crash_step=steps // 2,
+                               algorithm="fixmatch", imb=imb, th=0.3, **keys)
 
 
 # ---- one step of the tiny ViT (test_step_equivalence, test_peft) ---------------------
@@ -467,6 +568,17 @@ def assert_user_error(rc: int, stderr: str, *needles: str, only_line: bool = Fal
     for needle in needles:
         assert needle in errors[0], (needle, errors[0])
     return errors[0]
+
+
+# ---- data configs (tests/data) ------------------------------------------------------------
+def data_cfg(root: str, name: str = "CIFAR10", num_l: int = 2, num_u: int = 4, **keys):
+    """A config of the DATA node alone, as the loaders read it: ``name`` from ``root`` (no
+    download), ``num_l`` labeled and ``num_u`` unlabeled images per class, balanced, the
+    number of classes from the dataset; ``keys`` add or replace DATA keys."""
+    data = {"NAME": name, "DATAPATH": root, "DOWNLOAD": False, "NUM_L": num_l, "NUM_U": num_u,
+            "IMB_L": 1.0, "IMB_U": 1.0, "NUMBER_CLASSES": -1}
+    data.update(keys)
+    return CfgNode({"DATA": data})
 
 
 # ---- the authors' released YAMLs (tests/assets/released/) --------------------------------

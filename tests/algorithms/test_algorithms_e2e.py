@@ -5,15 +5,13 @@ import json
 import os
 
 import pytest
-import torch
 
 from conftest import REPO, main_inprocess, tiny_args
 from finessl.algorithms import ALGORITHMS
 from finessl.config_load import load_config
 from finessl.errors import UserError
-from finessl.engine.run import restore
-from finessl.engine.trainer import Trainer
 from finessl.registry import import_plugin
+from helpers import assert_resume_exact
 
 
 def trained_algorithms() -> list[str]:
@@ -76,50 +74,7 @@ def test_zero_shot_only_evaluates(cifar_root, tmp_path, figures_not_rasterised):
     assert not os.path.exists(os.path.join(out, "checkpoint_last.pt"))
 
 
-class Killed(Exception):
-    pass
-
-
 @pytest.mark.parametrize("algorithm", TRAINED)
 def test_resume_after_a_crash_mid_epoch_is_exact(algorithm, cifar_root, tmp_path):
-    steps = 4  # 2 epochs: the crash at step 3 of epoch 2, resumed from epoch 1's end
-
-    def trainer(folder, write_split=True):
-        opts = tiny_args(cifar_root, str(tmp_path / folder), algorithm=algorithm,
-                         num_epochs=2, total_steps=steps)
-        return Trainer(load_config(None, opts), str(tmp_path / folder), seed=3,
-                       write_split=write_split)
-
-    reference = trainer("reference")
-    reference.fit()
-
-    crashed = trainer("crashed")
-    calls = {"n": 0}
-    step = crashed.algorithm.train_step
-
-    def crash_in_epoch_two(batch):
-        calls["n"] += 1
-        if calls["n"] == steps + steps // 2 + 1:
-            raise Killed
-        return step(batch)
-    crashed.algorithm.train_step = crash_in_epoch_two
-    with pytest.raises(Killed):
-        crashed.fit()
-
-    resumed = trainer("crashed", write_split=False)
-    restore(resumed, str(tmp_path / "crashed"))
-    assert resumed.start_epoch == 1
-    resumed.fit()
-    a, b = reference.model.trainable_state_dict(), resumed.model.trainable_state_dict()
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
-    state_a, state_b = reference.algorithm.state_dict(), resumed.algorithm.state_dict()
-    assert state_a.keys() == state_b.keys()
-    for key in state_a:
-        a_key, b_key = state_a[key], state_b[key]
-        if isinstance(a_key, dict):  # an algorithm's own modules (ReMixMatch's rotation head)
-            assert a_key.keys() == b_key.keys()
-            assert all(torch.equal(a_key[k], b_key[k]) for k in a_key), key
-        else:
-            assert torch.equal(torch.as_tensor(a_key), torch.as_tensor(b_key)), key
-    assert [r["top1"] for r in reference.history] == [r["top1"] for r in resumed.history]
+    # 2 epochs of 4 steps: the crash at step 3 of epoch 2, resumed from epoch 1's end
+    assert_resume_exact(cifar_root, tmp_path, steps=4, algorithm=algorithm)

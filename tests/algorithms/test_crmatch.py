@@ -2,13 +2,12 @@
 rotation head), loss and gradients over several steps, in fp64."""
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn.functional as F
 
 from finessl.algorithms import build_algorithm
 from finessl.config import get_cfg_defaults
-from helpers import LinearNet, grads, random_batch
+from helpers import LinearNet, random_batch, shared_model_steps
 
 CPU = torch.device("cpu")
 
@@ -63,22 +62,12 @@ def test_loss_and_gradients_match_usbs_crmatch_over_steps():
     params = list(model.parameters()) + algo.parameters()
     g = torch.Generator().manual_seed(0)
     kept = []
-    for _ in range(4):
-        batch = random_batch(g)
-        loss, logs = algo.train_step(batch)
-        loss.backward()
-        ours = grads(params)
-        ref_loss, mask = reference_loss(cfg, model, algo.modules["ds"], algo.modules["rot"], batch)
-        ref_loss.backward()
-        theirs = grads(params)
-        assert loss.item() == pytest.approx(ref_loss.item(), abs=1e-6)
-        for a, b in zip(ours, theirs):
-            assert torch.allclose(a, b, atol=1e-6, rtol=0)
+    ds, rot = algo.modules["ds"], algo.modules["rot"]
+    batches = (random_batch(g) for _ in range(4))
+    for logs, mask, ours in shared_model_steps(
+            algo, params, lambda b: reference_loss(cfg, model, ds, rot, b), batches):
         assert {"loss/ds", "loss/rot"} <= set(logs)
         kept.append(mask.mean().item())
-        with torch.no_grad():
-            for p, d in zip(params, ours):
-                p -= 0.5 * d
     assert 0 < sum(kept) < len(kept)
     assert all(d.abs().sum() > 0 for d in ours[len(list(model.parameters())):])  # both heads learn
 

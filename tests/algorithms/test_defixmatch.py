@@ -1,28 +1,15 @@
 """DeFixMatch against a plain transcription of USB's ``defixmatch.py`` train step."""
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn.functional as F
 
-from finessl.algorithms import build_algorithm
-from finessl.config import get_cfg_defaults
-from helpers import LinearNet, random_batch, side_by_side
+from helpers import random_batch, side_by_side, side_by_side_setup
 
-CPU = torch.device("cpu")
 
 
 def _setup(**keys):
-    cfg = get_cfg_defaults()
-    cfg.algorithm, cfg.th = "defixmatch", 0.5
-    for key, value in keys.items():
-        setattr(cfg, key, value)
-    model = LinearNet()
-    with torch.no_grad():
-        model.head.weight.mul_(4.0)  # confident and unconfident predictions alike
-    ref_model = copy.deepcopy(model)
-    return cfg, build_algorithm(cfg, model, 4, 12, CPU), ref_model
+    return side_by_side_setup("defixmatch", **keys)
 
 
 def _batches(steps, seed=0):

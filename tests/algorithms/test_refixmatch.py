@@ -2,28 +2,15 @@
 its ``consistency_loss(..., 'kl')``."""
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn.functional as F
 
-from finessl.algorithms import build_algorithm
-from finessl.config import get_cfg_defaults
-from helpers import LinearNet, random_batch, side_by_side
+from helpers import random_batch, side_by_side, side_by_side_setup
 
-CPU = torch.device("cpu")
 
 
 def _setup(**keys):
-    cfg = get_cfg_defaults()
-    cfg.algorithm, cfg.th = "refixmatch", 0.5
-    for key, value in keys.items():
-        setattr(cfg, key, value)
-    model = LinearNet()
-    with torch.no_grad():
-        model.head.weight.mul_(4.0)  # confident and unconfident predictions alike
-    ref_model = copy.deepcopy(model)
-    return cfg, build_algorithm(cfg, model, 4, 12, CPU), ref_model
+    return side_by_side_setup("refixmatch", **keys)
 
 
 def usb_step(th, lambda_u, w_low):

@@ -3,13 +3,12 @@ bank, unfolding and aggregation, in-batch similarity loss), loss, gradients and 
 over several steps of two epochs, in fp64."""
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn.functional as F
 
 from finessl.algorithms import build_algorithm
 from finessl.config import get_cfg_defaults
-from helpers import LinearNet, grads, one_line_error, random_batch
+from helpers import LinearNet, one_line_error, random_batch, shared_model_epochs
 
 CPU = torch.device("cpu")
 C, N_L = 4, 8
@@ -87,27 +86,14 @@ def test_loss_gradients_and_bank_match_usbs_simmatch_over_two_epochs():
     params = list(model.parameters()) + algo.parameters()
     g = torch.Generator().manual_seed(0)
     kept = []
-    for epoch in range(2):
-        algo.on_epoch_start(epoch)
-        for _ in range(3):
-            batch = random_batch(g, num_labeled=N_L, num_classes=C)
-            loss, logs = algo.train_step(batch)
-            loss.backward()
-            ours = grads(params)
-            ref_loss, mask = ref.loss(model, head, batch, epoch)
-            ref_loss.backward()
-            theirs = grads(params)
-            assert loss.item() == pytest.approx(ref_loss.item(), abs=1e-6)
-            for a, b in zip(ours, theirs):
-                assert torch.allclose(a, b, atol=1e-6, rtol=0)
-            assert (logs["loss/in"].item() == 0) == (epoch == 0)
-            assert torch.allclose(algo.bank.double(), ref.mem_bank.t(), atol=1e-6)
-            assert torch.equal(algo.bank_labels, ref.labels_bank)
-            assert torch.allclose(algo.da_queue.double(), ref.p_model, atol=1e-6)
-            kept.append(mask.mean().item())
-            with torch.no_grad():
-                for p, d in zip(params, ours):
-                    p -= 0.5 * d
+    for epoch, logs, mask, ours in shared_model_epochs(
+            algo, params, lambda b, epoch: ref.loss(model, head, b, epoch),
+            lambda: random_batch(g, num_labeled=N_L, num_classes=C)):
+        assert (logs["loss/in"].item() == 0) == (epoch == 0)
+        assert torch.allclose(algo.bank.double(), ref.mem_bank.t(), atol=1e-6)
+        assert torch.equal(algo.bank_labels, ref.labels_bank)
+        assert torch.allclose(algo.da_queue.double(), ref.p_model, atol=1e-6)
+        kept.append(mask.mean().item())
     assert 0 < sum(kept) < len(kept)  # the threshold both kept and dropped samples
     assert ours[-1].abs().sum() > 0  # the projection head learns from L_in
 

@@ -12,17 +12,13 @@ import torch.nn.functional as F
 from finessl.algorithms import build_algorithm
 from finessl.algorithms.uda import tsa_threshold
 from finessl.config import get_cfg_defaults
-from helpers import LinearHeads
+from helpers import LinearHeads, image_batches, step_both
 
 C, B, D = 4, 6, 12
 
 
 def batches(steps, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    img = lambda: torch.randn(B, 3, 2, 2, generator=g, dtype=torch.float64) * 2  # noqa: E731
-    return [{"x": img(), "y": torch.randint(C, (B,), generator=g), "u_w": img(), "u_s1": img(),
-             "u_s2": img(), "u_idx": torch.randperm(20, generator=g)[:B],
-             "u_true": torch.randint(C, (B,), generator=g)} for _ in range(steps)]
+    return image_batches(steps, C, seed=seed, n_x=B, n_u=B, scale=2, num_unlabeled=20)
 
 
 def reference_loss(model, batch, it, total, th, T, schedule, w_con):
@@ -57,20 +53,13 @@ def test_uda_matches_a_transcription_of_usb(schedule):
     ours = LinearHeads(D, C)
     ref = copy.deepcopy(ours)
     algorithm = build_algorithm(cfg, ours, C, 20, torch.device("cpu"))
+    ours_head, ref_head = list(ours.head.parameters()), list(ref.head.parameters())
     masked = 0
     for it, batch in enumerate(batches(steps)):
         loss, logs = algorithm.train_step(batch)
         expected = reference_loss(ref, batch, it, 6, 0.5, cfg.UDA.T, schedule, cfg.w_con)
         masked += float(logs["pseudo/mask_rate"])
-        assert abs(loss.item() - expected.item()) <= 1e-9
-        for model, value in ((ours, loss), (ref, expected)):
-            model.zero_grad()
-            value.backward()
-        for p, q in zip(ours.head.parameters(), ref.head.parameters()):
-            assert torch.allclose(p.grad, q.grad, atol=1e-9, rtol=0)
-            with torch.no_grad():  # the same SGD step on both
-                p -= 0.5 * p.grad
-                q -= 0.5 * q.grad
+        step_both(ours_head, ref_head, loss, expected, lr=0.5, atol=1e-9)
     assert 0 < masked < steps  # the mask kept some images and dropped others
     assert int(algorithm.it) == steps
 

@@ -10,26 +10,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from yacs.config import CfgNode
 
 from fakedata import class_pattern, write_fake_cifar
 from finessl.data import datasets, loaders, splits, transforms
 from finessl.errors import UserError
+from helpers import data_cfg
 
 CROP = 32
-
-
-@pytest.fixture(scope="module")
-def cifar10_root(tmp_path_factory):
-    return write_fake_cifar(str(tmp_path_factory.mktemp("c10")), "cifar10",
-                            train_per_class=12, test_per_class=3)
-
-
-def make_cfg(root, name="CIFAR10", number_classes=0, num_l=2, num_u=4):
-    return CfgNode({"DATA": {
-        "NAME": name, "DATAPATH": root, "DOWNLOAD": False, "NUM_L": num_l,
-        "NUM_U": num_u, "IMB_L": 1.0, "IMB_U": 1.0, "NUMBER_CLASSES": number_classes,
-    }})
 
 
 # ---- splits ----------------------------------------------------------------
@@ -186,7 +173,7 @@ def test_food101_layout(tmp_path):
 
 def test_wrong_number_classes_names_the_key(cifar10_root):
     with pytest.raises(UserError, match=r"DATA\.NUMBER_CLASSES is 100 .* 10 classes"):
-        loaders.build_data(make_cfg(cifar10_root, number_classes=100), CROP, None)
+        loaders.build_data(data_cfg(cifar10_root, NUMBER_CLASSES=100), CROP, None)
 
 
 # ---- transforms ------------------------------------------------------------
@@ -238,7 +225,7 @@ def test_epoch_sampler_is_a_function_of_seed_epoch_stream(replay):
 
 
 def test_aug_seed_decides_the_views(cifar10_root):
-    bundle = loaders.build_data(make_cfg(cifar10_root), CROP, None)
+    bundle = loaders.build_data(data_cfg(cifar10_root), CROP, None)
     a, b, c = bundle.unlabeled[(3, 11)], bundle.unlabeled[(3, 11)], bundle.unlabeled[(3, 12)]
     assert all(torch.equal(x, y) for x, y in zip(a[:3], b[:3]))
     assert not torch.equal(a[1], c[1])
@@ -250,7 +237,7 @@ def test_aug_seed_decides_the_views(cifar10_root):
 def test_extra_views_leave_the_others_as_they_were(cifar10_root):
     # A labeled strong view (DeFixMatch) and an unlabeled medium view (SequenceMatch)
     # are drawn last from the item's rng: the weak and strong views do not move.
-    bundle = loaders.build_data(make_cfg(cifar10_root), CROP, None)
+    bundle = loaders.build_data(data_cfg(cifar10_root), CROP, None)
     plain_l, plain_u = bundle.labeled[(2, 7)], bundle.unlabeled[(3, 11)]
     bundle.labeled.strong = bundle.unlabeled.medium = True
     more_l, more_u = bundle.labeled[(2, 7)], bundle.unlabeled[(3, 11)]
@@ -270,7 +257,7 @@ def test_extra_views_leave_the_others_as_they_were(cifar10_root):
 
 
 def test_build_data_and_loaders(cifar10_root, tmp_path):
-    bundle = loaders.build_data(make_cfg(cifar10_root), CROP, str(tmp_path))
+    bundle = loaders.build_data(data_cfg(cifar10_root), CROP, str(tmp_path))
     assert (len(bundle.labeled), len(bundle.unlabeled), bundle.num_classes) == (20, 60, 10)
     with open(tmp_path / "split.json") as f:
         record = json.load(f)

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from yacs.config import CfgNode
 
 from finessl.data import datasets, fashion_mnist, loaders
 from finessl.engine.evaluate import evaluate
 from finessl.engine.device import Precision
 from finessl.errors import UserError
+from helpers import data_cfg
 
 REAL = "/usr/share/datasets/fashion-mnist"
 
@@ -103,10 +103,7 @@ def test_real_files():
 # ---- DATA.NUM_TEST ----------------------------------------------------------------------
 
 def make_cfg(root, num_test):
-    return CfgNode({"DATA": {
-        "NAME": "FashionMNIST", "DATAPATH": root, "DOWNLOAD": False, "NUM_L": 1,
-        "NUM_U": 2, "IMB_L": 1.0, "IMB_U": 1.0, "NUMBER_CLASSES": -1, "NUM_TEST": num_test,
-    }})
+    return data_cfg(root, "FashionMNIST", num_l=1, num_u=2, NUM_TEST=num_test)
 
 
 class AlwaysClassZero(nn.Module):

@@ -9,13 +9,13 @@ import os
 import numpy as np
 import pytest
 import torch
-from yacs.config import CfgNode
 
 from fakedata import (FOLDER_CLASSES as CLASSES, FOLDER_LABELED_PER_CLASS as LABELED_PER_CLASS,
                       FOLDER_TEST_PER_CLASS as TEST_PER_CLASS, FOLDER_UNLABELED as UNLABELED,
                       NOT_AN_IMAGE, TRUNCATED, write_image_folder)
 from finessl.data import datasets, folder, loaders
 from finessl.errors import UserError
+from helpers import data_cfg
 
 
 @pytest.fixture(scope="module")
@@ -24,10 +24,7 @@ def image_root(tmp_path_factory):
 
 
 def make_cfg(root, num_test=0):
-    return CfgNode({"DATA": {
-        "NAME": "ImageFolder", "DATAPATH": root, "DOWNLOAD": False, "NUM_L": 1,
-        "NUM_U": 1, "IMB_L": 1.0, "IMB_U": 1.0, "NUMBER_CLASSES": -1, "NUM_TEST": num_test,
-    }})
+    return data_cfg(root, "ImageFolder", num_l=1, num_u=1, NUM_TEST=num_test)
 
 
 def test_class_names_counts_and_split(image_root):

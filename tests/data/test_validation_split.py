@@ -7,25 +7,15 @@ import json
 import os
 
 import pytest
-from yacs.config import CfgNode
 
-from fakedata import FOLDER_LABELED_PER_CLASS, write_fake_cifar, write_image_folder
+from fakedata import FOLDER_LABELED_PER_CLASS, write_image_folder
 from finessl.data import loaders, splits
 from finessl.errors import UserError
+from helpers import data_cfg
 
 
-@pytest.fixture(scope="module")
-def cifar10_root(tmp_path_factory):
-    return write_fake_cifar(str(tmp_path_factory.mktemp("c10")), "cifar10",
-                            train_per_class=12, test_per_class=3)
-
-
-def make_cfg(root, name="CIFAR10", num_val=0, num_l=2, num_u=4):
-    return CfgNode({"DATA": {
-        "NAME": name, "DATAPATH": root, "DOWNLOAD": False, "NUM_L": num_l,
-        "NUM_U": num_u, "IMB_L": 1.0, "IMB_U": 1.0, "NUMBER_CLASSES": -1, "NUM_VAL": num_val,
-        "NUM_SIGNAL": 5,
-    }})
+def make_cfg(root, name="CIFAR10", num_val=0):
+    return data_cfg(root, name, NUM_VAL=num_val, NUM_SIGNAL=5)
 
 
 TARGETS = [k for k in range(3) for _ in range(6)]  # 3 classes, 6 images each, in order
