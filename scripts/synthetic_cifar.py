@@ -7,12 +7,17 @@ ViT demo (configs/demo/vit_tiny.yaml) and for trying any setting without the rea
 
 What the images are: finessl/data/synthetic.py.
 """
+import importlib.util
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from finessl.data.synthetic import main  # noqa: E402  (after the repository is on the path)
+# The generator needs numpy alone: loaded from its file, without the package around it
+# (importing finessl.data imports torch: seconds before the first image).
+SOURCE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      "finessl", "data", "synthetic.py")
+spec = importlib.util.spec_from_file_location("finessl_synthetic", SOURCE)
+synthetic = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(synthetic)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(synthetic.main())

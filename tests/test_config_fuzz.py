@@ -131,7 +131,7 @@ FILES = st.one_of(st.binary(max_size=200), st.text(max_size=200).map(
                      b"&a [*a]\n", b"!!python/object:os.system {}\n", b"\x00"]))
 
 
-@fuzz(150)
+@fuzz(100)
 @given(content=FILES)
 def test_any_yaml_file_loads_or_fails_in_one_line(content):
     with tempfile.TemporaryDirectory() as folder:
@@ -227,7 +227,7 @@ def _use(mode: str, run_dir: str, folder: str, cifar_root: str, images: str) -> 
         run.evaluate(cfg) if cfg.eval_only else run.train(cfg)
 
 
-@fuzz(150)
+@fuzz(100)
 @given(mode=st.sampled_from(["resume", "eval_only", "predict"]), config=CONFIGS,
        checkpoint=CHECKPOINTS)
 def test_a_malformed_run_folder_is_one_line(mode, config, checkpoint, valid_config, images,
@@ -252,7 +252,7 @@ GARBAGE = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.text(max_si
 FULL_GARBAGE = st.fixed_dictionaries({k: GARBAGE for k in RESUME_KEYS + ("scaler", "classnames")})
 
 
-@fuzz(40)
+@fuzz(25)
 @given(mode=st.sampled_from(["resume", "eval_only", "predict"]), state=FULL_GARBAGE,
        seed=st.one_of(st.just(1), GARBAGE))
 def test_a_checkpoint_of_garbage_values_is_one_line(mode, state, seed, valid_config, images,
