@@ -78,6 +78,12 @@ def figures_not_rasterised(request, monkeypatch):
     draw for draw."""
     if request.node.get_closest_marker("figures"):
         return
+    no_rasterising(monkeypatch)
+
+
+def no_rasterising(monkeypatch) -> None:
+    """Figures built but not drawn (:func:`figures_not_rasterised`), for a fixture of a
+    wider scope than a test's (``with pytest.MonkeyPatch.context() as mp``)."""
     import numpy as np
     from PIL import Image
 
@@ -124,7 +130,7 @@ def run_main(args: list[str], env: dict | None = None, timeout: float = 300):
     return proc.returncode, proc.stdout, proc.stderr
 
 
-def main_inprocess(args: list[str], env: dict | None = None):
+def main_inprocess(args: list[str], env: dict | None = None, rasterise: bool = True):
     """``main.main(ARGS)`` in this process: (returncode, stdout, stderr) as :func:`run_main`
     gives them, without the ~5 s a fresh interpreter spends importing torch. Use it where
     the process boundary is not what a test is about (signals, torchrun, a lock held by
@@ -137,7 +143,12 @@ def main_inprocess(args: list[str], env: dict | None = None):
     log.txt), the SIGTERM / SIGUSR1 handlers (``signals.handling``), torch's
     deterministic-algorithms flag (``deterministic True``), the Python, numpy and torch
     RNGs, warnings filters, the working directory and ``os.environ`` (``env`` is set for
-    the call only)."""
+    the call only). ``rasterise=False``: figures built but not drawn, as in a test
+    (:func:`figures_not_rasterised`), for the module-scoped fixtures that run before it."""
+    if not rasterise:
+        with pytest.MonkeyPatch.context() as patch:
+            no_rasterising(patch)
+            return main_inprocess(args, env)
     import contextlib
     import io
     import logging

@@ -26,7 +26,7 @@ def folder_run(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("run") / "tiny")
     args = tiny_args(root, out, **{"DATA.NAME": "ImageFolder", "num_epochs": 1,
                                    "total_steps": 3, "DATA.BATCH_SIZE": 4})
-    code, _, err = main_inprocess(args)
+    code, _, err = main_inprocess(args, rasterise=False)
     assert code == 0, err
     return root, out, err
 

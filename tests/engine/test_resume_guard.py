@@ -337,7 +337,7 @@ SHORT = dict(num_epochs=2, total_steps=3)
 @pytest.fixture(scope="module")
 def finished(cifar_root, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("guard") / "run")
-    rc, _, err = main_inprocess(tiny_args(cifar_root, out, **SHORT))
+    rc, _, err = main_inprocess(tiny_args(cifar_root, out, **SHORT), rasterise=False)
     assert rc == 0, err
     return out
 

@@ -19,7 +19,7 @@ from finessl.engine.trainer import Trainer
 def finished_run(cifar_root, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("run") / "tiny")
     code, stdout, err = main_inprocess(tiny_args(cifar_root, out, num_epochs=4, total_steps=25,
-                                                 seed=2))
+                                                 seed=2), rasterise=False)
     assert code == 0, err
     return out, stdout
 

@@ -20,7 +20,8 @@ from finessl.engine.checkpoint import BEST_VAL
 def val_run(cifar_root, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("val") / "run")
     code, _, err = main_inprocess(tiny_args(cifar_root, out, num_epochs=2, total_steps=3,
-                                            **{"DATA.NUM_VAL": 2, "DATA.NUM_SIGNAL": 16}))
+                                            **{"DATA.NUM_VAL": 2, "DATA.NUM_SIGNAL": 16}),
+                                  rasterise=False)
     assert code == 0, err
     return out
 
