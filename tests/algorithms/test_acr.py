@@ -17,7 +17,7 @@ from helpers import one_line_error
 C, D_IN, FEAT = 3, 12, 5
 LABELED_COUNTS = torch.tensor([10, 5, 2])
 KEYS = {"TAU_MAX": 1.5, "TAU_MIN": 0.1, "TAU_U_BAL": 1.2, "TAU_X_BAL": 0.8, "EMA_U": 0.7,
-        "EST_EPOCH": 0}
+        "EST_EPOCH": 0, "P_CUTOFF": 0.9}
 STEPS = 2  # total_steps: steps per epoch
 
 
@@ -38,7 +38,7 @@ class LinearModel(nn.Module):
 
 def build(labeled_counts=LABELED_COUNTS, **cfg_keys):
     cfg = get_cfg_defaults()
-    cfg.algorithm, cfg.th, cfg.w_con, cfg.total_steps = "acr", 0.9, 1.0, STEPS
+    cfg.algorithm, cfg.th, cfg.w_con, cfg.total_steps = "acr", 0.5, 1.0, STEPS
     for key, value in KEYS.items():
         setattr(cfg.ACR, key, value)
     for key, value in cfg_keys.items():
@@ -138,7 +138,7 @@ class AcrTranscription:
 
 def test_acr_matches_a_transcription_of_the_authors_code_across_epochs():
     cfg, model, algo = build()
-    reference = AcrTranscription(cfg.th, cfg.w_con)
+    reference = AcrTranscription(cfg.ACR.P_CUTOFF, cfg.w_con)
     named = [*model.named_parameters(), *algo.modules.named_parameters()]
     optim = torch.optim.SGD([q for _, q in named], lr=0.5)
     plan = [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1), (3, 0), (3, 1)]
@@ -211,3 +211,21 @@ def test_acr_takes_bms_and_dls_on_its_main_head():
 def test_acr_without_the_labeled_counts_fails_in_one_line():
     _, _, algo = build(labeled_counts=None)
     one_line_error(algo.train_step, batch(0), names=("acr", "labeled_counts"))
+
+
+def test_acr_keeps_pseudo_labels_by_its_own_cut_off_not_th():
+    """ACR.P_CUTOFF (the authors' 0.95 by default) decides what is kept; the shared th
+    does not (the adjustment alone lifts a tail class over th = 0.7 on cosine logits)."""
+    assert get_cfg_defaults().ACR.P_CUTOFF == 0.95
+
+    def loss(**keys):
+        _, _, algo = build()
+        for key, value in keys.items():
+            setattr(algo.cfg.ACR if key == "P_CUTOFF" else algo.cfg, key, value)
+        algo.on_epoch_start(0)
+        loss, logs = algo.train_step(batch(0))
+        return loss.item(), logs["pseudo/mask_rate"]
+
+    base = loss()
+    assert loss(th=0.1) == base and loss(th=0.99) == base
+    assert loss(P_CUTOFF=0.0)[1] == 1.0 and loss(P_CUTOFF=1.0)[1] == 0.0
