@@ -13,7 +13,7 @@ import torch
 import torch.multiprocessing as mp
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO, tiny_args, wait_for_text
+from conftest import REPO, main_inprocess, tiny_args, wait_for_text
 from finessl.config_load import load_config
 from finessl.distributed import init_distributed
 from finessl.engine.trainer import Trainer
@@ -111,11 +111,11 @@ def _torchrun(args, out_log):
 
 @pytest.mark.long
 def test_torchrun_run_killed_mid_epoch_resumes_to_the_same_parameters(cifar_root, tmp_path):
+    """A torchrun run SIGKILLed inside epoch 2, resumed under torchrun, ends where one
+    process with the same global batch ends (equal up to float summation order, as in
+    the test above; resume's bit-exactness is tested in-process: tests/engine). The
+    reference runs in this process: a third torchrun launch was ~20 s of imports."""
     settings = dict(num_epochs=2, total_steps=16, seed=6, print_freq=5)
-    reference = str(tmp_path / "reference")
-    with open(tmp_path / "reference.log", "w") as f:
-        assert _torchrun(tiny_args(cifar_root, reference, **settings), f).wait(300) == 0
-
     killed = str(tmp_path / "killed")
     ckpt = os.path.join(killed, "checkpoint_last.pt")
     with open(tmp_path / "killed.log", "w") as f:
@@ -126,11 +126,15 @@ def test_torchrun_run_killed_mid_epoch_resumes_to_the_same_parameters(cifar_root
         proc.wait()
     assert torch.load(ckpt, weights_only=False)["epoch"] == 1, "kill came too late"
     with open(tmp_path / "resumed.log", "w") as f:
-        code = _torchrun(tiny_args(cifar_root, killed, **settings) + ["resume", killed], f).wait(300)
-    assert code == 0, open(tmp_path / "resumed.log").read()[-3000:]
+        resumed = _torchrun(tiny_args(cifar_root, killed, **settings) + ["resume", killed], f)
+        reference = str(tmp_path / "reference")  # while the resumed run trains
+        code, _, err = main_inprocess(tiny_args(cifar_root, reference, **settings),
+                                      rasterise=False)
+        assert code == 0, err[-3000:]
+        assert resumed.wait(300) == 0, open(tmp_path / "resumed.log").read()[-3000:]
     a = torch.load(os.path.join(reference, "checkpoint_last.pt"), weights_only=False)
     b = torch.load(ckpt, weights_only=False)
     assert b["epoch"] == 2
     for name in a["model"]:
-        assert torch.equal(a["model"][name], b["model"][name]), name
+        assert torch.allclose(a["model"][name], b["model"][name], atol=1e-5, rtol=0), name
     assert os.path.exists(os.path.join(killed, "results.json"))
