@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -37,6 +38,8 @@ folder = args[args.index("output_dir") + 1]
 record = {{"argv": args, "cwd": os.getcwd(), "folder": folder, "start": time.time(),
           "omp": os.environ.get("OMP_NUM_THREADS")}}
 print("training", folder, flush=True)
+if os.environ.get("FAKE_STARTED"):  # a file that says the stand-in is in its sleep
+    open(os.environ["FAKE_STARTED"], "w").close()
 try:
     time.sleep(float(os.environ.get("FAKE_SECONDS", "0")))
 except KeyboardInterrupt:
@@ -77,7 +80,7 @@ class Fake:
 def fake(tmp_path, monkeypatch):
     """main.py replaced by the stand-in for every sweep of the test."""
     made = Fake(tmp_path)
-    for name in ("FAKE_FAIL", "FAKE_SECONDS", "OMP_NUM_THREADS"):
+    for name in ("FAKE_FAIL", "FAKE_SECONDS", "FAKE_STARTED", "OMP_NUM_THREADS"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("FAKE_LOG", made.log)
     monkeypatch.setattr(runner, "MAIN", made.path)
@@ -205,12 +208,22 @@ def test_a_signal_stops_the_whole_sweep(tmp_path, fake, monkeypatch, capsys, sig
     """The run in progress gets the signal too (a kill of the sweep's process alone),
     no run starts after it, and the exit status is 128 + its number."""
     monkeypatch.setenv("FAKE_SECONDS", "30")
-    timer = threading.Timer(1.5, os.kill, (os.getpid(), signum))
-    timer.start()
+    started = str(tmp_path / "started")
+    monkeypatch.setenv("FAKE_STARTED", started)
+    done = threading.Event()
+
+    def signal_the_sweep():  # once the first run is training, however loaded the machine
+        while not done.is_set():
+            if os.path.exists(started):
+                time.sleep(0.2)  # into the stand-in's sleep
+                return os.kill(os.getpid(), signum)
+            time.sleep(0.05)
+    thread = threading.Thread(target=signal_the_sweep, daemon=True)
+    thread.start()
     try:
         outcome = sweep(tmp_path, [1, 2])
     finally:
-        timer.cancel()
+        done.set()
     assert outcome.code == 128 + signum and outcome.ran == outcome.failed == []
     calls = fake.calls
     first = folder(tmp_path, "fashion_mnist_N4", "fixmatch", 1)
