@@ -9,8 +9,6 @@ import logging
 import os
 import re
 import signal
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -161,11 +159,3 @@ def test_the_bar_is_closed_before_the_stop_or_error_line(cifar_root, tmp_path, m
     assert "step 2/4" in str(e.value)
     line = "WARNING" if ending == "signal" else "ERROR"
     assert line in events and "close" in events[:events.index(line)], events
-
-
-@pytest.mark.slow  # a fresh interpreter
-def test_the_trainer_imports_no_plotting():
-    code = "import sys, finessl.engine.trainer; print('matplotlib' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=REPO, check=True).stdout
-    assert out.strip() == "False"
