@@ -67,12 +67,21 @@ def method_rows() -> list[tuple[str, str, list[str]]]:
     trained = sorted((n for n, c in ALGORITHMS.items() if c.trains and not c.uses_teacher
                       and not c.long_tailed_only),
                      key=lambda n: ALGORITHMS.get(n).order)
-    rows = [(N4, m, _ALGO(m)) for m in trained]
-    rows += [(N4, plugged, ["algorithm", plain, "bms", "True", "dls", "True"])
+    rows = [(N4, m, [*_ALGO(m), *SCALED.get(m, [])]) for m in trained]
+    rows += [(N4, plugged, ["algorithm", plain, "bms", "True", "dls", "True",
+                            *SCALED.get(plain, [])])
              for plugged, plain in PLUGGED if plain in ALGORITHMS]
     return rows + [(N1, "finessl", _ALGO("finessl")), (N1, "fixmatch", _ALGO("fixmatch"))]
 
 
+# Settings made for USB's runs of 2^20 steps, scaled to the demo's 8 x 50 = 400 (set
+# before any of these rows ran; docs/results.md lists them): Dash's 2048 supervised
+# warm-up steps would outlast the run (refused), so one epoch, the least that gives
+# rho_hat an epoch of labeled losses; distribution alignment's EMA (momentum 0.999, set
+# by the first batch) would still weigh that first batch's mean prediction 67 % at the
+# last step, so 0.99 (a ~100-step horizon, about ReMixMatch's 128-batch window).
+SCALED = {"dash": ["DASH.WARMUP", "50"], "remixmatch": ["REMIXMATCH.DA_EMA", "0.99"],
+          "adamatch": ["ADAMATCH.EMA", "0.99"]}
 # Warm-ups set for runs of 30 epochs x 500 steps, scaled to the demo's 8 x 50: DARP
 # refines after 12 of 30 epochs by default (40 %), so after 3 of 8 here; at 12 it would
 # never act in 8 epochs (refused: finessl/config.py starts_within_the_run).

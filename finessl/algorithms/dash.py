@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from finessl.algorithms.base import register
 from finessl.algorithms.pseudo_labeling import PseudoLabeling, PseudoLabels
-from finessl.config import declare, non_negative, positive
+from finessl.config import cross_check, declare, non_negative, positive, starts_within_the_run
 from finessl.losses import soft_cross_entropy
 
 # Hyperparameters, USB's defaults.
@@ -38,6 +38,15 @@ declare("DASH.C", 1.0001, "rho_t = max(C * GAMMA^-(k-1) * rho_hat, RHO_MIN)", ch
 declare("DASH.RHO_MIN", 0.05, "lowest threshold; reached, the targets turn hard", check=non_negative)
 declare("DASH.WARMUP", 2048, "global steps of supervised warm-up before rho_hat is taken", check=positive)
 declare("DASH.UPDATE_EPOCHS", 10, "epochs between two updates of rho_t", check=positive)
+
+
+@cross_check
+def _dash_acts(cfg) -> None:
+    """USB's 2048 warm-up steps are 0.2 % of its 2^20; a run shorter than its warm-up
+    would be supervised throughout, silently."""
+    if cfg.algorithm == "dash":  # pseudo-labels from global step WARMUP + 1 (from 1) on
+        starts_within_the_run("DASH.WARMUP", cfg.DASH.WARMUP, cfg.DASH.WARMUP + 1,
+                              cfg.num_epochs * cfg.total_steps, "step", "Dash")
 
 
 @register("dash", order=28)

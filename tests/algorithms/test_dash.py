@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from finessl.algorithms import build_algorithm
 from finessl.config import get_cfg_defaults
-from helpers import LinearHeads, image_batches, step_both
+from finessl.config_load import load_config
+from helpers import LinearHeads, image_batches, one_line_error, step_both
 
 C, B, D = 4, 6, 12
 WARMUP, EPOCH, UPDATE_EPOCHS, GAMMA, CC, RHO_MIN, T = 3, 2, 1, 1.6, 1.0001, 0.3, 0.5
@@ -76,3 +77,13 @@ def test_dash_matches_a_transcription_of_usb():
     assert all(h is None and rate == 0 for h, rate in phases[:WARMUP])
     assert False in [h for h, _ in phases] and True in [h for h, _ in phases]
     assert any(0 < rate < 1 for _, rate in phases[WARMUP:])
+
+
+def test_a_warm_up_that_outlasts_the_run_is_refused():
+    """USB's 2048 supervised steps in a run of 400 would make Dash supervised throughout,
+    silently: refused in one line that says how far to lower it."""
+    short = ["algorithm", "dash", "num_epochs", "8", "total_steps", "50"]
+    one_line_error(load_config, None, short,
+                   names=("DASH.WARMUP 2048", "step 2049", "(400)", "at most 399"))
+    assert load_config(None, short + ["DASH.WARMUP", "399"]).DASH.WARMUP == 399
+    assert load_config(None, ["algorithm", "fixmatch", "num_epochs", "8", "total_steps", "50"])
