@@ -218,13 +218,18 @@ def test_a_signal_stops_the_whole_sweep(tmp_path, fake, monkeypatch, capsys, sig
                 time.sleep(0.2)  # into the stand-in's sleep
                 return os.kill(os.getpid(), signum)
             time.sleep(0.05)
+    # Ctrl-C as in a terminal: Python's own SIGINT handler, whatever an earlier test in
+    # this worker left (the sweep relies on KeyboardInterrupt)
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
     thread = threading.Thread(target=signal_the_sweep, daemon=True)
     thread.start()
     try:
         outcome = sweep(tmp_path, [1, 2])
     finally:
         done.set()
-    assert outcome.code == 128 + signum and outcome.ran == outcome.failed == []
+        signal.signal(signal.SIGINT, inherited)
+    assert outcome.code == 128 + signum and outcome.ran == outcome.failed == [], \
+        (outcome, inherited, threading.current_thread() is threading.main_thread())
     calls = fake.calls
     first = folder(tmp_path, "fashion_mnist_N4", "fixmatch", 1)
     assert [c["folder"] for c in calls] == ([first] if signum == signal.SIGINT else [])
