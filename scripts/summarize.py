@@ -58,9 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     paired = tables.paired(runs, args.metric, args.against) if args.against else None
-    if paired is not None and not paired[1]:
-        print(f"error: --against {args.against}: no run of that method shares a seed with "
-              f"another method's in {args.root}", file=sys.stderr)
+    if paired is not None and not any(run.method == args.against and run.finished
+                                      for run in runs):
+        print(f"error: --against {args.against}: no finished run of that method in "
+              f"{args.root}", file=sys.stderr)
         return 2
     oracle = (" (an oracle: chosen with the test labels)"
               if args.metric in ("best", "best_test") else "")
@@ -75,7 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         print("\nBeside the published figures the configs declare (reference_top1; the "
               "long-tailed configs: USB's, WRN-28-2 trained from scratch, not CLIP):\n")
         print("\n".join(tables.markdown(header, rows)))
-    if args.against:
+    if args.against and not paired[1]:  # a sweep still running: the table, no pairs yet
+        print(f"\nno method shares 2 finished seeds with {args.against} yet (a paired "
+              f"interval needs 2)")
+    elif args.against:
         header, rows = paired
         print(f"\n{args.against} minus each method, paired by seed, 95 % confidence "
               f"interval:\n")

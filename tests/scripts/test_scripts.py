@@ -331,3 +331,15 @@ def test_summarize_against_pairs_by_seed_with_its_interval(results_root, capsys)
     assert row == "| cifar100_N4 | fixmatch | 2 | +9.50 | [+3.15, +15.85] | finessl ahead |"
     code, _, err = summary(capsys, results_root, "--against", "nosuch")
     assert code == 2 and err.startswith("error: --against nosuch:") and err.count("\n") == 1
+
+
+def test_summarize_against_a_method_with_one_seed_prints_the_table_and_says_why(tmp_path,
+                                                                                 capsys):
+    """A sweep in progress: one seed each, no paired interval yet, the means all the same."""
+    for method, top1 in (("finessl", 0.7), ("pimodel", 0.6)):
+        write_results(str(tmp_path / "fm_N4" / method / "seed1"), top1)
+    code, lines, err = summary(capsys, str(tmp_path), "--against", "finessl")
+    assert code == 0 and err == ""
+    assert "| finessl | 70.00 (n=1) |" in lines and "| pimodel | 60.00 (n=1) |" in lines
+    assert lines[-1] == ("no method shares 2 finished seeds with finessl yet (a paired "
+                         "interval needs 2)")
