@@ -218,8 +218,9 @@ def test_a_signal_stops_the_whole_sweep(tmp_path, fake, monkeypatch, capsys, sig
                 time.sleep(0.2)  # into the stand-in's sleep
                 return os.kill(os.getpid(), signum)
             time.sleep(0.05)
-    # Ctrl-C as in a terminal: Python's own SIGINT handler, whatever an earlier test in
-    # this worker left (the sweep relies on KeyboardInterrupt)
+    # Ctrl-C as in a terminal: Python's own SIGINT handler. A suite started in the
+    # background by a script (`pytest &`: the shell ignores SIGINT for it, and Python
+    # then installs no handler) would otherwise never see this signal.
     inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
     thread = threading.Thread(target=signal_the_sweep, daemon=True)
     thread.start()
