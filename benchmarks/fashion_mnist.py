@@ -74,18 +74,18 @@ def method_rows() -> list[tuple[str, str, list[str]]]:
     return rows + [(N1, "finessl", _ALGO("finessl")), (N1, "fixmatch", _ALGO("fixmatch"))]
 
 
-# Settings made for USB's runs of 2^20 steps, scaled to the demo's 8 x 50 = 400 (set
-# before any of these rows ran; docs/results.md lists them): Dash's 2048 supervised
-# warm-up steps would outlast the run (refused), so one epoch, the least that gives
-# rho_hat an epoch of labeled losses; distribution alignment's EMA (momentum 0.999, set
-# by the first batch) would still weigh that first batch's mean prediction 67 % at the
-# last step, so 0.99 (a ~100-step horizon, about ReMixMatch's 128-batch window).
+# Settings made for much longer runs, scaled to the demo's 8 x 50 = 400 steps (set
+# before any of these rows ran; docs/results.md lists them), keyed by algorithm or
+# imbalanced method:
+# - Dash's 2048 supervised warm-up steps (of USB's 2^20) would outlast the run
+#   (refused), so one epoch, the least that gives rho_hat an epoch of labeled losses;
+# - distribution alignment's EMA (momentum 0.999, set by the first batch) would still
+#   weigh that batch's mean prediction 67 % at the last step, so 0.99 (a ~100-step
+#   horizon, about ReMixMatch's 128-batch window);
+# - DARP refines after 12 of 30 epochs by default (40 %), so after 3 of 8 here; at 12 it
+#   would never act in 8 epochs (refused: finessl/config.py starts_within_the_run).
 SCALED = {"dash": ["DASH.WARMUP", "50"], "remixmatch": ["REMIXMATCH.DA_EMA", "0.99"],
-          "adamatch": ["ADAMATCH.EMA", "0.99"]}
-# Warm-ups set for runs of 30 epochs x 500 steps, scaled to the demo's 8 x 50: DARP
-# refines after 12 of 30 epochs by default (40 %), so after 3 of 8 here; at 12 it would
-# never act in 8 epochs (refused: finessl/config.py starts_within_the_run).
-IMB_WARMUP = {"darp": ["DARP.WARMUP", "3"]}
+          "adamatch": ["ADAMATCH.EMA", "0.99"], "darp": ["DARP.WARMUP", "3"]}
 # table -> its rows (setting, method, overrides). "methods": method_rows(). "lt": where
 # the bias is real (docs/results.md): the long-tailed split with the imbalanced-SSL
 # methods of issue 25's table (ABC, DARP, ACR), and FineSSL on a reversed unlabeled set.
@@ -93,7 +93,7 @@ TABLES = {
     "methods": method_rows,
     "lt": lambda: [(LT, m, _ALGO(m)) for m in ("supervised", "fixmatch", "finessl")] + [
         (LT_REV, "finessl", _ALGO("finessl"))] + [
-        (LT, f"fixmatch+{imb}", ["algorithm", "fixmatch", "imb", imb, *IMB_WARMUP.get(imb, [])])
+        (LT, f"fixmatch+{imb}", ["algorithm", "fixmatch", "imb", imb, *SCALED.get(imb, [])])
         for imb in ("abc", "darp")] + [
         (LT, "acr", _ALGO("acr"))],
     # choosing without peeking (docs/selection.md): 5 validation images per class held
