@@ -32,9 +32,13 @@ def _child(cmd: list[str], timeout: float, threads: int | None = None
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env,
                           timeout=timeout)
     if proc.returncode:
-        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise RuntimeError(f"exit {proc.returncode}: {last}")
+        raise failure(proc.returncode, proc.stderr)
     return proc
+
+
+def failure(code: int, stderr: str) -> RuntimeError:
+    """A child's failure as its row says it: the exit status and the last stderr line."""
+    return RuntimeError(f"exit {code}: {(stderr.strip().splitlines() or ['(no output)'])[-1]}")
 
 
 def main_run(vit: list[str], workers: int, threads: int | None, run: dict) -> str:

@@ -37,7 +37,7 @@ def _main_in_this_process(cmd, timeout, threads=None):
     assert cmd[1].endswith("main.py"), cmd
     code, out, err = main_inprocess(cmd[2:], rasterise=False)
     if code:
-        raise RuntimeError(f"exit {code}: {(err.strip().splitlines() or ['(no output)'])[-1]}")
+        raise gpu_runs.failure(code, err)
     return subprocess.CompletedProcess(cmd, code, out, err)
 
 
