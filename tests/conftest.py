@@ -6,28 +6,37 @@ import os
 import subprocess
 import sys
 
-import pytest
-import torch
+# Bytecode is written (to the git-ignored __pycache__ folders) even where the environment
+# sets PYTHONDONTWRITEBYTECODE (this project's development machine does): the suite starts
+# dozens of Python processes (xdist workers, main.py, torchrun ranks, scripts) and each
+# would compile FineSSL's 13,000 lines again, and each worker would rewrite the
+# asserts of every test module again (a third of its collection).
+sys.dont_write_bytecode = False
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
-import finessl.config as config
-from finessl.algorithms.base import ALGORITHMS
-from finessl.config_load import import_builtin_plugins
-from finessl.data.base import DATASETS
-from finessl.models.families import BACKBONES
-from finessl.models.methods import PEFT_METHODS
-from fakedata import write_fake_cifar
-
-import_builtin_plugins()  # every built-in plug-in registered, its config keys in the tree
+import pytest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_VIT = os.path.join(REPO, "tests", "assets", "ViT-Tiny-8.json")
 
-# Under pytest-xdist (pytest.ini runs one worker per core) every test process, and every
-# main.py it starts, computes on one thread: one core each, not all of them spinning
-# for every worker.
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    os.environ["OMP_NUM_THREADS"] = "1"
-    torch.set_num_threads(1)
+
+def pytest_configure(config):
+    """torch and FineSSL, with every built-in plug-in registered (its config keys in the
+    tree), load where tests run: not in pytest-xdist's controller, which only hands
+    tests out (loading them there held every worker's start back by seconds). Under
+    xdist (pytest.ini runs one worker per core) every test process, and every main.py it
+    starts, computes on one thread: one core each, not all of them spinning for every
+    worker."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker and config.getoption("numprocesses", None):
+        return
+    import torch
+
+    from finessl.config_load import import_builtin_plugins
+    import_builtin_plugins()
+    if worker:
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(items):
@@ -41,6 +50,11 @@ def forget_plugins():
     """Plug-ins a test imports in this process are forgotten after it: the keys they
     declare would otherwise be in the config.yaml of every later in-process run, which
     a fresh process (main.py) could not read back."""
+    import finessl.config as config
+    from finessl.algorithms.base import ALGORITHMS
+    from finessl.data.base import DATASETS
+    from finessl.models.families import BACKBONES
+    from finessl.models.methods import PEFT_METHODS
     saved = (config._C.clone(), dict(config.KEYS), list(config.CROSS_CHECKS),
              list(config.PAIR_REWRITES))
     registries = [(r, dict(r._items)) for r in (ALGORITHMS, DATASETS, BACKBONES, PEFT_METHODS)]
@@ -71,19 +85,24 @@ def _installed(path: str | None) -> bool:
 
 @pytest.fixture(autouse=True)
 def figures_not_rasterised(request, monkeypatch):
-    """Figures are built (every figure function runs on the numbers) but not rasterised:
-    matplotlib's Agg drawing is most of a tiny run's time and of a report's. The
-    tensorboard images are 4 x 4 black, the report's PNGs 1 x 1. Every test gets it
-    but those marked ``figures``, which look at the drawn images; training is the same
-    draw for draw."""
+    """No figure is drawn, and a run sends none to tensorboard: matplotlib's Agg drawing
+    is most of a tiny run's time and of a report's, and building the trainer's four
+    figures after every epoch was a third of a two-epoch run through main(). The
+    report's figures are built but not drawn (PNGs 1 x 1). Every test gets it but those
+    marked ``figures``, which look at the drawn images; training is the same draw for
+    draw. The trainer's figures are built from every algorithm's history in
+    tests/algorithms/test_algorithms_e2e.py, and sent to tensorboard in
+    tests/report/test_report.py."""
     if request.node.get_closest_marker("figures"):
         return
     no_rasterising(monkeypatch)
 
 
-def no_rasterising(monkeypatch) -> None:
-    """Figures built but not drawn (:func:`figures_not_rasterised`), for a fixture of a
-    wider scope than a test's (``with pytest.MonkeyPatch.context() as mp``)."""
+def no_rasterising(monkeypatch, epoch_figures: bool = False) -> None:
+    """Figures not drawn (:func:`figures_not_rasterised`), for a fixture of a wider scope
+    than a test's (``with pytest.MonkeyPatch.context() as mp``). ``epoch_figures``:
+    the trainer's figures are built after every epoch and sent to tensorboard as 4 x 4
+    black images."""
     import numpy as np
     from PIL import Image
 
@@ -91,11 +110,14 @@ def no_rasterising(monkeypatch) -> None:
     monkeypatch.setattr(figures, "to_rgb", lambda figure, dpi=56: np.zeros((4, 4, 3), np.uint8))
     monkeypatch.setattr(figures, "save_png",
                         lambda figure, path, dpi=90: Image.new("RGB", (1, 1)).save(path, "PNG"))
+    if not epoch_figures:
+        monkeypatch.setattr(figures, "epoch_images", lambda *args: {})
 
 
 @pytest.fixture(scope="session")
 def cifar_root(tmp_path_factory) -> str:
     """Fake CIFAR-10: 40 train and 20 test images per class, learnable patterns."""
+    from fakedata import write_fake_cifar
     root = str(tmp_path_factory.mktemp("cifar10"))
     return write_fake_cifar(root, "cifar10", train_per_class=40, test_per_class=20, seed=0)
 
@@ -104,6 +126,7 @@ def cifar_root(tmp_path_factory) -> str:
 def cifar10_root(tmp_path_factory) -> str:
     """A smaller fake CIFAR-10, one per test module: 12 train and 3 test images per class
     (the data tests, tests/data/)."""
+    from fakedata import write_fake_cifar
     return write_fake_cifar(str(tmp_path_factory.mktemp("c10")), "cifar10",
                             train_per_class=12, test_per_class=3)
 
@@ -130,7 +153,8 @@ def run_main(args: list[str], env: dict | None = None, timeout: float = 300):
     return proc.returncode, proc.stdout, proc.stderr
 
 
-def main_inprocess(args: list[str], env: dict | None = None, rasterise: bool = True):
+def main_inprocess(args: list[str], env: dict | None = None, rasterise: bool = True,
+                   epoch_figures: bool = False):
     """``main.main(ARGS)`` in this process: (returncode, stdout, stderr) as :func:`run_main`
     gives them, without the ~5 s a fresh interpreter spends importing torch. Use it where
     the process boundary is not what a test is about (signals, torchrun, a lock held by
@@ -143,11 +167,12 @@ def main_inprocess(args: list[str], env: dict | None = None, rasterise: bool = T
     log.txt), the SIGTERM / SIGUSR1 handlers (``signals.handling``), torch's
     deterministic-algorithms flag (``deterministic True``), the Python, numpy and torch
     RNGs, warnings filters, the working directory and ``os.environ`` (``env`` is set for
-    the call only). ``rasterise=False``: figures built but not drawn, as in a test
-    (:func:`figures_not_rasterised`), for the module-scoped fixtures that run before it."""
+    the call only). ``rasterise=False``: figures not drawn, as in a test
+    (:func:`figures_not_rasterised`), for the module-scoped fixtures that run before it;
+    ``epoch_figures`` as :func:`no_rasterising` takes it."""
     if not rasterise:
         with pytest.MonkeyPatch.context() as patch:
-            no_rasterising(patch)
+            no_rasterising(patch, epoch_figures)
             return main_inprocess(args, env)
     import contextlib
     import io
@@ -157,6 +182,7 @@ def main_inprocess(args: list[str], env: dict | None = None, rasterise: bool = T
     import warnings
 
     import numpy as np
+    import torch
 
     import main
     from finessl.engine import signals

@@ -50,12 +50,12 @@ def shell(command: str, cwd: str, timeout: float = 600) -> subprocess.CompletedP
 
 
 # ---- the quick start, exactly as written -----------------------------------------------
-@pytest.mark.slow  # the README's ViT demo, its first epoch: ~30 s of one core
+@pytest.mark.slow  # the README's ViT demo, its first epoch: ~20 s of one core
 def test_readme_vit_quick_start_runs_as_written_learns_and_stops_cleanly(tmp_path):
     """The README's two commands, as typed. The demo's first epoch must learn (measured
-    50 %; chance 10 %); then the run is stopped as a cluster stops it (SIGTERM), which
+    59.5 %; chance 10 %); then the run is stopped as a cluster stops it (SIGTERM), which
     must leave a checkpoint to resume from. The whole demo (4 epochs, 80 %: docs/demo.md)
-    is ~2 minutes of one core, more than this suite can give one test; the end of a run
+    is over a minute of one core, more than this suite can give one test; the end of a run
     (results.json, the closing "best top-1" line) is tested in-process in
     tests/engine/test_train.py."""
     commands = readme_commands()

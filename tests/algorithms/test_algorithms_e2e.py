@@ -10,6 +10,7 @@ from conftest import REPO, main_inprocess, tiny_args
 from finessl.algorithms import ALGORITHMS
 from finessl.config_load import load_config
 from finessl.errors import UserError
+from finessl.report.figures import epoch_images as trainer_figures  # conftest stubs it
 from finessl.registry import import_plugin
 from helpers import assert_resume_exact
 
@@ -53,11 +54,7 @@ SHORT_RUN = {"remixmatch": {"REMIXMATCH.DA_EMA": 0.9}, "adamatch": {"ADAMATCH.EM
 
 @pytest.mark.slow  # 3 short epochs each
 @pytest.mark.parametrize("algorithm", TRAINED)
-def test_each_algorithm_learns_through_main(algorithm, cifar_root, tmp_path, monkeypatch):
-    # no tensorboard figures: building them is a third of a tiny run, and they depend on
-    # the history alone (tests/report/, tests/engine/test_train.py)
-    from finessl.report import figures
-    monkeypatch.setattr(figures, "epoch_images", lambda *args: {})
+def test_each_algorithm_learns_through_main(algorithm, cifar_root, tmp_path):
     out = str(tmp_path / algorithm)
     code, _, err = main_inprocess(tiny_args(cifar_root, out, algorithm=algorithm, num_epochs=3,
                                       total_steps=25, seed=2, **SHORT_RUN.get(algorithm, {})))
@@ -65,6 +62,16 @@ def test_each_algorithm_learns_through_main(algorithm, cifar_root, tmp_path, mon
     result = json.load(open(os.path.join(out, "results.json")))
     assert result["algorithm"] == algorithm
     assert result["last_top1"] >= 0.3, result["last_top1"]  # 10 classes: chance is 0.1
+    # the figures the trainer sends to tensorboard after an epoch, from this algorithm's
+    # history (the suite builds them nowhere else: conftest.figures_not_rasterised)
+    record = json.load(open(os.path.join(out, "diagnostics.json")))
+    last = record["history"][-1]
+    tags = {"report/reliability", "report/per_class"} | \
+        ({"report/confidence"} if last.get("confidence") else set()) | \
+        ({"report/pace"} if last.get("pseudo_counts") else set())
+    images = trainer_figures(record["history"], record["confusion"], record["classnames"],
+                               record["aux_trained"])
+    assert set(images) == tags and all(image.shape == (4, 4, 3) for image in images.values())
 
 
 def test_zero_shot_only_evaluates(cifar_root, tmp_path, figures_not_rasterised):

@@ -224,7 +224,8 @@ def sweep(cifar_root, tmp_path_factory):
         out = os.path.join(root, "tiny_N4", "finessl", f"seed{seed}")
         code, _, err = main_inprocess(tiny_args(cifar_root, out, num_epochs=2, total_steps=3,
                                                 print_freq=2, seed=seed, setting="tiny_N4",
-                                                paper_top1=97.39), rasterise=False)
+                                                paper_top1=97.39), rasterise=False,
+                                      epoch_figures=True)
         assert code == 0, err
     return root
 
