@@ -271,6 +271,7 @@ def test_partial_vpt_enters_at_block_L_minus_K_and_token_trimming_stays_exact(
 LR = {"vpt_shallow": 0.05, "bias_tuning": 0.01, "vpt_deep": 0.01}
 
 
+@pytest.mark.slow  # 60 steps each
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_each_strategy_trains_above_chance(strategy, cifar_root, tmp_path):
     opts = {"vpt_deep": False, **SWITCHES[strategy], "num_epochs": 3, "total_steps": 20}
