@@ -15,9 +15,10 @@ results.json has finished and is skipped; one holding checkpoint_last.pt was
 interrupted and is resumed (``resume DIR``); any other starts. A run is locked while it
 trains (DIR.lock, beside its folder), so two sweeps on one OUT never train the same
 run: the second passes it by and says so. A failed run is reported and the sweep goes
-on (exit status 1 at the end). ``--jobs N`` trains N runs at once, each on cores/N
-threads (``OMP_NUM_THREADS``, unless set) with its console output in
-DIR.console.txt. Ctrl-C (or SIGTERM) stops the whole sweep: no run starts after it,
+on (exit status 1 at the end). Each run's line says how many runs are through, and
+about how long the rest takes at the mean time of the runs trained so far. ``--jobs N``
+trains N runs at once, each on cores/N threads (``OMP_NUM_THREADS``, unless set) with
+its console output in DIR.console.txt. Ctrl-C (or SIGTERM) stops the whole sweep: no run starts after it,
 the runs in progress stop (and resume next time), exit status 130 (143).
 
 Relative paths (configs, OUT, the config's DATA.DATAPATH) mean what they mean where the
@@ -127,11 +128,28 @@ def _raise_stop(signum, frame):
 class _Sweep:
     """The runs in progress, so that a stop reaches them and no run starts after it."""
 
-    def __init__(self, jobs: int, command: list[str]):
-        self.jobs, self.command = jobs, command
+    def __init__(self, jobs: int, command: list[str], total: int = 0):
+        self.jobs, self.command, self.total = jobs, command, total
         self.guard = threading.Lock()
         self.live: set[subprocess.Popen] = set()
         self.stopping = False
+        self.through = 0  # runs skipped, held, trained or failed so far
+        self.trained: list[float] = []  # seconds of each run trained by this sweep
+
+    def progress(self, seconds: float | None = None) -> str:
+        """'k of N runs through' after one more run, and, from the mean time of the runs
+        this sweep trained, about how long the rest takes at ``jobs`` at once (a
+        resumed run counts as a whole one)."""
+        with self.guard:
+            self.through += 1
+            if seconds is not None:
+                self.trained.append(seconds)
+            text = f"{self.through} of {self.total} runs through"
+            rest = self.total - self.through
+            if rest and self.trained:
+                text += ", about " + _duration(
+                    sum(self.trained) / len(self.trained) * rest / self.jobs) + " left"
+        return text
 
     def say(self, text: str, error: bool = False) -> None:
         with self.guard:
@@ -140,14 +158,15 @@ class _Sweep:
     def train(self, run: Run) -> str:
         """Skip, resume or start one run: 'skipped', 'held', 'ran', 'failed', 'stopped'."""
         if os.path.exists(os.path.join(run.folder, RESULTS)):
-            self.say(f"skip   {run.folder} (finished)")
+            self.say(f"skip   {run.folder} (finished; {self.progress()})")
             return "skipped"
         with locked(run.folder + ".lock") as mine:
             if not mine:
-                self.say(f"held   {run.folder} (another sweep is training it)")
+                self.say(f"held   {run.folder} (another sweep is training it; "
+                         f"{self.progress()})")
                 return "held"
             if os.path.exists(os.path.join(run.folder, RESULTS)):  # finished meanwhile
-                self.say(f"skip   {run.folder} (finished)")
+                self.say(f"skip   {run.folder} (finished; {self.progress()})")
                 return "skipped"
             resume = os.path.exists(os.path.join(run.folder, LAST))
             args = [*run.args, *(["resume", run.folder] if resume else [])]
@@ -173,9 +192,10 @@ class _Sweep:
             self.say(f"stopped {run.folder} (resumes next time)", error=True)
             return "stopped"
         if code:
-            self.say(f"FAILED {run.folder} (exit {code})", error=True)
+            self.say(f"FAILED {run.folder} (exit {code}; {self.progress()})", error=True)
             return "failed"
-        self.say(f"done   {run.folder} ({time.time() - start:.0f} s)")
+        seconds = time.time() - start
+        self.say(f"done   {run.folder} ({seconds:.0f} s; {self.progress(seconds)})")
         return "ran"
 
     def stop(self, signum: int) -> None:
@@ -194,11 +214,17 @@ class _Sweep:
             process.wait()
 
 
+def _duration(seconds: float) -> str:
+    """'2 h 05 min' or '7 min'."""
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+
+
 def run_sweep(runs: list[Run], jobs: int = 1, command: list[str] | None = None) -> Outcome:
     """Train every run not finished, ``jobs`` at a time, in the list's order; print a
     line per run and the sweep's summary. ``command``: what a run's arguments follow
     (``python main.py``)."""
-    state = _Sweep(jobs, command or [sys.executable, MAIN])
+    state = _Sweep(jobs, command or [sys.executable, MAIN], len(runs))
     outcome = Outcome()
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_stop) if main_thread else None

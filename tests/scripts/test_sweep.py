@@ -137,7 +137,7 @@ def test_finished_runs_are_reused_and_interrupted_ones_resumed(tmp_path, fake, c
     assert fake.folders() == [cut]
     assert fake.calls[0]["argv"][-2:] == ["resume", cut]
     out = capsys.readouterr().out
-    assert f"skip   {done} (finished)" in out and f"resume {cut}" in out
+    assert f"skip   {done} (finished; 1 of 2 runs through)" in out and f"resume {cut}" in out
     assert "sweep done: 1 ran, 1 skipped (already finished), 0 failed" in out
     assert sweep(tmp_path).skipped == [done, cut]  # all finished: nothing runs
     assert len(fake.calls) == 1
@@ -150,7 +150,36 @@ def test_a_failed_run_is_named_and_the_sweep_goes_on(tmp_path, fake, monkeypatch
     assert outcome.failed == failed and outcome.code == 1
     assert len(fake.calls) == 4 and len(outcome.ran) == 2
     err = capsys.readouterr().err
-    assert f"FAILED {failed[0]} (exit 1)" in err and f"failed: {failed[1]}" in err
+    assert f"FAILED {failed[0]} (exit 1; 1 of 4 runs through)" in err
+    assert f"failed: {failed[1]}" in err
+
+
+class Clock:
+    """``time`` for the runner: every reading is ``step`` seconds after the last."""
+
+    def __init__(self, step: float):
+        self.now, self.step = 1e9, step
+
+    def time(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def test_each_line_says_how_far_the_sweep_is_and_about_how_long_is_left(tmp_path, fake,
+                                                                        monkeypatch, capsys):
+    done = folder(tmp_path, "fashion_mnist_N4", "fixmatch", 1)
+    os.makedirs(done)
+    open(os.path.join(done, "results.json"), "w").close()
+    monkeypatch.setattr(runner, "time", Clock(step=1500))  # each run: 1500 s, start to end
+    assert sweep(tmp_path, [1, 2]).code == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "runs through" in line]
+    # the skipped run is not timed; the rest: the mean run time x the runs left
+    assert [line.split(" (", 1)[1] for line in lines] == [
+        "finished; 1 of 4 runs through)",
+        "1500 s; 2 of 4 runs through, about 50 min left)",
+        "1500 s; 3 of 4 runs through, about 25 min left)",
+        "1500 s; 4 of 4 runs through)"]
+    assert runner._duration(59) == "1 min" and runner._duration(3930) == "1 h 06 min"
 
 
 def test_jobs_train_runs_at_once_on_a_share_of_the_cores(tmp_path, fake, monkeypatch):
@@ -180,7 +209,7 @@ def test_a_run_another_sweep_holds_is_passed_by_not_failed(tmp_path, fake, capsy
         assert (outcome.held, outcome.failed, outcome.code) == ([held], [], 0)
     assert fake.folders() == [folder(tmp_path, "fashion_mnist_N1", "finessl", 1)]
     out = capsys.readouterr().out
-    assert f"held   {held} (another sweep is training it)" in out
+    assert f"held   {held} (another sweep is training it; 1 of 2 runs through)" in out
     assert "1 ran, 0 skipped (already finished), 1 held by another sweep, 0 failed" in out
     sweep(tmp_path)  # released: now it trains
     assert fake.folders()[-1] == held
