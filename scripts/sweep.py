@@ -18,8 +18,8 @@ run: the second passes it by and says so. A failed run is reported and the sweep
 on (exit status 1 at the end). Each run's line says how many runs are through, and
 about how long the rest takes at the mean time of the runs trained so far. ``--jobs N``
 trains N runs at once, each on cores/N threads (``OMP_NUM_THREADS``, unless set) with
-its console output in DIR.console.txt. Ctrl-C (or SIGTERM) stops the whole sweep: no run starts after it,
-the runs in progress stop (and resume next time), exit status 130 (143).
+its console output in DIR.console.txt. Ctrl-C (or SIGTERM) stops the whole sweep: no run
+starts after it, the runs in progress stop (and resume next time), exit status 130 (143).
 
 Relative paths (configs, OUT, the config's DATA.DATAPATH) mean what they mean where the
 sweep is started: it never changes directory.
@@ -128,7 +128,7 @@ def _raise_stop(signum, frame):
 class _Sweep:
     """The runs in progress, so that a stop reaches them and no run starts after it."""
 
-    def __init__(self, jobs: int, command: list[str], total: int = 0):
+    def __init__(self, jobs: int, command: list[str], total: int):
         self.jobs, self.command, self.total = jobs, command, total
         self.guard = threading.Lock()
         self.live: set[subprocess.Popen] = set()
