@@ -12,9 +12,13 @@ z_w, z_s those of the unlabeled ones and tau = ``th``:
   (the labels y are not used: the labeled images play unlabeled ones)
 - L = L_x + w_con * (L_u - L_deb)
 as USB's ``defixmatch.py`` has it (its hard labels: ``T`` plays no part). USB's
-defaults are tau 0.95 and lambda_u 1; here tau and w_con are the ones every method of
-this comparison shares (0.7 and 3). L_u is over both strong views u_s1, u_s2 as for
-every method here (USB: one); the labeled images have one strong view (``x_s``).
+defaults are tau 0.95 and lambda_u 1; here tau and lambda are the shared ``th`` and
+``w_con`` of every method (0.7 and 3 by default; the Fashion-MNIST demo's w_con is 1.0).
+Wherever the weak labeled view passes tau on its label, the strong labeled view's
+cross-entropy to that label weighs 1/2 - w_con, negative for any w_con over 1/2: the
+loss is then unbounded below (docs/results.md shows runs this makes fall). L_u is over
+both strong views u_s1, u_s2 as for every method here (USB: one); the labeled images
+have one strong view (``x_s``).
 
 The strong labeled view joins the one forward of the step (``labeled_views``): L_x,
 and under ``dls`` the aux head's L_x_aux, average over both labeled views, and under
